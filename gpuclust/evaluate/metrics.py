@@ -1,0 +1,122 @@
+"""Clustering metrics written once against `xp` (numpy or CuPy), so the GPU twin computes them on the device.
+
+cuML has no AMI or NMI, so the label metrics (AMI, ARI, NMI) are computed here from a contingency table, following
+the definitions scikit-learn uses (arithmetic normalisation; the same edge cases), in float64.
+"""
+from __future__ import annotations
+
+from ..backend import Backend
+
+# Terms of the expected mutual information evaluated per chunk (bounds temporary memory at ~10 arrays of this size).
+EMI_CHUNK = 1 << 22
+
+
+def contingency(xp, a, b):
+    """Dense (n_a_labels, n_b_labels) int64 table of co-occurrence counts."""
+    _, ia = xp.unique(a, return_inverse=True)
+    ub, ib = xp.unique(b, return_inverse=True)
+    ia, ib = ia.ravel(), ib.ravel()
+    n_a = int(ia.max()) + 1 if ia.size else 0
+    n_b = len(ub)
+    return xp.bincount(ia * n_b + ib, minlength=n_a * n_b).reshape(n_a, n_b).astype(xp.int64)
+
+
+def _entropy(xp, counts):
+    n = counts.sum()
+    p = counts[counts > 0].astype(xp.float64) / n
+    return -(p * xp.log(p)).sum()
+
+
+def mutual_info(xp, C):
+    N = C.sum().astype(xp.float64)
+    a = C.sum(axis=1).astype(xp.float64)
+    b = C.sum(axis=0).astype(xp.float64)
+    i, j = xp.nonzero(C)
+    nij = C[i, j].astype(xp.float64)
+    mi = (nij / N * (xp.log(nij) + xp.log(N) - xp.log(a[i]) - xp.log(b[j]))).sum()
+    return xp.maximum(mi, 0.0)
+
+
+def expected_mutual_info(backend: Backend, C):
+    """E[MI] under the permutation model (Vinh, Epps & Bailey 2010), summed exactly over all cells and all
+    admissible counts n_ij in max(1, a_i + b_j - N) .. min(a_i, b_j), in chunks."""
+    xp, gammaln = backend.xp, backend.special.gammaln
+    N = int(C.sum())
+    a = C.sum(axis=1).astype(xp.float64)
+    b = C.sum(axis=0).astype(xp.float64)
+    A = xp.repeat(a, len(b))  # one entry per cell (i, j), row-major
+    B = xp.tile(b, len(a))
+    lo = xp.maximum(1.0, A + B - N)
+    hi = xp.minimum(A, B)
+    counts = xp.maximum(hi - lo + 1, 0).astype(xp.int64)
+    ends = xp.cumsum(counts)
+    total = int(ends[-1]) if ends.size else 0
+    # log of the parts of the hypergeometric probability that do not depend on n_ij
+    const = gammaln(A + 1) + gammaln(B + 1) + gammaln(N - A + 1) + gammaln(N - B + 1) - gammaln(N + 1.0)
+    emi = xp.zeros((), dtype=xp.float64)
+    for start in range(0, total, EMI_CHUNK):
+        t = xp.arange(start, min(total, start + EMI_CHUNK), dtype=xp.int64)
+        cell = xp.searchsorted(ends, t, side="right")
+        nij = lo[cell] + (t - (ends[cell] - counts[cell])).astype(xp.float64)
+        Ac, Bc = A[cell], B[cell]
+        log_p = const[cell] - gammaln(nij + 1) - gammaln(Ac - nij + 1) - gammaln(Bc - nij + 1) \
+            - gammaln(N - Ac - Bc + nij + 1)
+        emi = emi + (nij / N * (xp.log(N * nij) - xp.log(Ac * Bc)) * xp.exp(log_p)).sum()
+    return emi
+
+
+def _single_or_empty(C) -> bool:
+    return (C.shape[0] == C.shape[1] == 1) or (C.shape[0] == C.shape[1] == 0)
+
+
+def ami(backend: Backend, labels_true, labels_pred) -> float:
+    """Adjusted mutual information, arithmetic normalisation (sklearn's default)."""
+    xp = backend.xp
+    C = contingency(xp, labels_true, labels_pred)
+    if _single_or_empty(C):
+        return 1.0
+    mi = mutual_info(xp, C)
+    emi = expected_mutual_info(backend, C)
+    h = (_entropy(xp, C.sum(axis=1)) + _entropy(xp, C.sum(axis=0))) / 2
+    denom = float(h - emi)
+    eps = float(xp.finfo(xp.float64).eps)
+    denom = min(denom, -eps) if denom < 0 else max(denom, eps)
+    return float(mi - emi) / denom
+
+
+def nmi(backend: Backend, labels_true, labels_pred) -> float:
+    """Normalised mutual information, arithmetic normalisation (sklearn's default)."""
+    xp = backend.xp
+    C = contingency(xp, labels_true, labels_pred)
+    if _single_or_empty(C):
+        return 1.0
+    mi = float(mutual_info(xp, C))
+    if mi <= 0:
+        return 0.0
+    h = float(_entropy(xp, C.sum(axis=1)) + _entropy(xp, C.sum(axis=0))) / 2
+    return mi / max(h, float(xp.finfo(xp.float64).eps))
+
+
+def ari(backend: Backend, labels_true, labels_pred) -> float:
+    """Adjusted Rand index from the pair confusion counts (exact integer arithmetic up to ~3e9 rows)."""
+    xp = backend.xp
+    C = contingency(xp, labels_true, labels_pred)
+    n = int(C.sum())
+    sum_sq = int((C * C).sum())
+    a2 = int((C.sum(axis=1) ** 2).sum())
+    b2 = int((C.sum(axis=0) ** 2).sum())
+    tp = sum_sq - n
+    fp = a2 - sum_sq
+    fn = b2 - sum_sq
+    tn = n * n - fp - fn - sum_sq
+    if fn == 0 and fp == 0:
+        return 1.0
+    return 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))
+
+
+def label_metrics(backend: Backend, labels_true, labels_pred) -> dict:
+    return {
+        "ami": ami(backend, labels_true, labels_pred),
+        "ari": ari(backend, labels_true, labels_pred),
+        "nmi": nmi(backend, labels_true, labels_pred),
+    }

@@ -1,0 +1,148 @@
+"""One run, stage by stage: data -> encode -> reduce -> cluster -> evaluate -> report.
+
+Each stage is a short function; `run_pipeline` strings them together and times them. On the GPU twin the embeddings
+stay on the device from the encoder to the metrics; the report is the one place they reach the host.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .backend import Backend, resolve_backend
+from .config import RunConfig
+from .data import ImageDataset, load_dataset
+from .encode import Embeddings, build_encoder, extract
+from .errors import UserError
+from .store import EmbeddingStore, atomic_write_json, default_cache_dir
+
+log = logging.getLogger("gpuclust")
+
+
+@dataclass
+class RunResult:
+    metrics: dict
+    timings: dict
+    output: Path
+    twins: dict = field(default_factory=dict)
+    n_skipped: int = 0
+
+
+class StageTimer:
+    """Seconds per stage, with a start and a finish line in the log; device work is synchronised first."""
+
+    def __init__(self, backend: Backend):
+        self.backend, self.seconds = backend, {}
+
+    @contextmanager
+    def __call__(self, stage: str, rows: int | None = None):
+        log.info("%s: start", stage)
+        self.backend.synchronize()
+        t0 = time.perf_counter()
+        yield
+        self.backend.synchronize()
+        dt = time.perf_counter() - t0
+        self.seconds[stage] = round(dt, 4)
+        rate = f" ({rows / dt:,.0f} rows/s)" if rows and dt > 0 else ""
+        log.info("%s: done in %.2fs%s", stage, dt, rate)
+
+
+def check_scale_flags(cfg: RunConfig) -> None:
+    if cfg.gpus != 1:
+        raise UserError(f"--gpus {cfg.gpus}: only single-device runs are available in this version; use --gpus 1")
+
+
+def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: bool) -> tuple[Embeddings, dict]:
+    enc = build_encoder(cfg.encode.spec, cfg.encode.weights)
+    key = {**enc.key, "dataset": ds.spec, "rows": ds.fingerprint(), "precision": "fp32"}
+    store = EmbeddingStore(cfg.encode.cache_dir or default_cache_dir(), key, len(ds))
+    if store.complete:
+        log.info("encode: reusing stored embeddings %s", store.dir)
+    emb = extract(ds, enc, backend, store, cfg.encode.batch_size, cfg.encode.num_workers, progress)
+    if backend.is_gpu:
+        import torch
+
+        # torch's caching allocator owned extraction; hand its free blocks back before cuML/RMM allocate.
+        torch.cuda.empty_cache()
+    if emb.skipped:
+        log.warning("encode: skipped %d image(s) that could not be decoded (listed in skipped.csv)", len(emb.skipped))
+    if emb.X.shape[0] == 0:
+        raise UserError(f"{ds.spec}: none of the {len(ds)} images could be decoded")
+    return emb, {"encoder": enc.name, "dim": enc.dim, "store": str(store.dir)}
+
+
+def reduce_stage(X, cfg: RunConfig, backend: Backend):
+    from .reduce import reduce
+
+    return reduce(X, cfg.reduce.method, cfg.reduce.dims, dict(cfg.reduce.params), backend, cfg.seed)
+
+
+def cluster_stage(Z, cfg: RunConfig, backend: Backend, n_classes: int | None):
+    from .cluster import cluster
+
+    return cluster(Z, cfg.cluster.method, cfg.cluster.k, dict(cfg.cluster.params), backend, cfg.seed, n_classes)
+
+
+def umap_space(X, Z, cfg: RunConfig, backend: Backend):
+    """The space for `silhouette_umap`: the run's own UMAP output when it reduced with UMAP, else the study's UMAP."""
+    if not cfg.evaluate.silhouette_umap:
+        return None
+    if cfg.reduce.method == "umap":
+        return Z
+    from .reduce import umap
+
+    dims = min(50, X.shape[0] - 2)
+    if dims < 2:
+        return None
+    return umap(X, dims, {}, backend, cfg.seed)[0]
+
+
+def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
+    from .evaluate import evaluate
+    from .report import make_run_dir, write_run
+
+    check_scale_flags(cfg)
+    backend = resolve_backend(cfg.device)
+    log.info("backend: %s twin", backend.name)
+    timer = StageTimer(backend)
+    t_start = time.perf_counter()
+    with timer("data"):
+        ds = load_dataset(cfg.data.spec, cfg.data.limit)
+    out = make_run_dir(cfg.output, ds.spec, cfg.encode.spec, cfg.reduce.method, cfg.cluster.method)
+    with timer("encode", rows=len(ds)):
+        emb, enc_info = encode_stage(ds, cfg, backend, progress)
+    xp = backend.xp
+    labels_true = None if ds.labels is None else xp.asarray(ds.labels[emb.rows])
+    n = emb.X.shape[0]
+    with timer("reduce", rows=n):
+        Z, reduce_twin = reduce_stage(emb.X, cfg, backend)
+    n_classes = None if labels_true is None else int(xp.unique(labels_true).shape[0])
+    with timer("cluster", rows=n):
+        labels_pred, cluster_twin, cluster_params = cluster_stage(Z, cfg, backend, n_classes)
+    with timer("evaluate", rows=n):
+        Z_umap = umap_space(emb.X, Z, cfg, backend)
+        metrics = evaluate(backend, Z, labels_pred, labels_true, Z_umap, cfg.seed)
+    twins = {"encode": backend.name, "reduce": reduce_twin, "cluster": cluster_twin, "evaluate": backend.name}
+    metrics["twins"] = twins
+    metrics["n_skipped"] = len(emb.skipped)
+    timings = dict(timer.seconds)
+    enc_s = timings["encode"]
+    timings.update({
+        "rows_encoded": emb.rows_computed,
+        "rows_reused": emb.rows_reused,
+        "images_per_s": round(emb.rows_computed / enc_s, 2) if emb.rows_computed and enc_s > 0 else None,
+    })
+    if backend.is_gpu:
+        import torch
+
+        timings["peak_gpu_mem_torch_bytes"] = int(torch.cuda.max_memory_allocated())
+    config = {**cfg.to_dict(), "resolved": {**enc_info, "cluster_params": cluster_params, "dataset_rows": len(ds)}}
+    with timer("report"):
+        write_run(out, backend=backend, config=config, metrics=metrics, rows=emb.rows,
+                  paths=ds.paths, labels_true=labels_true, labels_pred=labels_pred, skipped=emb.skipped)
+    timings["report"] = timer.seconds["report"]
+    timings["total"] = round(time.perf_counter() - t_start, 4)
+    atomic_write_json(out / "timings.json", timings)
+    return RunResult(metrics, timings, out, twins, len(emb.skipped))

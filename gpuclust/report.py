@@ -1,0 +1,96 @@
+"""The report stage: everything a run produced -> its run directory. The one place results go to the host."""
+from __future__ import annotations
+
+import csv
+import io
+import platform
+import re
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .store import atomic_write_bytes, atomic_write_json
+
+VERSIONED = ["gpuclust", "numpy", "scipy", "scikit-learn", "umap-learn", "torch", "torchvision", "timm", "cupy-cuda13x",
+             "cuml-cu13", "faiss-cpu"]
+
+
+def versions() -> dict:
+    out = {"python": sys.version.split()[0]}
+    for dist in VERSIONED:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def device_description(backend) -> dict:
+    info = {"backend": backend.name, "platform": platform.platform(), "cpu": platform.processor() or platform.machine()}
+    if backend.is_gpu:
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        info["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        info["gpu_memory_bytes"] = int(props["totalGlobalMem"])
+    return info
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:40] or "run"
+
+
+def make_run_dir(output: str | None, dataset: str, encoder: str, reduce: str, cluster: str) -> Path:
+    if output is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        output = str(Path("runs") / f"{stamp}-{_slug(dataset.split('/')[-1])}-{_slug(encoder)}-{reduce}-{cluster}")
+    out = Path(output).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"--output {output}: cannot write there ({exc.strerror or exc})") from None
+    return out
+
+
+def write_labels(path: Path, rows: np.ndarray, paths, labels_true, labels_pred) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({
+        "row": pa.array(rows, pa.int64()),
+        "path": pa.array([paths[r] for r in rows] if paths is not None else [None] * len(rows), pa.string()),
+        "label_true": pa.array(labels_true, pa.int64()) if labels_true is not None else pa.nulls(len(rows), pa.int64()),
+        "label_pred": pa.array(labels_pred, pa.int64()),
+    })
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    atomic_write_bytes(path, buf.getvalue().to_pybytes())
+
+
+def write_skipped(path: Path, skipped: list[tuple[int, str]], paths) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["row", "path", "reason"])
+    for row, reason in skipped:
+        w.writerow([row, paths[row] if paths is not None else "", reason])
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def write_run(out: Path, *, backend, config: dict, metrics: dict, rows, paths, labels_true,
+              labels_pred, skipped) -> None:
+    """Write config.json, metrics.json, labels.parquet (and skipped.csv when images were skipped); timings.json
+    is written last by the caller, once the report itself is timed."""
+    labels_pred = np.asarray(backend.to_host(labels_pred))
+    labels_true = None if labels_true is None else np.asarray(backend.to_host(labels_true))
+    atomic_write_json(out / "config.json", {**config, "versions": versions(), "device": device_description(backend)})
+    atomic_write_json(out / "metrics.json", metrics)
+    write_labels(out / "labels.parquet", rows, paths, labels_true, labels_pred)
+    if skipped:
+        write_skipped(out / "skipped.csv", skipped, paths)

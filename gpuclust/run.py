@@ -1,0 +1,176 @@
+"""`python -m gpuclust.run`: one dataset, one configuration, end to end.
+
+Exit codes: 0 success; 2 bad input or usage (one line on stderr); 1 internal error.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .errors import UserError
+
+EXAMPLE = """examples:
+  python -m gpuclust.run                                   # Fashion-MNIST test split, EfficientNet-Lite0, UMAP-50, KMeans
+  python -m gpuclust.run --dataset imagefolder:~/photos --encoder timm:resnet50 --cluster hdbscan
+  python -m gpuclust.run --dataset digits --encoder pixels --reduce pca --dims 20 --k 10 --device cpu
+  python -m gpuclust.run --list encoders
+"""
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m gpuclust.run",
+        description="Cluster an image dataset zero-shot with a pretrained encoder and score the result.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    S = argparse.SUPPRESS  # flags left out keep the config's value
+    p.add_argument("--list", choices=["encoders", "datasets", "reducers", "clusterers"], help="list names and exit")
+    p.add_argument("--config", metavar="YAML", help="a YAML file of settings (flags override it)")
+    p.add_argument("--dataset", default=S, metavar="SPEC", help="fashion-mnist[:train], mnist5k, digits, "
+                   "imagefolder:PATH, folder:PATH (default fashion-mnist)")
+    p.add_argument("--limit", type=int, default=S, metavar="N", help="use the first N images")
+    p.add_argument("--encoder", default=S, metavar="SPEC", help="efficientnet_lite0 (default), mobilenetv2, "
+                   "pixels, timm:NAME")
+    p.add_argument("--weights", default=S, metavar="PATH", help="encoder weights from a local file (offline)")
+    p.add_argument("--batch-size", type=int, default=S, metavar="N", help="encoder batch size (default 128)")
+    p.add_argument("--num-workers", type=int, default=S, metavar="N", help="DataLoader workers (default 0)")
+    p.add_argument("--cache-dir", default=S, metavar="DIR",
+                   help="embedding store (default $GPUCLUST_CACHE or ~/.cache/gpuclust)")
+    p.add_argument("--reduce", default=S, choices=["none", "pca", "umap"], help="reducer (default umap)")
+    p.add_argument("--dims", type=int, default=S, metavar="N", help="reduced dimensions (default 50)")
+    p.add_argument("--reduce-param", action="append", default=S, metavar="K=V",
+                   help="extra reducer parameter, e.g. n_neighbors=15 (repeatable)")
+    p.add_argument("--cluster", default=S, choices=["kmeans", "hdbscan"], help="clusterer (default kmeans)")
+    p.add_argument("--k", type=int, default=S, metavar="N", help="number of clusters (default: number of classes)")
+    p.add_argument("--cluster-param", action="append", default=S, metavar="K=V",
+                   help="extra clusterer parameter, e.g. min_cluster_size=20 (repeatable)")
+    p.add_argument("--no-silhouette-umap", action="store_true", help="skip the UMAP-space silhouette "
+                   "(saves a UMAP fit when --reduce is not umap)")
+    p.add_argument("--device", default=S, choices=["auto", "cpu", "gpu"], help="twin to run (default auto)")
+    p.add_argument("--gpus", type=int, default=S, metavar="N", help="number of GPUs (default 1)")
+    p.add_argument("--seed", type=int, default=S, metavar="N", help="random seed (default 0)")
+    p.add_argument("--output", default=S, metavar="DIR", help="run directory (default runs/<time>-<names>)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or stage log")
+    return p
+
+
+_FLAG_TO_KEY = {
+    "dataset": ("data", "spec"), "limit": ("data", "limit"),
+    "encoder": ("encode", "spec"), "weights": ("encode", "weights"), "batch_size": ("encode", "batch_size"),
+    "num_workers": ("encode", "num_workers"), "cache_dir": ("encode", "cache_dir"),
+    "reduce": ("reduce", "method"), "dims": ("reduce", "dims"),
+    "cluster": ("cluster", "method"), "k": ("cluster", "k"),
+    "device": (None, "device"), "gpus": (None, "gpus"), "seed": (None, "seed"), "output": (None, "output"),
+}
+
+
+def config_from_args(args: argparse.Namespace):
+    from .config import RunConfig, load_yaml, merge, parse_kv
+
+    cfg = RunConfig()
+    if args.config:
+        cfg = merge(cfg, load_yaml(args.config), where=args.config)
+    values: dict = {}
+    for flag, (section, key) in _FLAG_TO_KEY.items():
+        if hasattr(args, flag):
+            (values.setdefault(section, {}) if section else values)[key] = getattr(args, flag)
+    if hasattr(args, "reduce_param"):
+        values.setdefault("reduce", {})["params"] = {**cfg.reduce.params, **parse_kv(args.reduce_param,
+                                                                                     "--reduce-param")}
+    if hasattr(args, "cluster_param"):
+        values.setdefault("cluster", {})["params"] = {**cfg.cluster.params, **parse_kv(args.cluster_param,
+                                                                                       "--cluster-param")}
+    if args.no_silhouette_umap:
+        values["evaluate"] = {"silhouette_umap": False}
+    cfg = merge(cfg, values, where="flags")
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg) -> None:
+    if cfg.encode.batch_size < 1:
+        raise UserError(f"--batch-size {cfg.encode.batch_size}: must be at least 1")
+    if cfg.encode.num_workers < 0:
+        raise UserError(f"--num-workers {cfg.encode.num_workers}: must be 0 or more")
+    if cfg.device not in ("auto", "cpu", "gpu"):
+        raise UserError(f"device {cfg.device!r}: choose auto, cpu or gpu")
+
+
+def list_names(what: str) -> str:
+    if what == "encoders":
+        from .encode import ENCODERS, PREFIXES
+
+        rows = [(n, e.help) for n, e in ENCODERS.items()] + [(f"{p}:NAME", h.split(" - ", 1)[-1])
+                                                               for p, h in PREFIXES.items()]
+    elif what == "datasets":
+        from .data import DATASETS
+
+        rows = [(n, h) for n, (_, h) in DATASETS.items()]
+    elif what == "reducers":
+        from .reduce import REDUCERS
+
+        rows = list(REDUCERS.items())
+    else:
+        from .cluster import CLUSTERERS
+
+        rows = list(CLUSTERERS.items())
+    width = max(len(n) for n, _ in rows)
+    return "\n".join(f"{n:<{width}}  {h}" for n, h in rows)
+
+
+def print_summary(result, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    m, t = result.metrics, result.timings
+    table = Table(title=f"gpuclust: {result.output}", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("ami", "ari", "nmi", "silhouette", "silhouette_umap", "n_clusters", "noise_fraction", "n_rows",
+                "n_skipped"):
+        if key in m and m[key] is not None:
+            v = m[key]
+            table.add_row(key, f"{v:.4f}" if isinstance(v, float) else str(v))
+    for stage in ("data", "encode", "reduce", "cluster", "evaluate", "report", "total"):
+        if stage in t:
+            table.add_row(f"{stage} [s]", f"{t[stage]:.2f}")
+    if t.get("images_per_s"):
+        table.add_row("encode images/s", f"{t['images_per_s']:.1f}")
+    elif t.get("rows_reused"):
+        table.add_row("encode", f"reused {t['rows_reused']} stored rows")
+    table.add_row("twins", ", ".join(f"{k}={v}" for k, v in result.twins.items()))
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)  # argparse itself exits 2 with a usage line on bad flags
+    if args.list:
+        print(list_names(args.list))
+        return 0
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        cfg = config_from_args(args)
+        from .pipeline import run_pipeline
+
+        result = run_pipeline(cfg, progress=not args.quiet)
+    except UserError as exc:
+        print(f"gpuclust: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gpuclust: interrupted; stored embedding shards are kept and a rerun resumes", file=sys.stderr)
+        return 130
+    print_summary(result)
+    return 0
+
+
+def cli() -> None:
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

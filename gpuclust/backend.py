@@ -129,6 +129,8 @@ def _hdbscan_params(params: dict, twin: str) -> dict:
     p.setdefault("min_cluster_size", 5)
     if p.get("min_samples") is None:
         p["min_samples"] = p["min_cluster_size"]
+    if twin == "cpu":
+        p.setdefault("copy", True)  # never let sklearn modify the caller's array
     if twin == "gpu":
         if int(p["min_samples"]) <= 1:
             log.warning("hdbscan: sklearn's min_samples=1 has no cuML equivalent; the GPU twin uses its minimum, 1")

@@ -22,6 +22,7 @@ class EncodeConfig:
     batch_size: int = 128
     num_workers: int = 0
     cache_dir: str | None = None  # None: $GPUCLUST_CACHE or ~/.cache/gpuclust
+    shard_size: int = 2048  # rows per store shard (a new store only; an existing one keeps its layout)
 
 
 @dataclass(frozen=True)

@@ -49,15 +49,42 @@ class StageTimer:
         log.info("%s: done in %.2fs%s", stage, dt, rate)
 
 
-def check_scale_flags(cfg: RunConfig) -> None:
+def check_config(cfg: RunConfig) -> None:
+    """Names and flags that can be checked before any work, so a typo costs no time and leaves no run directory."""
+    from .cluster import CLUSTERERS
+    from .data import DATASETS
+    from .encode import check_encoder_spec
+    from .reduce import REDUCERS
+
     if cfg.gpus != 1:
         raise UserError(f"--gpus {cfg.gpus}: only single-device runs are available in this version; use --gpus 1")
+    name = cfg.data.spec.partition(":")[0]
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {cfg.data.spec!r}; known: {', '.join(DATASETS)} (see --list datasets)")
+    check_encoder_spec(cfg.encode.spec)
+    if cfg.reduce.method not in REDUCERS:
+        raise UserError(f"unknown reducer {cfg.reduce.method!r}; known: {', '.join(REDUCERS)}")
+    if cfg.cluster.method not in CLUSTERERS:
+        raise UserError(f"unknown clusterer {cfg.cluster.method!r}; known: {', '.join(CLUSTERERS)}")
+    if cfg.encode.shard_size < 1:
+        raise UserError(f"shard_size {cfg.encode.shard_size}: must be at least 1")
+
+
+def check_against_data(cfg: RunConfig, ds: ImageDataset) -> None:
+    """Settings that depend on the data, checked before the (long) encode stage."""
+    if cfg.cluster.method != "kmeans":
+        return
+    k = cfg.cluster.k if cfg.cluster.k is not None else cfg.cluster.params.get("n_clusters")
+    if k is None and ds.labels is None:
+        raise UserError("kmeans needs --k N: the dataset has no labels to take the number of classes from")
+    if k is not None and not 1 <= k <= len(ds):
+        raise UserError(f"--k {k}: must be between 1 and the number of images ({len(ds)})")
 
 
 def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: bool) -> tuple[Embeddings, dict]:
     enc = build_encoder(cfg.encode.spec, cfg.encode.weights)
     key = {**enc.key, "dataset": ds.spec, "rows": ds.fingerprint(), "precision": "fp32"}
-    store = EmbeddingStore(cfg.encode.cache_dir or default_cache_dir(), key, len(ds))
+    store = EmbeddingStore(cfg.encode.cache_dir or default_cache_dir(), key, len(ds), cfg.encode.shard_size)
     if store.complete:
         log.info("encode: reusing stored embeddings %s", store.dir)
     emb = extract(ds, enc, backend, store, cfg.encode.batch_size, cfg.encode.num_workers, progress)
@@ -103,13 +130,14 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
     from .evaluate import evaluate
     from .report import make_run_dir, write_run
 
-    check_scale_flags(cfg)
+    check_config(cfg)
     backend = resolve_backend(cfg.device)
     log.info("backend: %s twin", backend.name)
     timer = StageTimer(backend)
     t_start = time.perf_counter()
     with timer("data"):
         ds = load_dataset(cfg.data.spec, cfg.data.limit)
+    check_against_data(cfg, ds)
     out = make_run_dir(cfg.output, ds.spec, cfg.encode.spec, cfg.reduce.method, cfg.cluster.method)
     with timer("encode", rows=len(ds)):
         emb, enc_info = encode_stage(ds, cfg, backend, progress)

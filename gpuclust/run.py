@@ -38,6 +38,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=S, metavar="N", help="DataLoader workers (default 0)")
     p.add_argument("--cache-dir", default=S, metavar="DIR",
                    help="embedding store (default $GPUCLUST_CACHE or ~/.cache/gpuclust)")
+    p.add_argument("--shard-size", type=int, default=S, metavar="N",
+                   help="rows per embedding-store shard, the unit of resumption (default 2048)")
     p.add_argument("--reduce", default=S, choices=["none", "pca", "umap"], help="reducer (default umap)")
     p.add_argument("--dims", type=int, default=S, metavar="N", help="reduced dimensions (default 50)")
     p.add_argument("--reduce-param", action="append", default=S, metavar="K=V",
@@ -60,6 +62,7 @@ _FLAG_TO_KEY = {
     "dataset": ("data", "spec"), "limit": ("data", "limit"),
     "encoder": ("encode", "spec"), "weights": ("encode", "weights"), "batch_size": ("encode", "batch_size"),
     "num_workers": ("encode", "num_workers"), "cache_dir": ("encode", "cache_dir"),
+    "shard_size": ("encode", "shard_size"),
     "reduce": ("reduce", "method"), "dims": ("reduce", "dims"),
     "cluster": ("cluster", "method"), "k": ("cluster", "k"),
     "device": (None, "device"), "gpus": (None, "gpus"), "seed": (None, "seed"), "output": (None, "output"),

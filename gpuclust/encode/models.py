@@ -201,11 +201,17 @@ ENCODERS: dict[str, EncoderEntry] = {
 PREFIXES = {"timm": "timm:NAME - any timm model, headless; hub weights online or --weights PATH"}
 
 
+def check_encoder_spec(spec: str) -> None:
+    """Fail fast on a name that cannot resolve, before any data is read."""
+    prefix, sep, _ = spec.partition(":")
+    if not ((sep and prefix in PREFIXES) or spec in ENCODERS):
+        known = ", ".join([*ENCODERS, *(p + ":NAME" for p in PREFIXES)])
+        raise UserError(f"unknown encoder {spec!r}; known: {known} (see --list encoders)")
+
+
 def build_encoder(spec: str, weights: str | None = None) -> Encoder:
+    check_encoder_spec(spec)
     prefix, sep, rest = spec.partition(":")
     if sep and prefix == "timm":
         return timm_encoder(rest, weights)
-    if spec in ENCODERS:
-        return ENCODERS[spec].build(weights)
-    known = ", ".join([*ENCODERS, *(p + ":NAME" for p in PREFIXES)])
-    raise UserError(f"unknown encoder {spec!r}; known: {known} (see --list encoders)")
+    return ENCODERS[spec].build(weights)

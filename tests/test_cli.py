@@ -1,0 +1,92 @@
+"""The CLI as a user meets it: help, lists, and one-line exit-2 errors for bad input."""
+import re
+
+import pytest
+
+from conftest import run_cli
+from gpuclust.run import main
+
+
+def _one_line_error(proc, *needles):
+    """Exit 2 and exactly one line on stderr (runs use -q, so no stage log or progress bar), no traceback."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("gpuclust: error: ")
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_error_after_stage_logs_is_still_one_clean_line(tmp_path):
+    # Without -q the stage log precedes the error; the error itself is the last line and there is no traceback.
+    proc = run_cli("--dataset", "digits", "--encoder", "pixels", "--k", "5000", "--output", str(tmp_path / "r"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "gpuclust: error: --k 5000: must be between 1 and the number of images (1797)"
+
+
+def test_help_shows_an_example():
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    assert "examples:" in proc.stdout and "python -m gpuclust.run --dataset" in proc.stdout
+    for flag in ("--dataset", "--encoder", "--reduce", "--dims", "--cluster", "--k", "--cluster-param", "--device",
+                 "--gpus", "--batch-size", "--output", "--seed", "--limit", "--list"):
+        assert flag in proc.stdout
+
+
+@pytest.mark.parametrize("what,expect", [("encoders", "efficientnet_lite0"), ("datasets", "fashion-mnist"),
+                                         ("reducers", "umap"), ("clusterers", "hdbscan")])
+def test_list(what, expect, capsys):
+    assert main(["--list", what]) == 0
+    assert expect in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--encoder", "nosuchnet"], ["unknown encoder", "nosuchnet"]),
+    (["--dataset", "nosuchset"], ["unknown dataset", "nosuchset"]),
+    (["--dataset", "imagefolder:/no/such/folder"], ["no such folder"]),
+    (["--dataset", "folder:/no/such/folder"], ["no such folder"]),
+    (["--device", "gpu", "--dataset", "digits", "--encoder", "pixels"], ["--device gpu needs"]),
+    (["--dataset", "digits", "--limit", "0"], ["--limit 0"]),
+    (["--cluster-param", "nonsense"], ["--cluster-param", "KEY=VALUE"]),
+    (["--gpus", "2"], ["--gpus 2"]),
+    (["--encoder", "timm:no_such_model_xyz"], ["timm has no such model"]),
+    (["--config", "/no/such.yaml"], ["no such file"]),
+])
+def test_bad_input_exits_2_with_one_line(args, needles, tmp_path):
+    proc = run_cli(*args, "-q", "--output", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"))
+    _one_line_error(proc, *needles)
+
+
+def test_bad_flag_value_is_argparse_usage_error():
+    proc = run_cli("--reduce", "tsne")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unknown_config_key_is_an_error(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("reduce:\n  dimz: 10\n")
+    proc = run_cli("--config", str(cfg), "-q", "--output", str(tmp_path / "run"))
+    _one_line_error(proc, "unknown key", "dimz")
+
+
+def test_k_larger_than_dataset(tmp_path):
+    proc = run_cli("--dataset", "digits", "--limit", "30", "--encoder", "pixels", "--reduce", "pca", "--dims", "5",
+                   "--k", "31", "-q", "--output", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"))
+    _one_line_error(proc, "--k 31")
+
+
+def test_kmeans_without_labels_needs_k(tmp_path):
+    from conftest import write_digit_images
+
+    write_digit_images(tmp_path / "imgs", n_per_class=5)
+    proc = run_cli("--dataset", f"folder:{tmp_path / 'imgs'}", "--encoder", "pixels", "--reduce", "none", "-q",
+                   "--output", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"))
+    _one_line_error(proc, "--k")
+
+
+def test_unwritable_output(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = run_cli("--dataset", "digits", "--encoder", "pixels", "-q", "--output", str(blocker / "run"))
+    _one_line_error(proc, "--output", "cannot write")

@@ -1,0 +1,26 @@
+import subprocess
+import sys
+
+HEAVY = ["torch", "cupy", "cuml", "dask", "distributed", "timm", "umap", "cudf"]
+
+
+def _loaded_after(stmt: str) -> list[str]:
+    code = f"import sys; {stmt}; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return [m for m in out.stdout.strip().split(",") if m]
+
+
+def test_import_gpuclust_is_light():
+    assert _loaded_after("import gpuclust") == []
+
+
+def test_cli_module_and_config_are_light():
+    # --help and --list must not pay for torch or CUDA
+    assert _loaded_after("import gpuclust.run, gpuclust.config, gpuclust.backend") == []
+
+
+def test_lazy_attributes_resolve():
+    import gpuclust
+
+    assert gpuclust.RunConfig().reduce.dims == 50
+    assert callable(gpuclust.run_pipeline)

@@ -1,0 +1,88 @@
+"""Real data through the whole pipeline on the CPU twin: quality floors a broken stage would miss, and the run
+directory a user reads. Fashion-MNIST test split, first 2,000 images (all 10 classes)."""
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from gpuclust.config import ClusterConfig, DataConfig, EncodeConfig, ReduceConfig, RunConfig
+from gpuclust.pipeline import run_pipeline
+
+N = 2000
+# Measured on this pipeline (2,000 images, seed 0): EfficientNet-Lite0 0.687, pixels 0.604, MobileNetV2 0.664.
+AMI_FLOOR_EFFNET = 0.64
+AMI_FLOOR_PIXELS = 0.55
+
+
+def _cfg(tmp_path, cache_dir, encoder="efficientnet_lite0", cluster="kmeans", params=None, name="run"):
+    return RunConfig(
+        data=DataConfig("fashion-mnist", limit=N),
+        encode=EncodeConfig(spec=encoder, cache_dir=str(cache_dir)),
+        reduce=ReduceConfig("umap", 50),
+        cluster=ClusterConfig(cluster, params=params or {}),
+        device="cpu",
+        output=str(tmp_path / name),
+    )
+
+
+@pytest.fixture(scope="module")
+def effnet_run(tmp_path_factory, cache_dir):
+    return run_pipeline(_cfg(tmp_path_factory.mktemp("eff"), cache_dir), progress=False)
+
+
+@pytest.fixture(scope="module")
+def pixels_run(tmp_path_factory, cache_dir):
+    return run_pipeline(_cfg(tmp_path_factory.mktemp("pix"), cache_dir, encoder="pixels"), progress=False)
+
+
+def test_effnet_umap_kmeans_reaches_measured_ami(effnet_run):
+    m = effnet_run.metrics
+    assert m["ami"] >= AMI_FLOOR_EFFNET, m
+    assert m["n_clusters"] == 10 and m["n_rows"] == N and m["noise_fraction"] == 0.0
+    assert 0.0 < m["silhouette_umap"] <= 1.0
+    assert effnet_run.twins == {"encode": "cpu", "reduce": "cpu", "cluster": "cpu", "evaluate": "cpu"}
+
+
+def test_encoder_beats_pixels(effnet_run, pixels_run):
+    assert pixels_run.metrics["ami"] >= AMI_FLOOR_PIXELS, pixels_run.metrics
+    assert effnet_run.metrics["ami"] > pixels_run.metrics["ami"] + 0.03
+
+
+def test_run_directory(effnet_run):
+    out = effnet_run.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("ami", "ari", "nmi", "silhouette", "silhouette_umap", "n_clusters", "noise_fraction"):
+        assert key in metrics
+    config = json.loads((out / "config.json").read_text())
+    assert config["encode"]["spec"] == "efficientnet_lite0" and config["reduce"]["dims"] == 50
+    assert config["device"]["backend"] == "cpu" and "torch" in config["versions"]
+    timings = json.loads((out / "timings.json").read_text())
+    for stage in ("data", "encode", "reduce", "cluster", "evaluate", "report", "total"):
+        assert timings[stage] >= 0
+    table = pq.read_table(out / "labels.parquet").to_pandas()
+    assert list(table.columns) == ["row", "path", "label_true", "label_pred"]
+    assert len(table) == N and table["row"].is_unique
+    from gpuclust.data import load_dataset
+
+    truth = load_dataset("fashion-mnist", limit=N).labels
+    np.testing.assert_array_equal(table["label_true"].to_numpy(), truth[table["row"].to_numpy()])
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    # The labels file reproduces the reported AMI (sklearn's own implementation).
+    assert adjusted_mutual_info_score(table["label_true"], table["label_pred"]) == pytest.approx(metrics["ami"], abs=1e-9)
+
+
+def test_second_run_reuses_the_store(effnet_run, tmp_path, cache_dir):
+    assert effnet_run.timings["rows_encoded"] + effnet_run.timings["rows_reused"] == N
+    again = run_pipeline(_cfg(tmp_path, cache_dir, cluster="kmeans"), progress=False)
+    assert again.timings["rows_encoded"] == 0 and again.timings["rows_reused"] == N
+    assert again.metrics["ami"] == pytest.approx(effnet_run.metrics["ami"], abs=1e-12)  # same seed, same numbers
+
+
+def test_hdbscan_on_effnet_embeddings(tmp_path, cache_dir, effnet_run):
+    r = run_pipeline(_cfg(tmp_path, cache_dir, cluster="hdbscan", params={"min_cluster_size": 30}), progress=False)
+    m = r.metrics
+    assert m["n_clusters"] >= 4 and 0.0 <= m["noise_fraction"] < 0.5
+    # Noise is kept as a cluster of its own for AMI, as in the study.
+    assert m["ami"] >= 0.45, m

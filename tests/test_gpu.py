@@ -1,0 +1,96 @@
+"""The GPU twin end to end (skipped without a CUDA GPU, CuPy and cuML): embeddings stay CuPy arrays from the encoder to
+the metrics, and the GPU twin agrees with the CPU twin on the same embeddings."""
+import numpy as np
+import pytest
+
+from gpuclust.config import ClusterConfig, DataConfig, EncodeConfig, ReduceConfig, RunConfig
+
+pytestmark = pytest.mark.gpu
+N = 2000
+
+
+def _cfg(cache_dir, tmp_path, device, **kw):
+    return RunConfig(data=DataConfig("fashion-mnist", limit=N), encode=EncodeConfig(cache_dir=str(cache_dir)),
+                     reduce=ReduceConfig("umap", 50), cluster=ClusterConfig(kw.pop("cluster", "kmeans"), params=kw),
+                     device=device, output=str(tmp_path / device))
+
+
+def test_dlpack_shares_torch_memory():
+    import cupy
+    import torch
+
+    from gpuclust.backend import resolve_backend
+
+    be = resolve_backend("gpu")
+    t = torch.randn(64, 8, device="cuda")
+    a = be.from_torch(t)
+    assert isinstance(a, cupy.ndarray) and a.data.ptr == t.data_ptr()
+    t.add_(1.0)
+    torch.cuda.synchronize()
+    np.testing.assert_allclose(cupy.asnumpy(a), t.cpu().numpy())
+
+
+def test_stages_keep_cupy_arrays(cache_dir, tmp_path):
+    import cupy
+
+    from gpuclust.backend import resolve_backend
+    from gpuclust.data import load_dataset
+    from gpuclust.evaluate import evaluate
+    from gpuclust.pipeline import cluster_stage, encode_stage, reduce_stage
+
+    cfg = _cfg(cache_dir, tmp_path, "gpu")
+    be = resolve_backend("gpu")
+    ds = load_dataset("fashion-mnist", limit=N)
+    emb, _ = encode_stage(ds, cfg, be, progress=False)
+    assert isinstance(emb.X, cupy.ndarray) and emb.X.shape == (N, 1280)
+    Z, twin = reduce_stage(emb.X, cfg, be)
+    assert isinstance(Z, cupy.ndarray) and twin == "gpu"
+    labels, twin, _ = cluster_stage(Z, cfg, be, 10)
+    assert isinstance(labels, cupy.ndarray) and twin == "gpu"
+    m = evaluate(be, Z, labels, cupy.asarray(ds.labels[emb.rows]), Z)
+    assert m["ami"] > 0.6
+
+
+def test_gpu_twin_agrees_with_cpu_twin(cache_dir, tmp_path):
+    from gpuclust.pipeline import run_pipeline
+
+    cpu = run_pipeline(_cfg(cache_dir, tmp_path, "cpu"), progress=False)
+    gpu = run_pipeline(_cfg(cache_dir, tmp_path, "gpu"), progress=False)  # reuses the same stored embeddings
+    assert gpu.timings["rows_reused"] == N
+    assert set(gpu.twins.values()) == {"gpu"}
+    assert abs(gpu.metrics["ami"] - cpu.metrics["ami"]) <= 0.02, (gpu.metrics, cpu.metrics)
+
+
+def test_hdbscan_gpu_matches_sklearn_convention():
+    import cupy
+    from sklearn.cluster import HDBSCAN
+    from sklearn.datasets import load_digits
+    from sklearn.decomposition import PCA
+    from sklearn.metrics import adjusted_rand_score
+
+    from gpuclust.backend import make_estimator, resolve_backend
+
+    X = PCA(5, random_state=0).fit_transform(load_digits().data).astype(np.float32)
+    be = resolve_backend("gpu")
+    for m in (5, 10, 20):
+        gpu = make_estimator("hdbscan", be, min_cluster_size=15, min_samples=m)
+        ours = cupy.asnumpy(gpu.call("fit_predict", be, cupy.asarray(X)))
+        ref = HDBSCAN(min_cluster_size=15, min_samples=m, copy=True).fit_predict(X)
+        assert adjusted_rand_score(ref, ours) > 0.99, m
+
+
+def test_metrics_agree_across_twins_on_the_same_labels():
+    import cupy
+    from sklearn.datasets import load_digits
+    from sklearn.decomposition import PCA
+
+    from gpuclust.backend import resolve_backend
+    from gpuclust.evaluate import evaluate
+
+    d = load_digits()
+    X = PCA(10, random_state=0).fit_transform(d.data).astype(np.float32)
+    pred = np.where(np.arange(len(X)) % 7 == 0, -1, (d.target + (np.arange(len(X)) % 3 == 0)) % 10)
+    cpu = evaluate(resolve_backend("cpu"), X, pred, d.target)
+    gpu = evaluate(resolve_backend("gpu"), cupy.asarray(X), cupy.asarray(pred), cupy.asarray(d.target))
+    for key in ("ami", "ari", "nmi", "silhouette", "n_clusters", "noise_fraction"):
+        assert gpu[key] == pytest.approx(cpu[key], rel=1e-5, abs=1e-6), key

@@ -14,6 +14,8 @@ fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=(.venv/bin/python -m pip install -q)
+# Keep pip's own warnings, but not the per-package notes some mirrors produce for every index miss.
+exec 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 # torch/torchvision pinned to a pair that imports together (PyPI's torchvision does not import beside 2.13.0+cpu).
 "${PIP[@]}" "torch==2.14.1" "torchvision==0.29.1"
 "${PIP[@]}" -e ".[offline,faiss,test]"

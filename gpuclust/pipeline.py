@@ -168,8 +168,9 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
         timings["peak_gpu_mem_torch_bytes"] = int(torch.cuda.max_memory_allocated())
     config = {**cfg.to_dict(), "resolved": {**enc_info, "cluster_params": cluster_params, "dataset_rows": len(ds)}}
     with timer("report"):
-        write_run(out, backend=backend, config=config, metrics=metrics, rows=emb.rows,
-                  paths=ds.paths, labels_true=labels_true, labels_pred=labels_pred, skipped=emb.skipped)
+        write_run(out, backend=backend, config=config, metrics=metrics, timings=timings, rows=emb.rows,
+                  paths=ds.paths, labels_true=labels_true, labels_pred=labels_pred, skipped=emb.skipped, Z=Z,
+                  classes=ds.classes, seed=cfg.seed)
     timings["report"] = timer.seconds["report"]
     timings["total"] = round(time.perf_counter() - t_start, 4)
     atomic_write_json(out / "timings.json", timings)

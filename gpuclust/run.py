@@ -11,7 +11,7 @@ import sys
 from .errors import UserError
 
 EXAMPLE = """examples:
-  python -m gpuclust.run                                   # Fashion-MNIST test split, EfficientNet-Lite0, UMAP-50, KMeans
+  python -m gpuclust.run        # Fashion-MNIST test split, EfficientNet-Lite0, UMAP to 50-d, KMeans (k = 10)
   python -m gpuclust.run --dataset imagefolder:~/photos --encoder timm:resnet50 --cluster hdbscan
   python -m gpuclust.run --dataset digits --encoder pixels --reduce pca --dims 20 --k 10 --device cpu
   python -m gpuclust.run --list encoders

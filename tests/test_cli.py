@@ -1,9 +1,8 @@
 """The CLI as a user meets it: help, lists, and one-line exit-2 errors for bad input."""
-import re
 
 import pytest
-
 from helpers import run_cli
+
 from gpuclust.run import main
 
 
@@ -22,7 +21,8 @@ def test_error_after_stage_logs_is_still_one_clean_line(tmp_path):
     # Without -q the stage log precedes the error; the error itself is the last line and there is no traceback.
     proc = run_cli("--dataset", "digits", "--encoder", "pixels", "--k", "5000", "--output", str(tmp_path / "r"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == "gpuclust: error: --k 5000: must be between 1 and the number of images (1797)"
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == "gpuclust: error: --k 5000: must be between 1 and the number of images (1797)"
 
 
 def test_help_shows_an_example():

@@ -67,10 +67,15 @@ def test_run_directory(effnet_run):
 
     truth = load_dataset("fashion-mnist", limit=N).labels
     np.testing.assert_array_equal(table["label_true"].to_numpy(), truth[table["row"].to_numpy()])
+    page = (out / "report.html").read_text()
+    for png in ("map.png", "contingency.png", "sizes.png"):
+        assert f'src="{png}"' in page and (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"{metrics['ami']:.4f}" in page
     from sklearn.metrics import adjusted_mutual_info_score
 
     # The labels file reproduces the reported AMI (sklearn's own implementation).
-    assert adjusted_mutual_info_score(table["label_true"], table["label_pred"]) == pytest.approx(metrics["ami"], abs=1e-9)
+    sk_ami = adjusted_mutual_info_score(table["label_true"], table["label_pred"])
+    assert sk_ami == pytest.approx(metrics["ami"], abs=1e-9)
 
 
 def test_second_run_reuses_the_store(effnet_run, tmp_path, cache_dir):

@@ -2,9 +2,10 @@
 import csv
 import json
 
+from helpers import write_digit_images
+
 from gpuclust.config import ClusterConfig, DataConfig, EncodeConfig, ReduceConfig, RunConfig
 from gpuclust.pipeline import run_pipeline
-from helpers import write_digit_images
 
 
 def test_bad_images_are_skipped_and_listed(tmp_path):
@@ -14,9 +15,9 @@ def test_bad_images_are_skipped_and_listed(tmp_path):
     (root / "class_0" / "truncated.png").write_bytes(good[: len(good) // 2])
     (root / "class_1" / "empty.jpg").write_bytes(b"")
     (root / "class_7" / "notes.jpg").write_text("this is not an image")
-    cfg = RunConfig(data=DataConfig(f"imagefolder:{root}"), encode=EncodeConfig("pixels", cache_dir=str(tmp_path / "c")),
-                    reduce=ReduceConfig("pca", 10), cluster=ClusterConfig("kmeans"), device="cpu",
-                    output=str(tmp_path / "run"))
+    cfg = RunConfig(data=DataConfig(f"imagefolder:{root}"),
+                    encode=EncodeConfig("pixels", cache_dir=str(tmp_path / "c")), reduce=ReduceConfig("pca", 10),
+                    cluster=ClusterConfig("kmeans"), device="cpu", output=str(tmp_path / "run"))
     result = run_pipeline(cfg, progress=False)
     assert result.n_skipped == 3 and result.metrics["n_rows"] == len(truth)
     with open(result.output / "skipped.csv") as f:

@@ -6,10 +6,9 @@ import sys
 import time
 
 import numpy as np
-import pytest
+from helpers import ROOT
 
 from gpuclust.store import EmbeddingStore, Shard
-from helpers import ROOT
 
 
 def _shard(rows):

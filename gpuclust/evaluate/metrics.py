@@ -52,7 +52,7 @@ def expected_mutual_info(backend: Backend, C):
     ends = xp.cumsum(counts)
     total = int(ends[-1]) if ends.size else 0
     # log of the parts of the hypergeometric probability that do not depend on n_ij
-    const = gammaln(A + 1) + gammaln(B + 1) + gammaln(N - A + 1) + gammaln(N - B + 1) - gammaln(N + 1.0)
+    const = gammaln(A + 1) + gammaln(B + 1) + gammaln(N - A + 1) + gammaln(N - B + 1) - gammaln(xp.asarray(N + 1.0))
     emi = xp.zeros((), dtype=xp.float64)
     for start in range(0, total, EMI_CHUNK):
         t = xp.arange(start, min(total, start + EMI_CHUNK), dtype=xp.int64)

@@ -1,10 +1,8 @@
 """Encoders with real packaged weights; hub loading checked at its download boundary (no network)."""
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from gpuclust.encode import build_encoder
 from gpuclust.encode.models import load_by_position
@@ -58,7 +56,9 @@ def test_mobilenetv2_packaged_weights():
 def test_pixels_encoder(fashion_images):
     enc = build_encoder("pixels")
     v = enc.transform(fashion_images[0])
-    assert enc.dim == 3072 and v.shape == (3, 32, 32) and 0.0 <= float(v.min()) and float(v.max()) <= 1.0
+    assert enc.dim == 3072 and v.shape == (3, 32, 32)
+    # ImageNet normalisation of [0, 1] pixels spans about [-2.12, 2.64]
+    assert -2.2 < float(v.min()) < float(v.max()) < 2.7 and float(v.max()) > 1.0
 
 
 def _timm_mobilenet_file(tmp_path) -> Path:

@@ -1,4 +1,4 @@
-"""Metrics against scikit-learn on real labels, on every backend the machine has (the GPU twin computes them in CuPy)."""
+"""Metrics against scikit-learn on real labels, on every backend the machine has (the GPU twin uses CuPy)."""
 import numpy as np
 import pytest
 from sklearn import metrics as skm

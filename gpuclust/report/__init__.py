@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .store import atomic_write_bytes, atomic_write_json
+from ..errors import UserError
+from ..store import atomic_write_bytes, atomic_write_json
 
 VERSIONED = ["gpuclust", "numpy", "scipy", "scikit-learn", "umap-learn", "torch", "torchvision", "timm", "cupy-cuda13x",
              "cuml-cu13", "faiss-cpu"]
@@ -83,10 +83,12 @@ def write_skipped(path: Path, skipped: list[tuple[int, str]], paths) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def write_run(out: Path, *, backend, config: dict, metrics: dict, rows, paths, labels_true,
-              labels_pred, skipped) -> None:
-    """Write config.json, metrics.json, labels.parquet (and skipped.csv when images were skipped); timings.json
-    is written last by the caller, once the report itself is timed."""
+def write_run(out: Path, *, backend, config: dict, metrics: dict, timings: dict, rows, paths, labels_true,
+              labels_pred, skipped, Z=None, classes=None, seed: int = 0) -> None:
+    """Write config.json, metrics.json, labels.parquet, report.html with its plots (and skipped.csv when images
+    were skipped); timings.json is written last by the caller, once the report itself is timed."""
+    from .html import sample_rows, write_html
+
     labels_pred = np.asarray(backend.to_host(labels_pred))
     labels_true = None if labels_true is None else np.asarray(backend.to_host(labels_true))
     atomic_write_json(out / "config.json", {**config, "versions": versions(), "device": device_description(backend)})
@@ -94,3 +96,8 @@ def write_run(out: Path, *, backend, config: dict, metrics: dict, rows, paths, l
     write_labels(out / "labels.parquet", rows, paths, labels_true, labels_pred)
     if skipped:
         write_skipped(out / "skipped.csv", skipped, paths)
+    if Z is not None:
+        idx = sample_rows(len(labels_pred), seed)
+        Z_sample = backend.to_host(Z[backend.asarray(idx)])  # only the drawn rows leave the device
+        write_html(out, title=f"gpuclust: {out.name}", metrics=metrics, timings=timings, Z_sample=Z_sample, idx=idx,
+                   labels_pred=labels_pred, labels_true=labels_true, classes=classes)

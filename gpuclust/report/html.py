@@ -1,0 +1,126 @@
+"""report.html: the pictures a person would rather see than read, beside the run's numbers."""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+
+MAX_POINTS = 20_000  # points drawn in the map; a seeded sample beyond
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def project_2d(Z: np.ndarray) -> np.ndarray:
+    """First two principal axes of the clustering space (cheap at any size; a view, not a second UMAP)."""
+    Zc = Z - Z.mean(axis=0)
+    if Zc.shape[1] <= 2:
+        return np.pad(Zc, ((0, 0), (0, 2 - Zc.shape[1])))
+    _, _, vt = np.linalg.svd(Zc[: min(len(Zc), 5000)], full_matrices=False)
+    return Zc @ vt[:2].T
+
+
+def _scatter(ax, P, labels, title):
+    noise = labels < 0
+    ax.scatter(P[noise, 0], P[noise, 1], s=2, c="lightgrey", label="noise" if noise.any() else None)
+    ax.scatter(P[~noise, 0], P[~noise, 1], s=2, c=labels[~noise], cmap="tab20", alpha=0.7)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_map(path: Path, P, labels_pred, labels_true) -> None:
+    plt = _plt()
+    panels = 1 if labels_true is None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 5.5), squeeze=False)
+    _scatter(axes[0, 0], P, labels_pred, "predicted clusters")
+    if labels_true is not None:
+        _scatter(axes[0, 1], P, labels_true, "true classes")
+    fig.suptitle("clustering space, first two principal axes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_contingency(path: Path, labels_true, labels_pred, classes) -> None:
+    plt = _plt()
+    ut, it = np.unique(labels_true, return_inverse=True)
+    up, ip = np.unique(labels_pred, return_inverse=True)
+    C = np.zeros((len(ut), len(up)), dtype=np.int64)
+    np.add.at(C, (it, ip), 1)
+    order = np.argsort(np.argmax(C, axis=0), kind="stable")  # clusters ordered by their majority class
+    C, up = C[:, order], up[order]
+    frac = C / np.maximum(C.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(min(2 + 0.35 * len(up), 18), min(1.5 + 0.35 * len(ut), 14)))
+    im = ax.imshow(frac, aspect="auto", cmap="Blues", vmin=0, vmax=1)
+    names = [classes[t] if classes is not None and 0 <= t < len(classes) else str(t) for t in ut]
+    ax.set_yticks(range(len(ut)), names, fontsize=8)
+    ax.set_xticks(range(len(up)), ["noise" if u < 0 else str(u) for u in up], fontsize=7, rotation=90)
+    ax.set_xlabel("predicted cluster")
+    ax.set_ylabel("true class")
+    ax.set_title("fraction of each class in each cluster")
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_sizes(path: Path, labels_pred) -> None:
+    plt = _plt()
+    u, counts = np.unique(labels_pred, return_counts=True)
+    order = np.argsort(-counts)
+    u, counts = u[order], counts[order]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar(range(len(u)), counts, color=["lightgrey" if x < 0 else "tab:blue" for x in u])
+    ax.set_xlabel("clusters, largest first (grey: noise)")
+    ax.set_ylabel("images")
+    ax.set_title(f"{int((u >= 0).sum())} clusters")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _table(d: dict) -> str:
+    rows = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = ", ".join(f"{a}={b}" for a, b in v.items())
+        elif isinstance(v, float):
+            v = f"{v:.4f}"
+        rows.append(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>")
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def sample_rows(n: int, seed: int = 0) -> np.ndarray:
+    """Rows drawn in the map: all of them, or a seeded sample of MAX_POINTS."""
+    if n <= MAX_POINTS:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:MAX_POINTS])
+
+
+def write_html(out: Path, *, title: str, metrics: dict, timings: dict, Z_sample: np.ndarray, idx: np.ndarray,
+               labels_pred: np.ndarray, labels_true: np.ndarray | None, classes) -> Path:
+    """Plots as PNG files beside report.html. Host arrays: `Z_sample` holds the clustering space at rows `idx`."""
+    images = ["map.png", "sizes.png"]
+    plot_map(out / "map.png", project_2d(np.asarray(Z_sample, dtype=np.float64)), labels_pred[idx],
+             None if labels_true is None else labels_true[idx])
+    plot_sizes(out / "sizes.png", labels_pred)
+    if labels_true is not None:
+        plot_contingency(out / "contingency.png", labels_true, labels_pred, classes)
+        images.insert(1, "contingency.png")
+    body = "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in images)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}
+th,td{{border:1px solid #ccc;padding:3px 8px;text-align:left}} img{{max-width:100%}}</style></head><body>
+<h1>{html.escape(title)}</h1><h2>metrics</h2>{_table(metrics)}<h2>timings (s)</h2>{_table(timings)}{body}
+</body></html>"""
+    path = out / "report.html"
+    path.write_text(page)
+    return path

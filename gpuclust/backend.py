@@ -151,6 +151,61 @@ def _kmeans_params(params: dict, twin: str) -> dict:
     return p
 
 
+def _agglomerative_params(params: dict, twin: str) -> dict:
+    p = dict(params)
+    p.setdefault("linkage", "ward")
+    p.setdefault("metric", "euclidean")
+    if twin == "gpu":
+        p.pop("distance_threshold", None)  # only reaches the GPU twin when None (see _agglomerative_gap)
+    return p
+
+
+def _affinity_params(params: dict, twin: str) -> dict:
+    p = dict(params)
+    if twin == "gpu":
+        p["xp"] = "cupy"
+    return p
+
+
+def _spectral_params(params: dict, twin: str) -> dict:
+    p = dict(params)
+    p.setdefault("affinity", "nearest_neighbors")  # the study's choice; sklearn's default (rbf) is O(n^2) dense
+    if twin == "cpu":
+        p.setdefault("assign_labels", "kmeans")  # what cuML always does
+    else:
+        p.pop("assign_labels", None)
+    return p
+
+
+_CUML_AGGLO_METRICS = {"euclidean", "l2", "l1", "cityblock", "manhattan", "cosine"}
+
+
+def _hdbscan_gap(p: dict) -> str | None:
+    return None if p.get("metric", "euclidean") in ("euclidean", "l2") else "metrics other than euclidean"
+
+
+def _agglomerative_gap(p: dict) -> str | None:
+    if p.get("linkage", "ward") != "single":
+        return f"{p.get('linkage', 'ward')} linkage (cuML has single linkage only)"
+    if p.get("distance_threshold") is not None:
+        return "distance_threshold"
+    if p.get("metric", "euclidean") not in _CUML_AGGLO_METRICS:
+        return f"metric {p['metric']}"
+    return None
+
+
+def _dbscan_gap(p: dict) -> str | None:
+    return None if p.get("metric", "euclidean") in ("euclidean", "l2", "cosine") else f"metric {p['metric']}"
+
+
+def _spectral_gap(p: dict) -> str | None:
+    if p.get("affinity", "nearest_neighbors") != "nearest_neighbors":
+        return f"affinity {p['affinity']}"
+    if p.get("assign_labels", "kmeans") != "kmeans":
+        return f"assign_labels {p['assign_labels']}"
+    return None
+
+
 @dataclass(frozen=True)
 class Algorithm:
     """A CPU/GPU pair. Dotted paths resolve lazily; `gpu_params` lists what the GPU twin accepts (None: all)."""
@@ -160,14 +215,19 @@ class Algorithm:
     gpu: str | None
     translate: Callable[[dict, str], dict] = _same
     gpu_params: frozenset[str] | None = None
+    gpu_check: Callable[[dict], str | None] | None = None  # what in these values the GPU twin cannot do
     is_function: bool = False
     notes: str = ""
     cpu_install: str = "pip install gpuclust"
 
-    def supports_gpu(self, params: dict) -> bool:
+    def gpu_gap(self, params: dict) -> str | None:
+        """None when the GPU twin can run `params`, else what it lacks."""
         if self.gpu is None:
-            return False
-        return self.gpu_params is None or set(params) <= self.gpu_params
+            return "a GPU implementation"
+        extra = sorted(set(params) - self.gpu_params) if self.gpu_params is not None else []
+        if extra:
+            return "parameter(s) " + ", ".join(extra)
+        return self.gpu_check(params) if self.gpu_check else None
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -195,7 +255,43 @@ ALGORITHMS: dict[str, Algorithm] = {
                 {"min_cluster_size", "min_samples", "cluster_selection_epsilon", "cluster_selection_method",
                  "max_cluster_size", "alpha", "allow_single_cluster", "metric"}
             ),
+            gpu_check=_hdbscan_gap,
             notes="cuML is euclidean only; min_samples translated (see _hdbscan_params)",
+        ),
+        Algorithm(
+            "agglomerative",
+            "sklearn.cluster.AgglomerativeClustering",
+            "cuml.cluster.AgglomerativeClustering",
+            translate=_agglomerative_params,
+            gpu_params=frozenset({"n_clusters", "metric", "linkage", "distance_threshold"}),
+            gpu_check=_agglomerative_gap,
+            notes="cuML: single linkage only, no distance_threshold; other linkages run on the CPU twin",
+        ),
+        Algorithm(
+            "dbscan",
+            "sklearn.cluster.DBSCAN",
+            "cuml.cluster.DBSCAN",
+            gpu_params=frozenset({"eps", "min_samples", "metric"}),
+            gpu_check=_dbscan_gap,
+            notes="cuML: euclidean and cosine; its cosine path rewrites the input, so the stage passes a copy",
+        ),
+        Algorithm(
+            "affinity",
+            "sklearn.cluster.AffinityPropagation",
+            "gpuclust.cluster.affinity.AffinityPropagationXP",
+            translate=_affinity_params,
+            gpu_params=frozenset({"damping", "max_iter", "convergence_iter", "preference", "random_state"}),
+            notes="cuML has none: our CuPy implementation (gpuclust/cluster/affinity.py)",
+        ),
+        Algorithm(
+            "spectral",
+            "sklearn.cluster.SpectralClustering",
+            "cuml.cluster.SpectralClustering",
+            translate=_spectral_params,
+            gpu_params=frozenset({"n_clusters", "n_components", "random_state", "n_neighbors", "n_init", "affinity",
+                                  "assign_labels"}),
+            gpu_check=_spectral_gap,
+            notes="cuML (25.12+): nearest-neighbour affinity, k-means label assignment",
         ),
         Algorithm(
             "silhouette",
@@ -241,15 +337,17 @@ def make_estimator(name: str, backend: Backend, **params) -> Built:
     """
     algo = ALGORITHMS[name]
     twin = backend.name
-    if twin == "gpu" and not algo.supports_gpu(params):
-        unsupported = sorted(set(params) - (algo.gpu_params or set())) if algo.gpu else ["the algorithm"]
-        log.warning("%s: GPU twin lacks %s; this step runs on the CPU twin", name, ", ".join(unsupported))
-        twin = "cpu"
+    if twin == "gpu":
+        gap = algo.gpu_gap(params)  # gap checks apply sklearn's defaults themselves
+        if gap:
+            log.warning("%s: the GPU twin lacks %s; this step runs on the CPU twin", name, gap)
+            twin = "cpu"
     p = algo.translate(params, twin)
-    target = _resolve(algo.gpu if twin == "gpu" else algo.cpu, algo, twin)
+    path = algo.gpu if twin == "gpu" else algo.cpu
+    target = _resolve(path, algo, twin)
     if algo.is_function:
         return Built(target, twin, p)
-    if twin == "gpu":
+    if path.startswith("cuml."):
         p.setdefault("output_type", "cupy")
     try:
         return Built(target(**p), twin, p)

@@ -19,6 +19,7 @@ EXAMPLE = """examples:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    from .cluster import CLUSTERERS
     p = argparse.ArgumentParser(
         prog="python -m gpuclust.run",
         description="Cluster an image dataset zero-shot with a pretrained encoder and score the result.",
@@ -44,7 +45,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--dims", type=int, default=S, metavar="N", help="reduced dimensions (default 50)")
     p.add_argument("--reduce-param", action="append", default=S, metavar="K=V",
                    help="extra reducer parameter, e.g. n_neighbors=15 (repeatable)")
-    p.add_argument("--cluster", default=S, choices=["kmeans", "hdbscan"], help="clusterer (default kmeans)")
+    p.add_argument("--cluster", default=S, choices=list(CLUSTERERS), help="clusterer (default kmeans)")
     p.add_argument("--k", type=int, default=S, metavar="N", help="number of clusters (default: number of classes)")
     p.add_argument("--cluster-param", action="append", default=S, metavar="K=V",
                    help="extra clusterer parameter, e.g. min_cluster_size=20 (repeatable)")
@@ -118,7 +119,7 @@ def list_names(what: str) -> str:
     else:
         from .cluster import CLUSTERERS
 
-        rows = list(CLUSTERERS.items())
+        rows = [(n, c.help) for n, c in CLUSTERERS.items()]
     width = max(len(n) for n, _ in rows)
     return "\n".join(f"{n:<{width}}  {h}" for n, h in rows)
 

@@ -1,39 +1,150 @@
-"""The cluster stage: reduced embeddings -> labels (KMeans, HDBSCAN). HDBSCAN's noise is labelled -1."""
+"""The cluster stage: reduced embeddings -> labels. Noise (HDBSCAN, DBSCAN, an exemplar-less AP) is labelled -1.
+
+Each clusterer's twins live in the backend's table; this module says which need a number of clusters, which take a
+seed, checks parameters the same way for both twins, and applies the study's normalisation for distance thresholds.
+"""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Callable
 
 from ..backend import Backend, make_estimator
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
-CLUSTERERS = {
-    "kmeans": "KMeans with --k clusters (default: the number of classes); sklearn / cuML",
-    "hdbscan": "HDBSCAN, finds the number of clusters; noise labelled -1; sklearn / cuML",
+LINKAGES = ("ward", "average", "complete", "single")
+METRICS = ("euclidean", "l1", "manhattan", "cityblock", "chebyshev", "cosine", "l2")
+
+
+def _check_range(params: dict, key: str, lo: float, hi: float, text: str) -> None:
+    if key in params and params[key] is not None:
+        v = params[key]
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v < hi:
+            raise UserError(f"--cluster-param {key}={v}: {text}")
+
+
+def _check_metric(params: dict) -> None:
+    if params.get("metric", "euclidean") not in METRICS:
+        raise UserError(f"--cluster-param metric={params['metric']}: choose one of {', '.join(METRICS)}")
+
+
+def _check_kmeans(p: dict) -> None:
+    _check_range(p, "n_init", 1, float("inf"), "must be at least 1")
+    _check_range(p, "max_iter", 1, float("inf"), "must be at least 1")
+
+
+def _check_hdbscan(p: dict) -> None:
+    _check_range(p, "min_cluster_size", 2, float("inf"), "must be at least 2")
+    _check_range(p, "min_samples", 1, float("inf"), "must be at least 1")
+    _check_metric(p)
+    if p.get("cluster_selection_method", "eom") not in ("eom", "leaf"):
+        raise UserError(f"--cluster-param cluster_selection_method={p['cluster_selection_method']}: eom or leaf")
+
+
+def _check_agglomerative(p: dict) -> None:
+    linkage = p.get("linkage", "ward")
+    if linkage not in LINKAGES:
+        raise UserError(f"--cluster-param linkage={linkage}: choose one of {', '.join(LINKAGES)}")
+    _check_metric(p)
+    if linkage == "ward" and p.get("metric", "euclidean") not in ("euclidean", "l2"):
+        raise UserError(f"ward linkage needs metric=euclidean (got {p['metric']}); use linkage=average for others")
+    _check_range(p, "distance_threshold", 0, float("inf"), "must be a number >= 0")
+
+
+def _check_affinity(p: dict) -> None:
+    _check_range(p, "damping", 0.5, 1.0, "must be in [0.5, 1)")
+    _check_range(p, "max_iter", 1, float("inf"), "must be at least 1")
+    _check_range(p, "convergence_iter", 1, float("inf"), "must be at least 1")
+
+
+def _check_spectral(p: dict) -> None:
+    _check_range(p, "n_neighbors", 1, float("inf"), "must be at least 1")
+    if p.get("assign_labels", "kmeans") not in ("kmeans", "discretize", "cluster_qr"):
+        raise UserError(f"--cluster-param assign_labels={p['assign_labels']}: kmeans, discretize or cluster_qr")
+
+
+def _check_dbscan(p: dict) -> None:
+    _check_range(p, "eps", 1e-300, float("inf"), "must be > 0")
+    _check_range(p, "min_samples", 1, float("inf"), "must be at least 1")
+    _check_metric(p)
+
+
+@dataclass(frozen=True)
+class Clusterer:
+    help: str
+    needs_k: bool  # takes n_clusters (agglomerative only without distance_threshold)
+    seeded: bool  # takes random_state
+    check: Callable[[dict], None]
+
+
+CLUSTERERS: dict[str, Clusterer] = {
+    "kmeans": Clusterer("KMeans, --k clusters (default: number of classes); sklearn / cuML", True, True,
+                        _check_kmeans),
+    "hdbscan": Clusterer("HDBSCAN, finds k; noise -1; sklearn / cuML (euclidean)", False, False, _check_hdbscan),
+    "agglomerative": Clusterer("Agglomerative, --k clusters or distance_threshold=T; linkage ward/average/complete/"
+                               "single; sklearn / cuML (single linkage)", True, False, _check_agglomerative),
+    "affinity": Clusterer("Affinity Propagation (damping, preference, ...); sklearn / CuPy (ours)", False, True,
+                          _check_affinity),
+    "spectral": Clusterer("Spectral, nearest-neighbour affinity, --k clusters; sklearn / cuML", True, True,
+                          _check_spectral),
+    "dbscan": Clusterer("DBSCAN (eps, min_samples, metric); noise -1; sklearn / cuML (euclidean, cosine)", False,
+                        False, _check_dbscan),
 }
 
 
-def cluster(Z, method: str, k: int | None, params: dict, backend: Backend, seed: int = 0, n_classes: int | None = None):
+def threshold_space(backend: Backend, Z, metric: str = "euclidean"):
+    """The study's normalisation for distance thresholds: a spherical z-score (centre, then divide by the mean
+    per-dimension standard deviation) and a dimension correction (sqrt(d) for euclidean, d for l1), so one threshold
+    carries across datasets and reduced sizes."""
+    xp = backend.xp
+    Z = Z - Z.mean(axis=0)
+    Z = Z / xp.maximum(Z.std(axis=0).mean(), 1e-12)
+    d = Z.shape[1]
+    if metric in ("euclidean", "l2"):
+        Z = Z / d**0.5
+    elif metric in ("l1", "manhattan", "cityblock"):
+        Z = Z / d
+    return Z
+
+
+def _resolve_k(method: str, k: int | None, params: dict, n: int, n_classes: int | None) -> dict:
+    """n_clusters for the clusterers that take one; {} for the others."""
+    spec = CLUSTERERS[method]
+    if not spec.needs_k or (method == "agglomerative" and params.get("distance_threshold") is not None):
+        if k is not None:
+            log.warning("%s finds the number of clusters itself; --k %s is ignored", method, k)
+        if method == "agglomerative":
+            return {"n_clusters": None}
+        return {}
+    k = k if k is not None else params.pop("n_clusters", n_classes)
+    if k is None:
+        raise UserError(f"{method} needs --k N: the dataset has no labels to take the number of classes from")
+    if not 1 <= k <= n:
+        raise UserError(f"--k {k}: must be between 1 and the number of images ({n})")
+    return {"n_clusters": int(k)}
+
+
+def cluster(Z, method: str, k: int | None, params: dict, backend: Backend, seed: int = 0,
+            n_classes: int | None = None):
     """Returns (labels as an xp int64 array, twin that ran, resolved parameters)."""
     if method not in CLUSTERERS:
         raise UserError(f"unknown clusterer {method!r}; known: {', '.join(CLUSTERERS)}")
+    spec = CLUSTERERS[method]
     n = Z.shape[0]
+    if n < 2:
+        raise UserError(f"{method} needs at least 2 images")
     params = dict(params)
-    if method == "kmeans":
-        k = k if k is not None else params.pop("n_clusters", n_classes)
-        if k is None:
-            raise UserError("kmeans needs --k N: the dataset has no labels to take the number of classes from")
-        if not 1 <= k <= n:
-            raise UserError(f"--k {k}: must be between 1 and the number of images ({n})")
-        p = {"n_clusters": int(k), "random_state": seed, **params}
-        est = make_estimator("kmeans", backend, **p)
-    else:
-        if k is not None:
-            log.warning("hdbscan finds the number of clusters itself; --k %s is ignored", k)
-        p = dict(params)
-        if n < 2:
-            raise UserError("hdbscan needs at least 2 images")
-        est = make_estimator("hdbscan", backend, **p)
+    spec.check(params)
+    p = {**_resolve_k(method, k, params, n, n_classes), **params}
+    if spec.seeded:
+        p.setdefault("random_state", seed)
+    if method == "agglomerative" and p.get("distance_threshold") is not None:
+        if p.pop("threshold_normalize", True):
+            Z = threshold_space(backend, Z, p.get("metric", "euclidean"))
+    elif method == "dbscan":
+        Z = Z.copy()  # cuML's cosine DBSCAN rewrites its input in place; Z may share memory with torch's tensor
+    est = make_estimator(method, backend, **p)
     labels = est.call("fit_predict", backend, Z)
     return backend.xp.asarray(labels).astype(backend.xp.int64), est.twin, est.params

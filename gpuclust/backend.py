@@ -216,7 +216,6 @@ class Algorithm:
     translate: Callable[[dict, str], dict] = _same
     gpu_params: frozenset[str] | None = None
     gpu_check: Callable[[dict], str | None] | None = None  # what in these values the GPU twin cannot do
-    is_function: bool = False
     notes: str = ""
     cpu_install: str = "pip install gpuclust"
 
@@ -293,12 +292,6 @@ ALGORITHMS: dict[str, Algorithm] = {
             gpu_check=_spectral_gap,
             notes="cuML (25.12+): nearest-neighbour affinity, k-means label assignment",
         ),
-        Algorithm(
-            "silhouette",
-            "sklearn.metrics.silhouette_score",
-            "cuml.metrics.cluster.silhouette_score",
-            is_function=True,
-        ),
     ]
 }
 
@@ -312,16 +305,16 @@ def _resolve(path: str, algo: Algorithm, twin: str):
 
 @dataclass
 class Built:
-    """An estimator (or function) and the twin that will run it."""
+    """An estimator and the twin that will run it."""
 
     obj: Any
     twin: str
     params: dict = field(default_factory=dict)
 
-    def call(self, method: str | None, backend: Backend, X, *args, **kwargs):
-        """`obj.method(X, ...)` (or `obj(X, ...)` for a function). When the CPU twin stands in on a GPU run, X goes
-        to the host for this step only and array results come back to the device."""
-        fn = self.obj if method is None else getattr(self.obj, method)
+    def call(self, method: str, backend: Backend, X, *args, **kwargs):
+        """`obj.method(X, ...)`. When the CPU twin stands in on a GPU run, X goes to the host for this step only and
+        array results come back to the device."""
+        fn = getattr(self.obj, method)
         if self.twin == backend.name:
             return fn(X, *args, **kwargs)
         host_args = [backend.to_host(a) for a in args]
@@ -345,8 +338,6 @@ def make_estimator(name: str, backend: Backend, **params) -> Built:
     p = algo.translate(params, twin)
     path = algo.gpu if twin == "gpu" else algo.cpu
     target = _resolve(path, algo, twin)
-    if algo.is_function:
-        return Built(target, twin, p)
     if path.startswith("cuml."):
         p.setdefault("output_type", "cupy")
     try:

@@ -35,7 +35,8 @@ class ReduceConfig:
 @dataclass(frozen=True)
 class ClusterConfig:
     method: str = "kmeans"
-    k: int | None = None  # None: the number of classes when labels exist
+    k: int | str | None = None  # None: the number of classes when labels exist; "auto": chosen by silhouette
+    k_range: tuple = (2, 30)  # candidates for k = "auto"
     params: dict = field(default_factory=dict)
 
 
@@ -43,6 +44,8 @@ class ClusterConfig:
 class EvalConfig:
     # The study's label-free proxy: silhouette in a UMAP space (reused when the run already reduced with UMAP).
     silhouette_umap: bool = True
+    silhouette_original: bool = False  # also in the encoder's own space (the costliest: d is large)
+    silhouette_metrics: tuple = ("euclidean",)  # any of euclidean, l1, chebyshev, cosine
 
 
 @dataclass(frozen=True)

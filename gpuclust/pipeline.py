@@ -72,11 +72,17 @@ def check_config(cfg: RunConfig) -> None:
 
 def check_against_data(cfg: RunConfig, ds: ImageDataset) -> None:
     """Settings that depend on the data, checked before the (long) encode stage."""
-    if cfg.cluster.method != "kmeans":
+    from .cluster import CLUSTERERS
+
+    method, params = cfg.cluster.method, cfg.cluster.params
+    if not CLUSTERERS[method].needs_k or params.get("distance_threshold") is not None:
         return
-    k = cfg.cluster.k if cfg.cluster.k is not None else cfg.cluster.params.get("n_clusters")
+    k = cfg.cluster.k if cfg.cluster.k is not None else params.get("n_clusters")
+    if k == "auto":
+        return
     if k is None and ds.labels is None:
-        raise UserError("kmeans needs --k N: the dataset has no labels to take the number of classes from")
+        raise UserError(f"{method} needs --k N (or --k auto): the dataset has no labels to take the number of "
+                        "classes from")
     if k is not None and not 1 <= k <= len(ds):
         raise UserError(f"--k {k}: must be between 1 and the number of images ({len(ds)})")
 
@@ -106,15 +112,22 @@ def reduce_stage(X, cfg: RunConfig, backend: Backend):
     return reduce(X, cfg.reduce.method, cfg.reduce.dims, dict(cfg.reduce.params), backend, cfg.seed)
 
 
-def cluster_stage(Z, cfg: RunConfig, backend: Backend, n_classes: int | None):
-    from .cluster import cluster
+def cluster_stage(Z, cfg: RunConfig, backend: Backend, n_classes: int | None, Z_umap=None):
+    """Labels, the twin that ran, resolved parameters (with `k_auto_scores` when k was chosen)."""
+    from .cluster import choose_k, cluster
 
-    return cluster(Z, cfg.cluster.method, cfg.cluster.k, dict(cfg.cluster.params), backend, cfg.seed, n_classes)
+    k, extra = cfg.cluster.k, {}
+    if k == "auto":
+        k, scores = choose_k(Z, Z if Z_umap is None else Z_umap, cfg.cluster.method, dict(cfg.cluster.params),
+                             backend, cfg.seed, tuple(cfg.cluster.k_range))
+        extra = {"k_auto": k, "k_auto_scores": scores}
+    labels, twin, params = cluster(Z, cfg.cluster.method, k, dict(cfg.cluster.params), backend, cfg.seed, n_classes)
+    return labels, twin, {**params, **extra}
 
 
-def umap_space(X, Z, cfg: RunConfig, backend: Backend):
+def umap_space(X, Z, cfg: RunConfig, backend: Backend, force: bool = False):
     """The space for `silhouette_umap`: the run's own UMAP output when it reduced with UMAP, else the study's UMAP."""
-    if not cfg.evaluate.silhouette_umap:
+    if not (cfg.evaluate.silhouette_umap or force):
         return None
     if cfg.reduce.method == "umap":
         return Z
@@ -147,13 +160,22 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
     with timer("reduce", rows=n):
         Z, reduce_twin = reduce_stage(emb.X, cfg, backend)
     n_classes = None if labels_true is None else int(xp.unique(labels_true).shape[0])
+    Z_umap = None
+    if cfg.cluster.k == "auto":  # k is chosen in the UMAP space, so it is needed first
+        with timer("umap_space", rows=n):
+            Z_umap = umap_space(emb.X, Z, cfg, backend, force=True)
     with timer("cluster", rows=n):
-        labels_pred, cluster_twin, cluster_params = cluster_stage(Z, cfg, backend, n_classes)
+        labels_pred, cluster_twin, cluster_params = cluster_stage(Z, cfg, backend, n_classes, Z_umap)
     with timer("evaluate", rows=n):
-        Z_umap = umap_space(emb.X, Z, cfg, backend)
-        metrics = evaluate(backend, Z, labels_pred, labels_true, Z_umap, cfg.seed)
+        if Z_umap is None:
+            Z_umap = umap_space(emb.X, Z, cfg, backend)
+        metrics = evaluate(backend, Z, labels_pred, labels_true, Z_umap, cfg.seed,
+                           X=emb.X if cfg.evaluate.silhouette_original else None,
+                           silhouette_metrics=tuple(cfg.evaluate.silhouette_metrics))
     twins = {"encode": backend.name, "reduce": reduce_twin, "cluster": cluster_twin, "evaluate": backend.name}
     metrics["twins"] = twins
+    if "k_auto" in cluster_params:
+        metrics["k_auto"] = cluster_params["k_auto"]
     metrics["n_skipped"] = len(emb.skipped)
     timings = dict(timer.seconds)
     enc_s = timings["encode"]

@@ -18,6 +18,22 @@ EXAMPLE = """examples:
 """
 
 
+def _k_value(text: str):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+
+
+def _k_range(text: str):
+    lo, sep, hi = text.partition(":")
+    if sep and lo.strip().isdigit() and hi.strip().isdigit():
+        return (int(lo), int(hi))
+    raise argparse.ArgumentTypeError(f"expected MIN:MAX, e.g. 2:30, got {text!r}")
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     from .cluster import CLUSTERERS
     p = argparse.ArgumentParser(
@@ -46,11 +62,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--reduce-param", action="append", default=S, metavar="K=V",
                    help="extra reducer parameter, e.g. n_neighbors=15 (repeatable)")
     p.add_argument("--cluster", default=S, choices=list(CLUSTERERS), help="clusterer (default kmeans)")
-    p.add_argument("--k", type=int, default=S, metavar="N", help="number of clusters (default: number of classes)")
+    p.add_argument("--k", type=_k_value, default=S, metavar="N|auto",
+                   help="number of clusters (default: number of classes); auto: chosen by UMAP-space silhouette")
+    p.add_argument("--k-range", type=_k_range, default=S, metavar="MIN:MAX", help="candidates for --k auto (2:30)")
     p.add_argument("--cluster-param", action="append", default=S, metavar="K=V",
                    help="extra clusterer parameter, e.g. min_cluster_size=20 (repeatable)")
     p.add_argument("--no-silhouette-umap", action="store_true", help="skip the UMAP-space silhouette "
                    "(saves a UMAP fit when --reduce is not umap)")
+    p.add_argument("--silhouette-original", action="store_true",
+                   help="also score the silhouette in the encoder's own embedding space")
+    p.add_argument("--silhouette-metrics", default=S, metavar="M[,M]",
+                   help="silhouette distances: euclidean (default), l1, chebyshev, cosine, comma-separated")
     p.add_argument("--device", default=S, choices=["auto", "cpu", "gpu"], help="twin to run (default auto)")
     p.add_argument("--gpus", type=int, default=S, metavar="N", help="number of GPUs (default 1)")
     p.add_argument("--seed", type=int, default=S, metavar="N", help="random seed (default 0)")
@@ -65,7 +87,7 @@ _FLAG_TO_KEY = {
     "num_workers": ("encode", "num_workers"), "cache_dir": ("encode", "cache_dir"),
     "shard_size": ("encode", "shard_size"),
     "reduce": ("reduce", "method"), "dims": ("reduce", "dims"),
-    "cluster": ("cluster", "method"), "k": ("cluster", "k"),
+    "cluster": ("cluster", "method"), "k": ("cluster", "k"), "k_range": ("cluster", "k_range"),
     "device": (None, "device"), "gpus": (None, "gpus"), "seed": (None, "seed"), "output": (None, "output"),
 }
 
@@ -86,8 +108,13 @@ def config_from_args(args: argparse.Namespace):
     if hasattr(args, "cluster_param"):
         values.setdefault("cluster", {})["params"] = {**cfg.cluster.params, **parse_kv(args.cluster_param,
                                                                                        "--cluster-param")}
+    ev = values.setdefault("evaluate", {})
     if args.no_silhouette_umap:
-        values["evaluate"] = {"silhouette_umap": False}
+        ev["silhouette_umap"] = False
+    if args.silhouette_original:
+        ev["silhouette_original"] = True
+    if hasattr(args, "silhouette_metrics"):
+        ev["silhouette_metrics"] = tuple(m.strip() for m in args.silhouette_metrics.split(",") if m.strip())
     cfg = merge(cfg, values, where="flags")
     _validate(cfg)
     return cfg
@@ -98,6 +125,11 @@ def _validate(cfg) -> None:
         raise UserError(f"--batch-size {cfg.encode.batch_size}: must be at least 1")
     if cfg.encode.num_workers < 0:
         raise UserError(f"--num-workers {cfg.encode.num_workers}: must be 0 or more")
+    from .evaluate.silhouette import METRICS
+
+    bad = [m for m in cfg.evaluate.silhouette_metrics if m not in METRICS]
+    if bad or not cfg.evaluate.silhouette_metrics:
+        raise UserError(f"silhouette metrics {','.join(bad) or '(none)'}: choose from {', '.join(METRICS)}")
     if cfg.device not in ("auto", "cpu", "gpu"):
         raise UserError(f"device {cfg.device!r}: choose auto, cpu or gpu")
 

@@ -1,9 +1,9 @@
 """The CLI as a user meets it: help, lists, and one-line exit-2 errors for bad input."""
 
 import pytest
-from helpers import run_cli
 
 from gpuclust.run import main
+from helpers import run_cli
 
 
 def _one_line_error(proc, *needles):

@@ -2,10 +2,9 @@
 import csv
 import json
 
-from helpers import write_digit_images
-
 from gpuclust.config import ClusterConfig, DataConfig, EncodeConfig, ReduceConfig, RunConfig
 from gpuclust.pipeline import run_pipeline
+from helpers import write_digit_images
 
 
 def test_bad_images_are_skipped_and_listed(tmp_path):

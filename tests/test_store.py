@@ -6,9 +6,9 @@ import sys
 import time
 
 import numpy as np
-from helpers import ROOT
 
 from gpuclust.store import EmbeddingStore, Shard
+from helpers import ROOT
 
 
 def _shard(rows):

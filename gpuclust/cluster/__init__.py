@@ -126,6 +126,30 @@ def _resolve_k(method: str, k: int | None, params: dict, n: int, n_classes: int 
     return {"n_clusters": int(k)}
 
 
+AUTO_K_SAMPLE = 5_000  # rows scored per candidate k (a seeded sample beyond this; the same rows for every k)
+
+
+def choose_k(Z, Z_score, method: str, params: dict, backend: Backend, seed: int = 0,
+             k_range: tuple[int, int] = (2, 30)) -> tuple[int, dict]:
+    """`--k auto`: the k in `k_range` whose clustering of Z has the highest silhouette in `Z_score` (the study's
+    label-free proxy: the UMAP space). Returns (k, {k: silhouette})."""
+    from ..evaluate.silhouette import silhouette_score
+
+    if not CLUSTERERS[method].needs_k:
+        raise UserError(f"--k auto: {method} finds the number of clusters itself; drop --k")
+    lo, hi = int(k_range[0]), min(int(k_range[1]), Z.shape[0] - 1)
+    if not 2 <= lo <= hi:
+        raise UserError(f"--k-range {k_range[0]}:{k_range[1]}: need 2 <= min <= max < number of images")
+    scores = {}
+    for k in range(lo, hi + 1):
+        labels, _, _ = cluster(Z, method, k, params, backend, seed)
+        s = silhouette_score(backend, Z_score, labels, "euclidean", AUTO_K_SAMPLE, AUTO_K_SAMPLE, seed)["value"]
+        scores[k] = s if s is not None else float("-inf")
+        log.info("k auto: k=%d silhouette %.4f", k, scores[k])
+    best = max(scores, key=lambda k: (scores[k], -k))
+    return best, scores
+
+
 def cluster(Z, method: str, k: int | None, params: dict, backend: Backend, seed: int = 0,
             n_classes: int | None = None):
     """Returns (labels as an xp int64 array, twin that ran, resolved parameters)."""

@@ -3,58 +3,69 @@ from __future__ import annotations
 
 import logging
 
-from ..backend import Backend, make_estimator
-from .metrics import ami, ari, label_metrics, nmi
+from ..backend import Backend
+from .metrics import ami, ari, calinski_harabasz, davies_bouldin, label_metrics, nmi
+from .silhouette import METRICS as SILHOUETTE_METRICS
+from .silhouette import silhouette_samples, silhouette_score
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate", "silhouette", "label_metrics", "ami", "ari", "nmi", "SILHOUETTE_MAX_EXACT"]
+__all__ = ["evaluate", "silhouette", "silhouette_samples", "label_metrics", "ami", "ari", "nmi",
+           "SILHOUETTE_MAX_EXACT", "SILHOUETTE_METRICS"]
 
-# Exact silhouette is O(n^2); above this many rows it is computed on a seeded sample of this size.
-SILHOUETTE_MAX_EXACT = {"cpu": 30_000, "gpu": 100_000}
-
-
-def silhouette(backend: Backend, X, labels, seed: int = 0, metric: str = "euclidean"):
-    """Mean silhouette of the clustered (non-noise) rows; (value or None when undefined, rows used)."""
-    xp = backend.xp
-    keep = labels >= 0
-    X, labels = X[keep], labels[keep]
-    n = int(labels.shape[0])
-    n_labels = int(xp.unique(labels).shape[0])
-    if n_labels < 2 or n_labels > n - 1:
-        return None, n
-    limit = SILHOUETTE_MAX_EXACT[backend.name]
-    if n > limit:
-        idx = xp.sort(xp.random.RandomState(seed).permutation(n)[:limit])
-        X, labels = X[idx], labels[idx]
-        if int(xp.unique(labels).shape[0]) < 2:
-            return None, limit
-        n = limit
-    fn = make_estimator("silhouette", backend)
-    return float(fn.call(None, backend, X, labels, metric=metric)), n
+# Exact silhouette is O(n^2) work; above this many clustered rows it is estimated from a seeded sample of rows.
+SILHOUETTE_MAX_EXACT = {"cpu": 30_000, "gpu": 200_000}
+SILHOUETTE_SAMPLE = 10_000
 
 
-def evaluate(backend: Backend, Z, labels_pred, labels_true=None, Z_umap=None, seed: int = 0) -> dict:
+def silhouette(backend: Backend, X, labels, metric: str = "euclidean", seed: int = 0) -> dict:
+    """Silhouette of the clustered rows: {"value", "rows", "exact", "ci95"} (value None when undefined)."""
+    return silhouette_score(backend, X, labels, metric, SILHOUETTE_MAX_EXACT[backend.name], SILHOUETTE_SAMPLE, seed)
+
+
+def _silhouettes(backend, spaces: dict, labels, metrics, seed) -> dict:
+    out, done = {}, {}
+    for space, Z in spaces.items():
+        for metric in metrics:
+            key = "silhouette" + ("" if space == "clustered" else f"_{space}") + \
+                ("" if metric == "euclidean" else f"_{metric}")
+            if (id(Z), metric) not in done:  # a UMAP run clusters in its UMAP space: score it once
+                done[(id(Z), metric)] = silhouette(backend, Z, labels, metric, seed)
+            s = done[(id(Z), metric)]
+            out[key] = s["value"]
+            if space == "clustered" and metric == metrics[0]:
+                out.update(silhouette_rows=s["rows"], silhouette_exact=s["exact"], silhouette_ci95=s["ci95"])
+    return out
+
+
+def evaluate(backend: Backend, Z, labels_pred, labels_true=None, Z_umap=None, seed: int = 0, X=None,
+             silhouette_metrics=("euclidean",)) -> dict:
     """Flat metrics: label metrics when truth is known, label-free ones always.
 
-    `Z` is the space that was clustered; `Z_umap` the UMAP space for the study's label-free proxy (None: skip).
+    `Z` is the clustered space; `Z_umap` the UMAP space for the study's label-free proxy; `X` the original
+    embeddings (silhouette there is optional: it is the costliest). Noise counts as one cluster in the label
+    metrics (as in the study) and again without it under `*_clustered`; silhouettes, CH and DB use clustered rows.
     """
     xp = backend.xp
     noise = labels_pred < 0
-    clusters = xp.unique(labels_pred[~noise])
+    clustered = ~noise
     m: dict = {
         "n_rows": int(labels_pred.shape[0]),
-        "n_clusters": int(clusters.shape[0]),
+        "n_clusters": int(xp.unique(labels_pred[clustered]).shape[0]),
         "noise_fraction": float(noise.mean()),
     }
     if labels_true is not None:
-        # Noise stays one cluster of its own (label -1), as in the study.
         m.update(label_metrics(backend, labels_true, labels_pred))
         m["n_classes"] = int(xp.unique(labels_true).shape[0])
-    m["silhouette"], m["silhouette_rows"] = silhouette(backend, Z, labels_pred, seed)
+        if bool(clustered.any()):
+            kept = label_metrics(backend, labels_true[clustered], labels_pred[clustered])
+            m.update({f"{k}_clustered": v for k, v in kept.items()})
+    spaces = {"clustered": Z}
     if Z_umap is not None:
-        if Z_umap is Z:
-            m["silhouette_umap"] = m["silhouette"]
-        else:
-            m["silhouette_umap"], _ = silhouette(backend, Z_umap, labels_pred, seed)
+        spaces["umap"] = Z_umap
+    if X is not None:
+        spaces["original"] = X
+    m.update(_silhouettes(backend, spaces, labels_pred, list(silhouette_metrics), seed))
+    m["calinski_harabasz"] = calinski_harabasz(backend, Z[clustered], labels_pred[clustered])
+    m["davies_bouldin"] = davies_bouldin(backend, Z[clustered], labels_pred[clustered])
     return m

@@ -5,6 +5,8 @@ the definitions scikit-learn uses (arithmetic normalisation; the same edge cases
 """
 from __future__ import annotations
 
+import math
+
 from ..backend import Backend
 
 # Terms of the expected mutual information evaluated per chunk (bounds temporary memory at ~10 arrays of this size).
@@ -114,9 +116,80 @@ def ari(backend: Backend, labels_true, labels_pred) -> float:
     return 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))
 
 
+def homogeneity_completeness(backend: Backend, labels_true, labels_pred) -> tuple[float, float, float]:
+    """Homogeneity, completeness and V-measure (beta = 1), as sklearn defines them."""
+    xp = backend.xp
+    C = contingency(xp, labels_true, labels_pred)
+    if C.shape[0] == 0:
+        return 1.0, 1.0, 1.0
+    h_true = float(_entropy(xp, C.sum(axis=1)))
+    h_pred = float(_entropy(xp, C.sum(axis=0)))
+    mi = float(mutual_info(xp, C))
+    hom = mi / h_true if h_true else 1.0
+    com = mi / h_pred if h_pred else 1.0
+    v = 0.0 if hom + com == 0 else 2 * hom * com / (hom + com)
+    return hom, com, v
+
+
+def fowlkes_mallows(backend: Backend, labels_true, labels_pred) -> float:
+    xp = backend.xp
+    C = contingency(xp, labels_true, labels_pred)
+    n = int(C.sum())
+    tk = int((C * C).sum()) - n
+    pk = int((C.sum(axis=0) ** 2).sum()) - n
+    qk = int((C.sum(axis=1) ** 2).sum()) - n
+    return math.sqrt(tk / pk) * math.sqrt(tk / qk) if tk != 0 else 0.0
+
+
 def label_metrics(backend: Backend, labels_true, labels_pred) -> dict:
+    """All label metrics; noise (-1) is one cluster of its own, as in the study."""
+    hom, com, v = homogeneity_completeness(backend, labels_true, labels_pred)
     return {
         "ami": ami(backend, labels_true, labels_pred),
         "ari": ari(backend, labels_true, labels_pred),
         "nmi": nmi(backend, labels_true, labels_pred),
+        "homogeneity": hom,
+        "completeness": com,
+        "v_measure": v,
+        "fowlkes_mallows": fowlkes_mallows(backend, labels_true, labels_pred),
     }
+
+
+def calinski_harabasz(backend: Backend, X, labels) -> float | None:
+    """Between- over within-cluster dispersion, each per degree of freedom (sklearn's definition)."""
+    xp = backend.xp
+    X = xp.asarray(X, dtype=xp.float64)
+    _, inv, sizes = xp.unique(labels, return_inverse=True, return_counts=True)
+    n, k = X.shape[0], int(sizes.shape[0])
+    if not 1 < k < n:
+        return None
+    centroids, inv = _centroids(xp, X, inv.ravel(), sizes)
+    between = float((sizes[:, None] * (centroids - X.mean(axis=0)) ** 2).sum())
+    within = float(((X - centroids[inv]) ** 2).sum())
+    return 1.0 if within == 0 else between * (n - k) / (within * (k - 1))
+
+
+def davies_bouldin(backend: Backend, X, labels) -> float | None:
+    """Mean over clusters of the worst (scatter_i + scatter_j) / centroid distance (sklearn's definition)."""
+    xp = backend.xp
+    X = xp.asarray(X, dtype=xp.float64)
+    _, inv, sizes = xp.unique(labels, return_inverse=True, return_counts=True)
+    n, k = X.shape[0], int(sizes.shape[0])
+    if not 1 < k < n:
+        return None
+    centroids, inv = _centroids(xp, X, inv.ravel(), sizes)
+    dist = xp.linalg.norm(X - centroids[inv], axis=1)
+    scatter = xp.bincount(inv, weights=dist, minlength=k) / sizes
+    sep = xp.sqrt(xp.maximum(((centroids[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2), 0.0))
+    if float(scatter.max()) == 0 or float(sep.max()) == 0:
+        return 0.0
+    ratio = (scatter[:, None] + scatter[None, :]) / xp.where(sep == 0, xp.inf, sep)
+    ratio[xp.arange(k), xp.arange(k)] = 0.0
+    return float(ratio.max(axis=1).mean())
+
+
+def _centroids(xp, X, inv, sizes):
+    """Per-cluster means with one weighted bincount per dimension: O(n) memory whatever the number of clusters."""
+    k = int(sizes.shape[0])
+    sums = xp.stack([xp.bincount(inv, weights=X[:, j], minlength=k) for j in range(X.shape[1])], axis=1)
+    return sums / sizes[:, None], inv

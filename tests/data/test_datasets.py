@@ -3,12 +3,12 @@ import gzip
 
 import numpy as np
 import pytest
-from helpers import write_digit_images
 from PIL import Image
 
 from gpuclust.data import load_dataset
 from gpuclust.data.packaged import read_idx
 from gpuclust.errors import UserError
+from helpers import write_digit_images
 
 
 def test_fashion_mnist_splits():

@@ -4,7 +4,7 @@ import pytest
 from sklearn import metrics as skm
 
 from gpuclust.data import load_dataset
-from gpuclust.evaluate import ami, ari, evaluate, nmi, silhouette
+from gpuclust.evaluate import ami, ari, evaluate, nmi, silhouette, silhouette_samples
 
 
 @pytest.fixture(scope="module")
@@ -57,35 +57,78 @@ def digits_space():
     return PCA(10, random_state=0).fit_transform(d.data).astype(np.float32), d.target
 
 
-def test_silhouette_matches_sklearn_and_ignores_noise(backend, digits_space):
+@pytest.mark.parametrize("metric,sk_metric", [("euclidean", "euclidean"), ("l1", "manhattan"),
+                                               ("chebyshev", "chebyshev"), ("cosine", "cosine")])
+def test_silhouette_matches_sklearn_every_metric(backend, digits_space, metric, sk_metric):
     X, y = digits_space
-    s, n = silhouette(backend, backend.asarray(X), backend.asarray(y))
-    assert n == len(y) and s == pytest.approx(skm.silhouette_score(X, y), rel=1e-5)
+    s = silhouette(backend, backend.asarray(X), backend.asarray(y), metric)
+    assert s["exact"] and s["rows"] == len(y)
+    assert s["value"] == pytest.approx(skm.silhouette_score(X, y, metric=sk_metric), rel=1e-5)
+
+
+def test_silhouette_ignores_noise_and_scores_singletons_zero(backend, digits_space):
+    X, y = digits_space
     y_noise = np.where(np.arange(len(y)) % 5 == 0, -1, y)
-    s2, n2 = silhouette(backend, backend.asarray(X), backend.asarray(y_noise))
+    y_noise[1] = 42  # a singleton cluster
+    s = silhouette(backend, backend.asarray(X), backend.asarray(y_noise))
     keep = y_noise >= 0
-    assert n2 == keep.sum() and s2 == pytest.approx(skm.silhouette_score(X[keep], y_noise[keep]), rel=1e-5)
+    assert s["rows"] == keep.sum()
+    assert s["value"] == pytest.approx(skm.silhouette_score(X[keep], y_noise[keep]), rel=1e-5)
 
 
 def test_silhouette_undefined_cases(backend, digits_space):
     X, _ = digits_space
-    assert silhouette(backend, backend.asarray(X), backend.asarray(np.zeros(len(X), int)))[0] is None
-    assert silhouette(backend, backend.asarray(X), backend.asarray(-np.ones(len(X), int)))[0] is None
+    assert silhouette(backend, backend.asarray(X), backend.asarray(np.zeros(len(X), int)))["value"] is None
+    assert silhouette(backend, backend.asarray(X), backend.asarray(-np.ones(len(X), int)))["value"] is None
 
 
-def test_silhouette_sample_beyond_exact_limit(backend, digits_space, monkeypatch):
+def test_silhouette_sample_beyond_exact_limit_has_a_confidence_interval(backend, digits_space, monkeypatch):
     import gpuclust.evaluate as E
 
     X, y = digits_space
-    monkeypatch.setitem(E.SILHOUETTE_MAX_EXACT, backend.name, 800)
-    s, n = silhouette(backend, backend.asarray(X), backend.asarray(y), seed=3)
-    assert n == 800 and s == pytest.approx(skm.silhouette_score(X, y), abs=0.03)
+    exact = skm.silhouette_score(X, y)
+    monkeypatch.setitem(E.SILHOUETTE_MAX_EXACT, backend.name, 1000)
+    monkeypatch.setattr(E, "SILHOUETTE_SAMPLE", 600)
+    hits = 0
+    for seed in range(10):
+        s = silhouette(backend, backend.asarray(X), backend.asarray(y), seed=seed)
+        assert s["rows"] == 600 and not s["exact"] and 0 < s["ci95"] < 0.05
+        hits += abs(s["value"] - exact) <= s["ci95"]
+    assert hits >= 8  # a 95% interval should cover the exact value for nearly every seed
+
+
+def test_silhouette_samples_are_sklearns(backend, digits_space):
+    X, y = digits_space
+    ours = backend.to_host(silhouette_samples(backend, backend.asarray(X), backend.asarray(y), "euclidean"))
+    # sklearn computes float32 input in float32; ours in float64: agreement to float32 precision
+    np.testing.assert_allclose(ours, skm.silhouette_samples(X, y), rtol=1e-5, atol=1e-6)
+
+
+def test_more_label_metrics_and_dispersion_match_sklearn(backend, digits_space, truth):
+    from gpuclust.evaluate.metrics import calinski_harabasz, davies_bouldin, fowlkes_mallows, homogeneity_completeness
+
+    pred = _predictions(truth)["noisy"]
+    t, p = backend.asarray(truth), backend.asarray(pred)
+    np.testing.assert_allclose(homogeneity_completeness(backend, t, p),
+                               skm.homogeneity_completeness_v_measure(truth, pred), rtol=1e-7)
+    assert fowlkes_mallows(backend, t, p) == pytest.approx(skm.fowlkes_mallows_score(truth, pred), rel=1e-7)
+    X, y = digits_space
+    yp = np.where(np.arange(len(y)) % 4 == 0, (y + 1) % 10, y)
+    Xd, yd = backend.asarray(X), backend.asarray(yp)
+    assert calinski_harabasz(backend, Xd, yd) == pytest.approx(skm.calinski_harabasz_score(X, yp), rel=1e-6)
+    assert davies_bouldin(backend, Xd, yd) == pytest.approx(skm.davies_bouldin_score(X, yp), rel=1e-6)
 
 
 def test_evaluate_reports_noise_and_clusters(backend, digits_space):
     X, y = digits_space
     pred = np.where(np.arange(len(y)) % 10 == 0, -1, y)
-    m = evaluate(backend, backend.asarray(X), backend.asarray(pred), backend.asarray(y))
+    m = evaluate(backend, backend.asarray(X), backend.asarray(pred), backend.asarray(y),
+                 silhouette_metrics=("euclidean", "cosine"))
     assert m["n_clusters"] == 10 and m["noise_fraction"] == pytest.approx(0.1, abs=0.001)
     assert m["ami"] == pytest.approx(skm.adjusted_mutual_info_score(y, pred), rel=1e-5)
+    keep = pred >= 0
+    assert m["ami_clustered"] == pytest.approx(skm.adjusted_mutual_info_score(y[keep], pred[keep]), rel=1e-5)
+    assert m["silhouette_cosine"] == pytest.approx(skm.silhouette_score(X[keep], pred[keep], metric="cosine"),
+                                                   rel=1e-5)
+    assert m["calinski_harabasz"] == pytest.approx(skm.calinski_harabasz_score(X[keep], pred[keep]), rel=1e-6)
     assert "silhouette_umap" not in m  # no UMAP space given

@@ -28,8 +28,10 @@ class EncodeConfig:
 @dataclass(frozen=True)
 class ReduceConfig:
     method: str = "umap"
-    dims: int = 50
+    dims: int | float = 50  # PCA also takes a share of variance to keep, 0 < dims < 1
     params: dict = field(default_factory=dict)
+    zscore: bool | None = None  # z-score before reducing; None: before PCA only (the study's default)
+    normalize: str = "none"  # after reducing: none, l2, zscore, spherical
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from .config import RunConfig
 from .data import ImageDataset, load_dataset
 from .encode import Embeddings, build_encoder, extract
 from .errors import UserError
-from .store import EmbeddingStore, atomic_write_json, default_cache_dir
+from .store import EmbeddingStore, ReductionCache, atomic_write_json, default_cache_dir
 
 log = logging.getLogger("gpuclust")
 
@@ -106,10 +106,29 @@ def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: b
     return emb, {"encoder": enc.name, "dim": enc.dim, "store": str(store.dir)}
 
 
-def reduce_stage(X, cfg: RunConfig, backend: Backend):
+def cached(store_dir: str | None, key: dict, backend: Backend, compute):
+    """(Z, twin) from the reduction cache beside the embeddings, else computed and stored there."""
+    if store_dir is None:
+        return compute()
+    cache = ReductionCache(store_dir)
+    key = {**key, "backend": backend.name}
+    hit = cache.get(key)
+    if hit is not None:
+        log.info("reduce: reusing the stored %s space (%s)", key["method"], cache.dir)
+        return backend.asarray(hit[0]), hit[1]["twin"]
+    Z, twin = compute()
+    cache.put(key, backend.to_host(Z), {"twin": twin})
+    return Z, twin
+
+
+def reduce_stage(X, cfg: RunConfig, backend: Backend, store_dir: str | None = None):
     from .reduce import reduce
 
-    return reduce(X, cfg.reduce.method, cfg.reduce.dims, dict(cfg.reduce.params), backend, cfg.seed)
+    r = cfg.reduce
+    key = {"method": r.method, "dims": r.dims, "params": r.params, "zscore": r.zscore, "normalize": r.normalize,
+           "seed": cfg.seed}
+    return cached(store_dir if r.method in ("pca", "umap") else None, key, backend,
+                  lambda: reduce(X, r.method, r.dims, dict(r.params), backend, cfg.seed, r.zscore, r.normalize))
 
 
 def cluster_stage(Z, cfg: RunConfig, backend: Backend, n_classes: int | None, Z_umap=None):
@@ -125,7 +144,7 @@ def cluster_stage(Z, cfg: RunConfig, backend: Backend, n_classes: int | None, Z_
     return labels, twin, {**params, **extra}
 
 
-def umap_space(X, Z, cfg: RunConfig, backend: Backend, force: bool = False):
+def umap_space(X, Z, cfg: RunConfig, backend: Backend, force: bool = False, store_dir: str | None = None):
     """The space for `silhouette_umap`: the run's own UMAP output when it reduced with UMAP, else the study's UMAP."""
     if not (cfg.evaluate.silhouette_umap or force):
         return None
@@ -136,7 +155,8 @@ def umap_space(X, Z, cfg: RunConfig, backend: Backend, force: bool = False):
     dims = min(50, X.shape[0] - 2)
     if dims < 2:
         return None
-    return umap(X, dims, {}, backend, cfg.seed)[0]
+    key = {"method": "umap", "dims": dims, "params": {}, "zscore": False, "normalize": "none", "seed": cfg.seed}
+    return cached(store_dir, key, backend, lambda: umap(X, dims, {}, backend, cfg.seed))[0]
 
 
 def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
@@ -158,17 +178,17 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
     labels_true = None if ds.labels is None else xp.asarray(ds.labels[emb.rows])
     n = emb.X.shape[0]
     with timer("reduce", rows=n):
-        Z, reduce_twin = reduce_stage(emb.X, cfg, backend)
+        Z, reduce_twin = reduce_stage(emb.X, cfg, backend, enc_info["store"])
     n_classes = None if labels_true is None else int(xp.unique(labels_true).shape[0])
     Z_umap = None
     if cfg.cluster.k == "auto":  # k is chosen in the UMAP space, so it is needed first
         with timer("umap_space", rows=n):
-            Z_umap = umap_space(emb.X, Z, cfg, backend, force=True)
+            Z_umap = umap_space(emb.X, Z, cfg, backend, force=True, store_dir=enc_info["store"])
     with timer("cluster", rows=n):
         labels_pred, cluster_twin, cluster_params = cluster_stage(Z, cfg, backend, n_classes, Z_umap)
     with timer("evaluate", rows=n):
         if Z_umap is None:
-            Z_umap = umap_space(emb.X, Z, cfg, backend)
+            Z_umap = umap_space(emb.X, Z, cfg, backend, store_dir=enc_info["store"])
         metrics = evaluate(backend, Z, labels_pred, labels_true, Z_umap, cfg.seed,
                            X=emb.X if cfg.evaluate.silhouette_original else None,
                            silhouette_metrics=tuple(cfg.evaluate.silhouette_metrics))

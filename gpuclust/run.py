@@ -27,6 +27,14 @@ def _k_value(text: str):
         raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
 
 
+def _dims(text: str):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    return int(v) if v.is_integer() else v
+
+
 def _k_range(text: str):
     lo, sep, hi = text.partition(":")
     if sep and lo.strip().isdigit() and hi.strip().isdigit():
@@ -57,8 +65,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="embedding store (default $GPUCLUST_CACHE or ~/.cache/gpuclust)")
     p.add_argument("--shard-size", type=int, default=S, metavar="N",
                    help="rows per embedding-store shard, the unit of resumption (default 2048)")
-    p.add_argument("--reduce", default=S, choices=["none", "pca", "umap"], help="reducer (default umap)")
-    p.add_argument("--dims", type=int, default=S, metavar="N", help="reduced dimensions (default 50)")
+    p.add_argument("--reduce", default=S, choices=["none", "zscore", "pca", "umap"], help="reducer (default umap)")
+    p.add_argument("--dims", type=_dims, default=S, metavar="N",
+                   help="reduced dimensions (default 50); for pca a share of variance to keep, e.g. 0.9")
+    p.add_argument("--zscore", action=argparse.BooleanOptionalAction, default=S,
+                   help="z-score the embeddings before reducing (default: before pca only, as the study)")
+    p.add_argument("--normalize", default=S, choices=["none", "l2", "zscore", "spherical"],
+                   help="normalise the reduced space before clustering (default none)")
     p.add_argument("--reduce-param", action="append", default=S, metavar="K=V",
                    help="extra reducer parameter, e.g. n_neighbors=15 (repeatable)")
     p.add_argument("--cluster", default=S, choices=list(CLUSTERERS), help="clusterer (default kmeans)")
@@ -86,7 +99,8 @@ _FLAG_TO_KEY = {
     "encoder": ("encode", "spec"), "weights": ("encode", "weights"), "batch_size": ("encode", "batch_size"),
     "num_workers": ("encode", "num_workers"), "cache_dir": ("encode", "cache_dir"),
     "shard_size": ("encode", "shard_size"),
-    "reduce": ("reduce", "method"), "dims": ("reduce", "dims"),
+    "reduce": ("reduce", "method"), "dims": ("reduce", "dims"), "zscore": ("reduce", "zscore"),
+    "normalize": ("reduce", "normalize"),
     "cluster": ("cluster", "method"), "k": ("cluster", "k"), "k_range": ("cluster", "k_range"),
     "device": (None, "device"), "gpus": (None, "gpus"), "seed": (None, "seed"), "output": (None, "output"),
 }

@@ -94,3 +94,31 @@ class EmbeddingStore:
 
     def mark_complete(self, dim: int) -> None:
         atomic_write_json(self.dir / "complete.json", {"dim": int(dim), "n_shards": self.n_shards})
+
+
+class ReductionCache:
+    """Reduced spaces stored beside the embeddings they came from, keyed by the reducer's settings and the twin
+    that ran it, so a second run (another clusterer, another k) skips a UMAP fit."""
+
+    def __init__(self, store_dir: Path | str):
+        self.dir = Path(store_dir) / "reduced"
+
+    def _paths(self, key: dict) -> tuple[Path, Path]:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        return self.dir / f"{digest}.npy", self.dir / f"{digest}.json"
+
+    def get(self, key: dict) -> tuple[np.ndarray, dict] | None:
+        arr, meta = self._paths(key)
+        if not (arr.is_file() and meta.is_file()):
+            return None
+        return np.load(arr, allow_pickle=False), json.loads(meta.read_text())
+
+    def put(self, key: dict, Z: np.ndarray, info: dict) -> None:
+        import io
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        arr, meta = self._paths(key)
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(Z), allow_pickle=False)
+        atomic_write_bytes(arr, buf.getvalue())
+        atomic_write_json(meta, {**info, "key": key})  # written last: its presence marks a complete entry

@@ -78,8 +78,14 @@ def test_run_directory(effnet_run):
     assert sk_ami == pytest.approx(metrics["ami"], abs=1e-9)
 
 
-def test_second_run_reuses_the_store(effnet_run, tmp_path, cache_dir):
+def test_second_run_reuses_the_store(effnet_run, tmp_path, cache_dir, monkeypatch):
     assert effnet_run.timings["rows_encoded"] + effnet_run.timings["rows_reused"] == N
+    import gpuclust.reduce
+
+    def no_refit(*a, **k):
+        raise AssertionError("UMAP was fitted again")
+
+    monkeypatch.setattr(gpuclust.reduce, "umap", no_refit)  # the stored UMAP space must be reused
     again = run_pipeline(_cfg(tmp_path, cache_dir, cluster="kmeans"), progress=False)
     assert again.timings["rows_encoded"] == 0 and again.timings["rows_reused"] == N
     assert again.metrics["ami"] == pytest.approx(effnet_run.metrics["ami"], abs=1e-12)  # same seed, same numbers

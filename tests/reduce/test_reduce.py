@@ -37,7 +37,40 @@ def test_bad_dims(backend, digits):
     X, _ = digits
     with pytest.raises(UserError, match="at most"):
         reduce(backend.asarray(X), "pca", 100, {}, backend)
-    with pytest.raises(UserError, match="at least 1"):
+    with pytest.raises(UserError, match="share of variance"):
         reduce(backend.asarray(X), "pca", 0, {}, backend)
+    with pytest.raises(UserError, match="whole number"):
+        reduce(backend.asarray(X), "umap", 2.5, {}, backend)
+    with pytest.raises(UserError, match="--normalize"):
+        reduce(backend.asarray(X), "none", 2, {}, backend, post="cubic")
     with pytest.raises(UserError, match="needs more than"):
         reduce(backend.asarray(X[:20]), "umap", 50, {}, backend)
+
+
+def test_pca_by_variance_kept_matches_sklearn(backend, digits):
+    from sklearn.decomposition import PCA
+
+    X, _ = digits
+    Z, _ = reduce(backend.asarray(X), "pca", 0.9, {}, backend)
+    Xz = (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1)  # z-scored first, constant pixels -> 0
+    ref = PCA(0.9, svd_solver="full").fit(Xz)
+    assert Z.shape[1] == ref.n_components_
+    # same subspace up to sign: absolute correlation of matching components ~ 1
+    Zh = backend.to_host(Z)
+    Zr = ref.transform(Xz)
+    corr = [abs(np.corrcoef(Zh[:, j], Zr[:, j])[0, 1]) for j in range(5)]
+    assert min(corr) > 0.999
+
+
+def test_zscore_and_normalisations(backend, digits):
+    X, _ = digits
+    Xd = backend.asarray(X)
+    Z, twin = reduce(Xd, "zscore", 0, {}, backend)
+    Zh = backend.to_host(Z)
+    assert twin == "none" and np.abs(Zh.mean(0)).max() < 1e-4
+    assert np.allclose(Zh.std(0)[X.std(0) > 0], 1, atol=1e-4) and np.all(Zh[:, X.std(0) == 0] == 0)
+    L, _ = reduce(Xd, "none", 0, {}, backend, post="l2")
+    np.testing.assert_allclose(np.linalg.norm(backend.to_host(L), axis=1), 1, rtol=1e-5)
+    S, _ = reduce(Xd, "none", 0, {}, backend, post="spherical")
+    Sh = backend.to_host(S)
+    assert Sh.std(0).mean() == pytest.approx(1.0, rel=1e-4) and np.abs(Sh.mean(0)).max() < 1e-4

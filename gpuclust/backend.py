@@ -315,11 +315,26 @@ class Built:
         """`obj.method(X, ...)`. When the CPU twin stands in on a GPU run, X goes to the host for this step only and
         array results come back to the device."""
         fn = getattr(self.obj, method)
-        if self.twin == backend.name:
-            return fn(X, *args, **kwargs)
-        host_args = [backend.to_host(a) for a in args]
-        out = fn(backend.to_host(X), *host_args, **kwargs)
+        try:
+            if self.twin == backend.name:
+                return fn(X, *args, **kwargs)
+            host_args = [backend.to_host(a) for a in args]
+            out = fn(backend.to_host(X), *host_args, **kwargs)
+        except Exception as exc:
+            if _is_parameter_error(exc):
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise UserError(f"{type(self.obj).__name__}: {msg}") from None
+            raise
         return backend.xp.asarray(out) if isinstance(out, np.ndarray) else out
+
+
+def _is_parameter_error(exc: Exception) -> bool:
+    """scikit-learn's validation of a user-supplied parameter value (type or range)."""
+    try:
+        from sklearn.utils._param_validation import InvalidParameterError
+    except ImportError:  # pragma: no cover - older scikit-learn
+        return False
+    return isinstance(exc, InvalidParameterError)
 
 
 def make_estimator(name: str, backend: Backend, **params) -> Built:

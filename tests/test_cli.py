@@ -90,3 +90,29 @@ def test_unwritable_output(tmp_path):
     blocker.write_text("")
     proc = run_cli("--dataset", "digits", "--encoder", "pixels", "-q", "--output", str(blocker / "run"))
     _one_line_error(proc, "--output", "cannot write")
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cli-cache")  # the UMAP of the first run is reused by the others
+
+
+@pytest.mark.parametrize("cluster", [
+    ["kmeans"],                                                    # measured AMI 0.873
+    ["hdbscan", "--cluster-param", "min_cluster_size=20"],         # 0.882
+    ["agglomerative", "--cluster-param", "linkage=average"],       # 0.856
+    ["affinity", "--cluster-param", "damping=0.9"],                # 0.902
+    ["spectral"],                                                  # 0.789
+    ["dbscan", "--cluster-param", "eps=0.5", "--cluster-param", "min_samples=10"],  # 0.882
+])
+def test_every_clusterer_from_the_cli(cluster, shared_cache, tmp_path):
+    import json
+
+    proc = run_cli("--dataset", "digits", "--encoder", "pixels", "--dims", "10", "--cluster", *cluster, "-q",
+                   "--output", str(tmp_path / "run"), "--cache-dir", str(shared_cache))
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["ami"] > 0.7 and m["twins"]["cluster"] == "cpu"
+    for key in ("ari", "nmi", "homogeneity", "completeness", "v_measure", "fowlkes_mallows", "ami_clustered",
+                "silhouette", "silhouette_umap", "calinski_harabasz", "davies_bouldin", "noise_fraction"):
+        assert key in m, key

@@ -94,3 +94,65 @@ def test_metrics_agree_across_twins_on_the_same_labels():
     gpu = evaluate(resolve_backend("gpu"), cupy.asarray(X), cupy.asarray(pred), cupy.asarray(d.target))
     for key in ("ami", "ari", "nmi", "silhouette", "n_clusters", "noise_fraction"):
         assert gpu[key] == pytest.approx(cpu[key], rel=1e-5, abs=1e-6), key
+
+
+@pytest.fixture(scope="module")
+def fashion_space(cache_dir):
+    """The CPU twin's UMAP-50 space of 2,000 Fashion-MNIST EfficientNet-Lite0 embeddings, and the truth."""
+    from gpuclust.backend import resolve_backend
+    from gpuclust.data import load_dataset
+    from gpuclust.pipeline import encode_stage, reduce_stage
+
+    cpu = resolve_backend("cpu")
+    cfg = RunConfig(data=DataConfig("fashion-mnist", limit=N), encode=EncodeConfig(cache_dir=str(cache_dir)),
+                    device="cpu")
+    ds = load_dataset("fashion-mnist", limit=N)
+    emb, _ = encode_stage(ds, cfg, cpu, progress=False)
+    Z, _ = reduce_stage(emb.X, cfg, cpu)
+    return Z, ds.labels[emb.rows]
+
+
+@pytest.mark.parametrize("method,k,params", [
+    ("kmeans", 10, {}),
+    ("hdbscan", None, {"min_cluster_size": 30}),
+    ("agglomerative", 10, {"linkage": "single"}),
+    ("affinity", None, {"damping": 0.9}),
+    ("spectral", 10, {}),
+    ("dbscan", None, {"eps": 0.3, "min_samples": 10}),
+    ("dbscan", None, {"eps": 0.02, "min_samples": 10, "metric": "cosine"}),
+])
+def test_each_gpu_clusterer_matches_its_cpu_twin(fashion_space, method, k, params):
+    import cupy
+
+    from gpuclust.backend import resolve_backend
+    from gpuclust.cluster import cluster
+    from gpuclust.evaluate import ami
+
+    Z, y = fashion_space
+    cpu, gpu = resolve_backend("cpu"), resolve_backend("gpu")
+    lc, tc, _ = cluster(Z, method, k, params, cpu, seed=0, n_classes=10)
+    Zg = cupy.asarray(Z)
+    before = Zg.copy()
+    lg, tg, _ = cluster(Zg, method, k, params, gpu, seed=0, n_classes=10)
+    assert tc == "cpu" and tg == "gpu" and isinstance(lg, cupy.ndarray)
+    assert bool((Zg == before).all())  # the stage never lets an estimator rewrite its input
+    a_cpu, a_gpu = ami(cpu, y, lc), ami(cpu, y, cupy.asnumpy(lg))
+    assert abs(a_gpu - a_cpu) <= 0.05, (a_gpu, a_cpu)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "l1", "chebyshev", "cosine"])
+def test_gpu_silhouette_at_scale_matches_cpu_sample(metric):
+    """Exact on the device at 50,000 rows; the CPU twin's sampled estimate must fall inside its own interval."""
+    import cupy
+
+    from gpuclust.backend import resolve_backend
+    from gpuclust.evaluate import silhouette
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=3, size=(20, 16))
+    y = rng.integers(0, 20, 50_000)
+    X = (centres[y] + rng.normal(size=(50_000, 16))).astype(np.float32)
+    g = silhouette(resolve_backend("gpu"), cupy.asarray(X), cupy.asarray(y), metric)
+    c = silhouette(resolve_backend("cpu"), X, y, metric)
+    assert g["exact"] and not c["exact"]
+    assert abs(g["value"] - c["value"]) <= c["ci95"] * 1.5

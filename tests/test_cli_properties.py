@@ -1,0 +1,53 @@
+"""Property: whatever a user types for the dataset spec, clusterer and its parameters, the CLI ends with exit 0, or
+exit 2 and one line on stderr; never a traceback (an uncaught exception fails the test)."""
+import contextlib
+import io
+import tempfile
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gpuclust.cluster import CLUSTERERS
+from gpuclust.run import main
+
+CACHE = tempfile.mkdtemp(prefix="gpuclust-prop-")
+
+specs = st.one_of(
+    st.sampled_from(["digits", "mnist5k", "digits:x", "fashion-mnist:val", "imagefolder:", "folder:/no/such",
+                     "imagefolder:/etc/hostname", "csv:x.csv", ":", "torchvision:CIFAR10"]),
+    st.text(max_size=16),
+)
+keys = st.sampled_from(["n_init", "min_samples", "min_cluster_size", "eps", "damping", "linkage", "metric",
+                        "distance_threshold", "n_neighbors", "tol", "max_iter", "foo", "", "1x"])
+values = st.one_of(st.sampled_from(["-1", "0", "0.5", "3", "1e9", "ward", "cosine", "nope", "null", "[1, 2]", "",
+                                    "true", "nan"]), st.text(max_size=6))
+params = st.lists(st.one_of(st.builds(lambda k, v: f"{k}={v}", keys, values), st.text(max_size=10)), max_size=3)
+
+
+def _run(argv):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(argv)
+    return code, err.getvalue()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=specs, method=st.sampled_from(sorted(CLUSTERERS)), cparams=params,
+       k=st.sampled_from([None, "auto", "-2", "0", "3", "100000"]))
+def test_cli_exits_0_or_2_with_one_line(spec, method, cparams, k):
+    argv = ["--dataset", spec, "--limit", "60", "--encoder", "pixels", "--reduce", "pca", "--dims", "5",
+            "--cluster", method, "--cache-dir", CACHE, "--output", tempfile.mkdtemp(prefix="gpuclust-run-"), "-q",
+            "--no-silhouette-umap", "--k-range", "2:4"]
+    if k is not None:
+        argv += ["--k", k]
+    for p in cparams:
+        argv += ["--cluster-param", p]
+    try:
+        code, err = _run(argv)
+    except SystemExit as exc:  # argparse: usage errors exit 2 with its usage block
+        assert exc.code == 2
+        return
+    assert code in (0, 2), err
+    if code == 2:
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("gpuclust: error: "), err

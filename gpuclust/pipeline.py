@@ -5,6 +5,7 @@ stay on the device from the encoder to the metrics; the report is the one place 
 """
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from contextlib import contextmanager
@@ -87,13 +88,43 @@ def check_against_data(cfg: RunConfig, ds: ImageDataset) -> None:
         raise UserError(f"--k {k}: must be between 1 and the number of images ({len(ds)})")
 
 
+def check_finite(backend: Backend, X, rows) -> None:
+    """NaN or inf in embeddings (a broken checkpoint, fp16 overflow) would poison every later stage: name the rows."""
+    xp = backend.xp
+    bad = ~xp.isfinite(X).all(axis=1)
+    if bool(bad.any()):
+        where = rows[backend.to_host(xp.nonzero(bad)[0])]
+        shown = ", ".join(str(r) for r in where[:10]) + (" ..." if len(where) > 10 else "")
+        raise UserError(f"{len(where)} embedding(s) contain NaN or inf (dataset rows {shown}); check the encoder "
+                        "weights or run with fp32")
+
+
+@contextmanager
+def memory_hint(stage: str):
+    """Out-of-memory in reduce/cluster/evaluate becomes one line with what to change."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as exc:  # CuPy/RMM raise MemoryError; cuML's C++ may raise bad_alloc
+        text = str(exc).lower()
+        if not isinstance(exc, MemoryError) and "out of memory" not in text and "bad_alloc" not in text:
+            raise
+        raise UserError(f"{stage}: out of memory; lower --dims, reduce first (--reduce umap or pca), use --limit, "
+                        "or choose a clusterer that scales (kmeans, hdbscan)") from None
+
+
 def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: bool) -> tuple[Embeddings, dict]:
     enc = build_encoder(cfg.encode.spec, cfg.encode.weights)
     key = {**enc.key, "dataset": ds.spec, "rows": ds.fingerprint(), "precision": "fp32"}
     store = EmbeddingStore(cfg.encode.cache_dir or default_cache_dir(), key, len(ds), cfg.encode.shard_size)
     if store.complete:
         log.info("encode: reusing stored embeddings %s", store.dir)
-    emb = extract(ds, enc, backend, store, cfg.encode.batch_size, cfg.encode.num_workers, progress)
+    try:
+        emb = extract(ds, enc, backend, store, cfg.encode.batch_size, cfg.encode.num_workers, progress)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        raise UserError(f"cannot write the embedding store at {store.dir} ({exc.strerror}): free space there or "
+                        "choose another --cache-dir; shards already written are kept") from None
     if backend.is_gpu:
         import torch
 
@@ -103,6 +134,7 @@ def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: b
         log.warning("encode: skipped %d image(s) that could not be decoded (listed in skipped.csv)", len(emb.skipped))
     if emb.X.shape[0] == 0:
         raise UserError(f"{ds.spec}: none of the {len(ds)} images could be decoded")
+    check_finite(backend, emb.X, emb.rows)
     return emb, {"encoder": enc.name, "dim": enc.dim, "store": str(store.dir)}
 
 
@@ -177,16 +209,16 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
     xp = backend.xp
     labels_true = None if ds.labels is None else xp.asarray(ds.labels[emb.rows])
     n = emb.X.shape[0]
-    with timer("reduce", rows=n):
+    with timer("reduce", rows=n), memory_hint("reduce"):
         Z, reduce_twin = reduce_stage(emb.X, cfg, backend, enc_info["store"])
     n_classes = None if labels_true is None else int(xp.unique(labels_true).shape[0])
     Z_umap = None
     if cfg.cluster.k == "auto":  # k is chosen in the UMAP space, so it is needed first
         with timer("umap_space", rows=n):
             Z_umap = umap_space(emb.X, Z, cfg, backend, force=True, store_dir=enc_info["store"])
-    with timer("cluster", rows=n):
+    with timer("cluster", rows=n), memory_hint("cluster"):
         labels_pred, cluster_twin, cluster_params = cluster_stage(Z, cfg, backend, n_classes, Z_umap)
-    with timer("evaluate", rows=n):
+    with timer("evaluate", rows=n), memory_hint("evaluate"):
         if Z_umap is None:
             Z_umap = umap_space(emb.X, Z, cfg, backend, store_dir=enc_info["store"])
         metrics = evaluate(backend, Z, labels_pred, labels_true, Z_umap, cfg.seed,

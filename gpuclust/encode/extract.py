@@ -50,7 +50,37 @@ def _collate(items):
     return rows, batch, bad
 
 
-def _encode_shard(dataset, encoder, backend, rows: range, batch_size: int, num_workers: int, bar):
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class _Forward:
+    """The encoder's forward pass in micro-batches that halve on out-of-memory, for the rest of the run."""
+
+    def __init__(self, model, batch_size: int):
+        self.model, self.limit = model, batch_size
+
+    def __call__(self, x):
+        import torch
+
+        outs, i = [], 0
+        while i < x.shape[0]:
+            try:
+                outs.append(self.model(x[i:i + self.limit]).float())
+                i += self.limit
+            except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+                if not _is_oom(exc) or self.limit == 1:
+                    raise
+                self.limit //= 2
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                log.warning("encode: out of memory; batch size halved to %d", self.limit)
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def _encode_shard(dataset, encoder, forward, backend, rows: range, batch_size: int, num_workers: int, bar):
     """One shard: returns (xp array of embeddings, kept rows, skipped list)."""
     import torch
 
@@ -67,7 +97,7 @@ def _encode_shard(dataset, encoder, backend, rows: range, batch_size: int, num_w
                 x = batch.to(device, non_blocking=True)
                 if x.ndim == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
-                feats = encoder.model(x).float()
+                feats = forward(x)
                 parts.append(backend.from_torch(feats.contiguous()))
                 kept.append(batch_rows.numpy())
             bar.update(len(batch_rows) + len(bad))
@@ -86,6 +116,7 @@ def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: Em
     if any(p.ndim == 4 for p in model.parameters()):
         model = model.to(memory_format=torch.channels_last)
     encoder.model = model
+    forward = _Forward(model, batch_size)  # one per run: a halved batch size carries over to later shards
     xp = backend.xp
     parts, rows, skipped = [], [], []
     computed = reused = 0
@@ -96,7 +127,7 @@ def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: Em
         for i in range(store.n_shards):
             rng = store.shard_range(i)
             if i in todo:
-                X, kept, bad = _encode_shard(dataset, encoder, backend, rng, batch_size, num_workers, bar)
+                X, kept, bad = _encode_shard(dataset, encoder, forward, backend, rng, batch_size, num_workers, bar)
                 store.write(i, Shard(backend.to_host(X), kept, np.array([r for r, _ in bad], np.int64),
                                      np.array([m for _, m in bad], dtype=str)))
                 computed += len(rng)

@@ -157,13 +157,11 @@ def label_metrics(backend: Backend, labels_true, labels_pred) -> dict:
 
 def calinski_harabasz(backend: Backend, X, labels) -> float | None:
     """Between- over within-cluster dispersion, each per degree of freedom (sklearn's definition)."""
-    xp = backend.xp
-    X = xp.asarray(X, dtype=xp.float64)
-    _, inv, sizes = xp.unique(labels, return_inverse=True, return_counts=True)
-    n, k = X.shape[0], int(sizes.shape[0])
-    if not 1 < k < n:
+    c = _clusters(backend.xp, X, labels)
+    if c is None:
         return None
-    centroids, inv = _centroids(xp, X, inv.ravel(), sizes)
+    X, centroids, inv, sizes = c
+    n, k = X.shape[0], centroids.shape[0]
     between = float((sizes[:, None] * (centroids - X.mean(axis=0)) ** 2).sum())
     within = float(((X - centroids[inv]) ** 2).sum())
     return 1.0 if within == 0 else between * (n - k) / (within * (k - 1))
@@ -172,15 +170,14 @@ def calinski_harabasz(backend: Backend, X, labels) -> float | None:
 def davies_bouldin(backend: Backend, X, labels) -> float | None:
     """Mean over clusters of the worst (scatter_i + scatter_j) / centroid distance (sklearn's definition)."""
     xp = backend.xp
-    X = xp.asarray(X, dtype=xp.float64)
-    _, inv, sizes = xp.unique(labels, return_inverse=True, return_counts=True)
-    n, k = X.shape[0], int(sizes.shape[0])
-    if not 1 < k < n:
+    c = _clusters(xp, X, labels)
+    if c is None:
         return None
-    centroids, inv = _centroids(xp, X, inv.ravel(), sizes)
-    dist = xp.linalg.norm(X - centroids[inv], axis=1)
-    scatter = xp.bincount(inv, weights=dist, minlength=k) / sizes
-    sep = xp.sqrt(xp.maximum(((centroids[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2), 0.0))
+    X, centroids, inv, sizes = c
+    k = centroids.shape[0]
+    scatter = xp.bincount(inv, weights=xp.linalg.norm(X - centroids[inv], axis=1), minlength=k) / sizes
+    sq = (centroids * centroids).sum(axis=1)
+    sep = xp.sqrt(xp.maximum(sq[:, None] + sq[None, :] - 2.0 * centroids @ centroids.T, 0.0))  # k x k, no k*k*d
     if float(scatter.max()) == 0 or float(sep.max()) == 0:
         return 0.0
     ratio = (scatter[:, None] + scatter[None, :]) / xp.where(sep == 0, xp.inf, sep)
@@ -188,8 +185,14 @@ def davies_bouldin(backend: Backend, X, labels) -> float | None:
     return float(ratio.max(axis=1).mean())
 
 
-def _centroids(xp, X, inv, sizes):
-    """Per-cluster means with one weighted bincount per dimension: O(n) memory whatever the number of clusters."""
-    k = int(sizes.shape[0])
+def _clusters(xp, X, labels):
+    """(X in float64, centroids, cluster index per row, sizes), or None when 2 <= k < n does not hold.
+
+    Centroids come from one weighted bincount per dimension: O(n) memory whatever the number of clusters."""
+    X = xp.asarray(X, dtype=xp.float64)
+    _, inv, sizes = xp.unique(labels, return_inverse=True, return_counts=True)
+    inv, k = inv.ravel(), int(sizes.shape[0])
+    if not 1 < k < X.shape[0]:
+        return None
     sums = xp.stack([xp.bincount(inv, weights=X[:, j], minlength=k) for j in range(X.shape[1])], axis=1)
-    return sums / sizes[:, None], inv
+    return X, sums / sizes[:, None], inv, sizes

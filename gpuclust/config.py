@@ -13,6 +13,7 @@ from .errors import UserError
 class DataConfig:
     spec: str = "fashion-mnist"
     limit: int | None = None
+    root: str | None = None  # for csv:/parquet: lists, the folder their paths resolve in and may not leave
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class EncodeConfig:
     num_workers: int = 0
     cache_dir: str | None = None  # None: $GPUCLUST_CACHE or ~/.cache/gpuclust
     shard_size: int = 2048  # rows per store shard (a new store only; an existing one keeps its layout)
+    store_dtype: str = "float32"  # float16 halves the store on disk (embeddings rounded once, the same every run)
 
 
 @dataclass(frozen=True)

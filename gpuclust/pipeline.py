@@ -67,6 +67,8 @@ def check_config(cfg: RunConfig) -> None:
         raise UserError(f"unknown reducer {cfg.reduce.method!r}; known: {', '.join(REDUCERS)}")
     if cfg.cluster.method not in CLUSTERERS:
         raise UserError(f"unknown clusterer {cfg.cluster.method!r}; known: {', '.join(CLUSTERERS)}")
+    if cfg.encode.store_dtype not in ("float32", "float16"):
+        raise UserError(f"store dtype {cfg.encode.store_dtype!r}: float32 or float16")
     if cfg.encode.shard_size < 1:
         raise UserError(f"shard_size {cfg.encode.shard_size}: must be at least 1")
 
@@ -114,12 +116,14 @@ def memory_hint(stage: str):
 
 def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: bool) -> tuple[Embeddings, dict]:
     enc = build_encoder(cfg.encode.spec, cfg.encode.weights)
-    key = {**enc.key, "dataset": ds.spec, "rows": ds.fingerprint(), "precision": "fp32"}
+    key = {**enc.key, "dataset": ds.spec, "rows": ds.fingerprint(), "precision": "fp32",
+           "store_dtype": cfg.encode.store_dtype}
     store = EmbeddingStore(cfg.encode.cache_dir or default_cache_dir(), key, len(ds), cfg.encode.shard_size)
     if store.complete:
         log.info("encode: reusing stored embeddings %s", store.dir)
     try:
-        emb = extract(ds, enc, backend, store, cfg.encode.batch_size, cfg.encode.num_workers, progress)
+        emb = extract(ds, enc, backend, store, cfg.encode.batch_size, cfg.encode.num_workers, progress,
+                      cfg.encode.store_dtype)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
             raise
@@ -201,7 +205,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
     timer = StageTimer(backend)
     t_start = time.perf_counter()
     with timer("data"):
-        ds = load_dataset(cfg.data.spec, cfg.data.limit)
+        ds = load_dataset(cfg.data.spec, cfg.data.limit, cfg.data.root)
     check_against_data(cfg, ds)
     out = make_run_dir(cfg.output, ds.spec, cfg.encode.spec, cfg.reduce.method, cfg.cluster.method)
     with timer("encode", rows=len(ds)):

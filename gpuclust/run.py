@@ -56,6 +56,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=S, metavar="SPEC", help="fashion-mnist[:train], mnist5k, digits, "
                    "imagefolder:PATH, folder:PATH (default fashion-mnist)")
     p.add_argument("--limit", type=int, default=S, metavar="N", help="use the first N images")
+    p.add_argument("--data-root", default=S, metavar="DIR",
+                   help="for csv:/parquet: lists, resolve paths in DIR and skip any that leave it")
     p.add_argument("--encoder", default=S, metavar="SPEC", help="efficientnet_lite0 (default), mobilenetv2, "
                    "pixels, timm:NAME")
     p.add_argument("--weights", default=S, metavar="PATH", help="encoder weights from a local file (offline)")
@@ -65,6 +67,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="embedding store (default $GPUCLUST_CACHE or ~/.cache/gpuclust)")
     p.add_argument("--shard-size", type=int, default=S, metavar="N",
                    help="rows per embedding-store shard, the unit of resumption (default 2048)")
+    p.add_argument("--store-dtype", default=S, choices=["float32", "float16"],
+                   help="embedding store precision on disk (default float32; float16 halves it)")
     p.add_argument("--reduce", default=S, choices=["none", "zscore", "pca", "umap"], help="reducer (default umap)")
     p.add_argument("--dims", type=_dims, default=S, metavar="N",
                    help="reduced dimensions (default 50); for pca a share of variance to keep, e.g. 0.9")
@@ -95,10 +99,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 _FLAG_TO_KEY = {
-    "dataset": ("data", "spec"), "limit": ("data", "limit"),
+    "dataset": ("data", "spec"), "limit": ("data", "limit"), "data_root": ("data", "root"),
     "encoder": ("encode", "spec"), "weights": ("encode", "weights"), "batch_size": ("encode", "batch_size"),
     "num_workers": ("encode", "num_workers"), "cache_dir": ("encode", "cache_dir"),
-    "shard_size": ("encode", "shard_size"),
+    "shard_size": ("encode", "shard_size"), "store_dtype": ("encode", "store_dtype"),
     "reduce": ("reduce", "method"), "dims": ("reduce", "dims"), "zscore": ("reduce", "zscore"),
     "normalize": ("reduce", "normalize"),
     "cluster": ("cluster", "method"), "k": ("cluster", "k"), "k_range": ("cluster", "k_range"),

@@ -1,4 +1,5 @@
 """The embedding store: atomic shards, keys, reuse, and resumption after kill -9 (a real subprocess)."""
+import json
 import os
 import signal
 import subprocess
@@ -69,7 +70,6 @@ def test_kill_9_during_extraction_resumes(tmp_path):
 
     resumed = subprocess.run(_run(cache, tmp_path / "r2"), cwd=ROOT, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    import json
 
     timings = json.loads((tmp_path / "r2" / "timings.json").read_text())
     assert timings["rows_reused"] == 250 * done_before and timings["rows_encoded"] == 3000 - 250 * done_before
@@ -81,3 +81,50 @@ def test_kill_9_during_extraction_resumes(tmp_path):
     rows2, emb2 = _store_rows(fresh)
     np.testing.assert_array_equal(rows2, rows)
     np.testing.assert_array_equal(emb2, emb)  # a resumed store equals an uninterrupted one
+
+
+def test_float16_store_halves_the_shards_and_is_exact_on_reuse(tmp_path):
+    from gpuclust.config import ClusterConfig, DataConfig, EncodeConfig, ReduceConfig, RunConfig
+    from gpuclust.pipeline import run_pipeline
+
+    def cfg(dtype, out):
+        return RunConfig(data=DataConfig("digits"), encode=EncodeConfig("pixels", cache_dir=str(tmp_path / "c"),
+                                                                        store_dtype=dtype),
+                         reduce=ReduceConfig("pca", 10), cluster=ClusterConfig("kmeans"), device="cpu",
+                         output=str(tmp_path / out))
+
+    a = run_pipeline(cfg("float16", "run-a"), progress=False)
+    b = run_pipeline(cfg("float16", "run-b"), progress=False)  # reuses the float16 shards
+    c = run_pipeline(cfg("float32", "run-c"), progress=False)  # another key: its own store
+    assert b.timings["rows_reused"] == 1797 and c.timings["rows_encoded"] == 1797
+    assert a.metrics["ami"] == b.metrics["ami"]  # fresh rows were rounded exactly as stored ones
+    sizes = {}
+    for store in (tmp_path / "c").iterdir():
+        meta = json.loads((store / "key.json").read_text())
+        sizes[meta["store_dtype"]] = sum(p.stat().st_size for p in store.glob("shard-*.npz"))
+    assert sizes["float16"] < 0.55 * sizes["float32"]
+
+
+def test_kill_9_during_reduction_then_rerun_equals_uninterrupted(tmp_path):
+    def argv(cache, out):
+        return [sys.executable, "-m", "gpuclust.run", "--dataset", "digits", "--encoder", "pixels", "--dims", "10",
+                "--cache-dir", str(cache), "--output", str(out), "-q"]
+
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen(argv(cache, tmp_path / "killed"), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not list(cache.glob("*/complete.json")):  # encoding done: the UMAP fit is under way
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not list(cache.glob("*/reduced/*.json")) and not (tmp_path / "killed" / "metrics.json").exists()
+    subprocess.run(argv(cache, tmp_path / "rerun"), cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(argv(tmp_path / "other", tmp_path / "clean"), cwd=ROOT, check=True, capture_output=True)
+    rerun = json.loads((tmp_path / "rerun" / "metrics.json").read_text())
+    clean = json.loads((tmp_path / "clean" / "metrics.json").read_text())
+    assert rerun["ami"] == clean["ami"] and rerun["silhouette"] == clean["silhouette"]
+    timings = json.loads((tmp_path / "rerun" / "timings.json").read_text())
+    assert timings["rows_reused"] == 1797  # the killed run's embeddings were kept

@@ -76,9 +76,10 @@ class ArrayDataset(ImageDataset):
 
 @dataclass
 class FileDataset(ImageDataset):
-    """Image files on disk; decoding failures raise SkipImage."""
+    """Image files on disk; decoding failures (and rows a file list marked bad) raise SkipImage."""
 
     root: str = ""
+    bad: dict = field(default_factory=dict)  # row -> reason, for list rows that cannot be used
 
     def __len__(self) -> int:
         return len(self.paths or [])
@@ -86,6 +87,8 @@ class FileDataset(ImageDataset):
     def load(self, i: int):
         from PIL import Image, ImageOps
 
+        if i in self.bad:
+            raise SkipImage(self.bad[i])
         path = self.paths[i]
         try:
             with Image.open(path) as im:
@@ -114,6 +117,7 @@ class FileDataset(ImageDataset):
             classes=self.classes,
             description=self.description,
             root=self.root,
+            bad={i: r for i, r in self.bad.items() if i < n},
         )
 
 

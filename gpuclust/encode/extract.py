@@ -107,8 +107,12 @@ def _encode_shard(dataset, encoder, forward, backend, rows: range, batch_size: i
 
 
 def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: EmbeddingStore,
-            batch_size: int = 128, num_workers: int = 0, progress: bool = True) -> Embeddings:
-    """Embeddings for every decodable row, reusing complete shards from `store` and writing the missing ones."""
+            batch_size: int = 128, num_workers: int = 0, progress: bool = True,
+            store_dtype: str = "float32") -> Embeddings:
+    """Embeddings for every decodable row, reusing complete shards from `store` and writing the missing ones.
+
+    With `store_dtype="float16"` shards take half the disk, and fresh rows are rounded the same way, so a run that
+    reuses shards computes exactly what a run that encoded them did."""
     import torch
     from tqdm.auto import tqdm
 
@@ -128,8 +132,10 @@ def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: Em
             rng = store.shard_range(i)
             if i in todo:
                 X, kept, bad = _encode_shard(dataset, encoder, forward, backend, rng, batch_size, num_workers, bar)
-                store.write(i, Shard(backend.to_host(X), kept, np.array([r for r, _ in bad], np.int64),
-                                     np.array([m for _, m in bad], dtype=str)))
+                if store_dtype != "float32":
+                    X = X.astype(store_dtype).astype(xp.float32)
+                store.write(i, Shard(backend.to_host(X).astype(store_dtype), kept,
+                                     np.array([r for r, _ in bad], np.int64), np.array([m for _, m in bad], dtype=str)))
                 computed += len(rng)
             else:
                 shard = store.read(i)

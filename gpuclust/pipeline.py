@@ -50,6 +50,18 @@ class StageTimer:
         log.info("%s: done in %.2fs%s", stage, dt, rate)
 
 
+def peak_rss_bytes() -> int | None:
+    """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)
+    except (ImportError, OSError):
+        return None
+
+
 def check_config(cfg: RunConfig) -> None:
     """Names and flags that can be checked before any work, so a typo costs no time and leaves no run directory."""
     from .cluster import CLUSTERERS
@@ -240,6 +252,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
         "rows_reused": emb.rows_reused,
         "images_per_s": round(emb.rows_computed / enc_s, 2) if emb.rows_computed and enc_s > 0 else None,
     })
+    timings["peak_host_rss_bytes"] = peak_rss_bytes()
     if backend.is_gpu:
         import torch
 

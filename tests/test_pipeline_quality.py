@@ -60,6 +60,7 @@ def test_run_directory(effnet_run):
     timings = json.loads((out / "timings.json").read_text())
     for stage in ("data", "encode", "reduce", "cluster", "evaluate", "report", "total"):
         assert timings[stage] >= 0
+    assert 100e6 < timings["peak_host_rss_bytes"] < 24e9  # torch alone is a few hundred MB
     table = pq.read_table(out / "labels.parquet").to_pandas()
     assert list(table.columns) == ["row", "path", "label_true", "label_pred"]
     assert len(table) == N and table["row"].is_unique

@@ -98,9 +98,9 @@ def threshold_space(backend: Backend, Z, metric: str = "euclidean"):
     """The study's normalisation for distance thresholds: a spherical z-score (centre, then divide by the mean
     per-dimension standard deviation) and a dimension correction (sqrt(d) for euclidean, d for l1), so one threshold
     carries across datasets and reduced sizes."""
-    xp = backend.xp
-    Z = Z - Z.mean(axis=0)
-    Z = Z / xp.maximum(Z.std(axis=0).mean(), 1e-12)
+    from ..reduce import normalize
+
+    Z = normalize(backend, Z, "spherical")
     d = Z.shape[1]
     if metric in ("euclidean", "l2"):
         Z = Z / d**0.5

@@ -46,13 +46,16 @@ def timed(backend, fn, *args, **kwargs):
     return out, time.perf_counter() - t
 
 
-def run_device(device: str, X, y, reducer: str, dims: int, clusterers: list[str], k: int, seed: int) -> list[dict]:
+def run_device(device: str, X, y, reducer: str, dims: int, clusterers: list[str], k: int, seed: int,
+               hdbscan_max: int | None = None) -> list[dict]:
     """One reduction, then every clusterer on it (the reduction's time is charged to each row)."""
     be = resolve_backend(device)
     Xd, yd = be.asarray(X), be.asarray(y)
     (Z, rtwin), t_reduce = timed(be, reduce, Xd, reducer, dims, {}, be, seed)
     rows = []
     for clusterer in clusterers:
+        if clusterer == "hdbscan" and hdbscan_max is not None and len(X) > hdbscan_max:
+            continue
         params = {"min_cluster_size": max(10, len(X) // (4 * k))} if clusterer == "hdbscan" else {}
         (labels, ctwin, _), t_cluster = timed(be, cluster, Z, clusterer, k if clusterer == "kmeans" else None,
                                               params, be, seed)
@@ -61,6 +64,17 @@ def run_device(device: str, X, y, reducer: str, dims: int, clusterers: list[str]
                      "evaluate_s": t_eval, "total_s": t_reduce + t_cluster + t_eval, "ami": m["ami"],
                      "n_clusters": m["n_clusters"], "twins": f"{rtwin}/{ctwin}"})
     return rows
+
+
+def save(out: Path, rows: list[dict]) -> None:
+    fields = ["n", "dim", "k", "reducer", "clusterer", "device", "twins", "reduce_s", "cluster_s", "evaluate_s",
+              "total_s", "speedup_vs_cpu", "ami", "n_clusters"]
+    tmp = out.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(out)
 
 
 def device_name(devices) -> str:
@@ -82,11 +96,17 @@ def main(argv=None) -> int:
     p.add_argument("--clusterers", nargs="+", default=["kmeans", "hdbscan"])
     p.add_argument("--devices", nargs="+", default=None, help="cpu and/or gpu (default: all available)")
     p.add_argument("--cpu-max", type=int, default=100_000, help="largest size the CPU twin is run at")
+    p.add_argument("--hdbscan-max", type=int, default=None, help="largest size HDBSCAN is run at")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="CSV path (default: results/pipeline-<device>-<versions>.csv)")
     args = p.parse_args(argv)
     devices = args.devices or (["cpu", "gpu"] if gpu_available()[0] else ["cpu"])
     v = versions()
+    tag = f"{device_name(devices)}-sklearn{v.get('scikit-learn', 'na')}-umap{v.get('umap-learn', 'na')}"
+    if "cuml-cu13" in v:
+        tag += f"-cuml{v['cuml-cu13']}"
+    out = Path(args.out) if args.out else RESULTS / f"pipeline-{tag}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for n in args.sizes:
         X, y = blobs(n, args.dim, args.k, args.seed)
@@ -95,7 +115,8 @@ def main(argv=None) -> int:
             for device in devices:
                 if device == "cpu" and n > args.cpu_max:
                     continue
-                for r in run_device(device, X, y, reducer, args.dims, args.clusterers, args.k, args.seed):
+                for r in run_device(device, X, y, reducer, args.dims, args.clusterers, args.k, args.seed,
+                                    args.hdbscan_max):
                     r.update(n=n, dim=args.dim, k=args.k, reducer=reducer)
                     by_key[(device, r["clusterer"])] = r
                     rows.append(r)
@@ -105,17 +126,7 @@ def main(argv=None) -> int:
             for (device, clusterer), r in by_key.items():
                 if device == "gpu" and ("cpu", clusterer) in by_key:
                     r["speedup_vs_cpu"] = by_key[("cpu", clusterer)]["total_s"] / r["total_s"]
-    tag = f"{device_name(devices)}-sklearn{v.get('scikit-learn', 'na')}-umap{v.get('umap-learn', 'na')}"
-    if "cuml-cu13" in v:
-        tag += f"-cuml{v['cuml-cu13']}"
-    out = Path(args.out) if args.out else RESULTS / f"pipeline-{tag}.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fields = ["n", "dim", "k", "reducer", "clusterer", "device", "twins", "reduce_s", "cluster_s", "evaluate_s",
-              "total_s", "speedup_vs_cpu", "ami", "n_clusters"]
-    with open(out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+            save(out, rows)  # after every size: a run stopped at its time limit keeps what it measured
     print(f"\n{'n':>9} {'reducer':>7} {'clusterer':>9} {'device':>6} {'total s':>9} {'speedup':>8} {'AMI':>7}")
     for r in rows:
         sp = f"{r['speedup_vs_cpu']:.1f}x" if "speedup_vs_cpu" in r else ""

@@ -1,16 +1,33 @@
 #!/usr/bin/env bash
-# One batch for a lent GPU machine (run from the project root, after ../shared/gpu's RAPIDS install):
-# the GPU tests, then the pipeline benchmark on both twins. Logs and CSVs go to $OUT (default benchmarks/results).
-#   bash benchmarks/gpu_batch.sh
+# The GPU checks for a lent GPU machine, after ../shared/gpu's RAPIDS install, in phases that each end inside the
+# device tool's 10-minute limit. Run from the project root; logs and CSVs go to $OUT (default benchmarks/results),
+# named with the GPU and the library versions.
+#   bash benchmarks/gpu_batch.sh tests      # pytest -m gpu
+#   bash benchmarks/gpu_batch.sh extract    # encoder throughput: ResNet-50, ViT-B/16, EfficientNet-Lite0
+#   bash benchmarks/gpu_batch.sh cluster    # pipeline stages at 20k-1M rows, AP at 50k, silhouette at 200k
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
-export PYTHONPATH=${PYTHONPATH:-.}
+export PYTHONPATH=${PYTHONPATH:-.} PYTHONUNBUFFERED=1
 PY=${PY:-python3}
-gpu=$($PY -c "import cupy; p=cupy.cuda.runtime.getDeviceProperties(0); n=p['name']; print((n.decode() if isinstance(n, bytes) else n).replace(' ', '-'))" 2>/dev/null || echo nogpu)
+gpu=$($PY -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '-'))" 2>/dev/null || echo nogpu)
 cuml=$($PY -c "import cuml; print(cuml.__version__)" 2>/dev/null || echo none)
+torchv=$($PY -c "import torch; print(torch.__version__.split('+')[0])")
 tag="$gpu-cuml$cuml"
-nvidia-smi > "$OUT/nvidia-smi-$tag.txt" 2>&1
-$PY -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/gpu-tests-$tag.log"
-$PY benchmarks/bench_pipeline.py --sizes 20000 100000 1000000 --cpu-max 20000 --dim 768 --k 100 \
-    --out "$OUT/pipeline-$tag.csv" 2>&1 | tee "$OUT/bench-pipeline-$tag.log"
+for phase in "$@"; do
+  case $phase in
+  tests)
+    nvidia-smi >"$OUT/nvidia-smi-$tag.txt" 2>&1
+    timeout 540 $PY -m pytest -m gpu -q -p no:cacheprovider -x --durations=15 2>&1 | tee "$OUT/gpu-tests-$tag.log" ;;
+  extract)
+    timeout 560 $PY benchmarks/bench_extract.py --encoders resnet50 vitb16 efficientnet_lite0 \
+      --precisions fp32 bf16 fp16 --batch-sizes 256 512 --n 20000 --files 4000 --workers 14 \
+      --file-precisions bf16 --file-batch-sizes 256 \
+      --sources tensors files device-jpeg --out "$OUT/extract-$gpu-torch$torchv.csv" 2>&1 | tee "$OUT/bench-extract-$gpu.log" ;;
+  cluster)
+    timeout 200 $PY benchmarks/bench_metrics.py --ap-sizes 5000 20000 50000 --sil-sizes 5000 20000 200000 --cpu-max 5000 \
+      --out "$OUT/metrics-$tag.csv" 2>&1 | tee "$OUT/bench-metrics-$tag.log"
+    timeout 340 $PY benchmarks/bench_pipeline.py --sizes 20000 100000 1000000 --cpu-max 20000 --dim 768 --k 100 \
+      --clusterers kmeans hdbscan --hdbscan-max 100000 --out "$OUT/pipeline-$tag.csv" 2>&1 | tee "$OUT/bench-pipeline-$tag.log" ;;
+  esac
+done

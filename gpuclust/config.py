@@ -25,6 +25,8 @@ class EncodeConfig:
     cache_dir: str | None = None  # None: $GPUCLUST_CACHE or ~/.cache/gpuclust
     shard_size: int = 2048  # rows per store shard (a new store only; an existing one keeps its layout)
     store_dtype: str = "float32"  # float16 halves the store on disk (embeddings rounded once, the same every run)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
+    compile: bool = False  # torch.compile the encoder
 
 
 @dataclass(frozen=True)

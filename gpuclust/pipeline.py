@@ -81,6 +81,8 @@ def check_config(cfg: RunConfig) -> None:
         raise UserError(f"unknown clusterer {cfg.cluster.method!r}; known: {', '.join(CLUSTERERS)}")
     if cfg.encode.store_dtype not in ("float32", "float16"):
         raise UserError(f"store dtype {cfg.encode.store_dtype!r}: float32 or float16")
+    if cfg.encode.precision not in ("fp32", "bf16", "fp16"):
+        raise UserError(f"precision {cfg.encode.precision!r}: fp32, bf16 or fp16")
     if cfg.encode.shard_size < 1:
         raise UserError(f"shard_size {cfg.encode.shard_size}: must be at least 1")
 
@@ -128,14 +130,14 @@ def memory_hint(stage: str):
 
 def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: bool) -> tuple[Embeddings, dict]:
     enc = build_encoder(cfg.encode.spec, cfg.encode.weights)
-    key = {**enc.key, "dataset": ds.spec, "rows": ds.fingerprint(), "precision": "fp32",
+    key = {**enc.key, "dataset": ds.spec, "rows": ds.fingerprint(), "precision": cfg.encode.precision,
            "store_dtype": cfg.encode.store_dtype}
     store = EmbeddingStore(cfg.encode.cache_dir or default_cache_dir(), key, len(ds), cfg.encode.shard_size)
     if store.complete:
         log.info("encode: reusing stored embeddings %s", store.dir)
     try:
         emb = extract(ds, enc, backend, store, cfg.encode.batch_size, cfg.encode.num_workers, progress,
-                      cfg.encode.store_dtype)
+                      cfg.encode.store_dtype, cfg.encode.precision, cfg.encode.compile)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
             raise

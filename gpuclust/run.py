@@ -69,6 +69,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="rows per embedding-store shard, the unit of resumption (default 2048)")
     p.add_argument("--store-dtype", default=S, choices=["float32", "float16"],
                    help="embedding store precision on disk (default float32; float16 halves it)")
+    p.add_argument("--precision", default=S, choices=["fp32", "bf16", "fp16"],
+                   help="encoder arithmetic: fp32 (default) or bf16/fp16 autocast (faster on GPUs)")
+    p.add_argument("--compile", action="store_true", default=S, help="torch.compile the encoder (long runs)")
     p.add_argument("--reduce", default=S, choices=["none", "zscore", "pca", "umap"], help="reducer (default umap)")
     p.add_argument("--dims", type=_dims, default=S, metavar="N",
                    help="reduced dimensions (default 50); for pca a share of variance to keep, e.g. 0.9")
@@ -103,6 +106,7 @@ _FLAG_TO_KEY = {
     "encoder": ("encode", "spec"), "weights": ("encode", "weights"), "batch_size": ("encode", "batch_size"),
     "num_workers": ("encode", "num_workers"), "cache_dir": ("encode", "cache_dir"),
     "shard_size": ("encode", "shard_size"), "store_dtype": ("encode", "store_dtype"),
+    "precision": ("encode", "precision"), "compile": ("encode", "compile"),
     "reduce": ("reduce", "method"), "dims": ("reduce", "dims"), "zscore": ("reduce", "zscore"),
     "normalize": ("reduce", "normalize"),
     "cluster": ("cluster", "method"), "k": ("cluster", "k"), "k_range": ("cluster", "k_range"),

@@ -156,3 +156,72 @@ def test_gpu_silhouette_at_scale_matches_cpu_sample(metric):
     c = silhouette(resolve_backend("cpu"), X, y, metric)
     assert g["exact"] and not c["exact"]
     assert abs(g["value"] - c["value"]) <= c["ci95"] * 1.5
+
+
+def test_device_jpeg_decode_matches_cpu_decode():
+    import io
+
+    import torch
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    from gpuclust.encode.device_decode import DevicePreprocess, decode_batch
+
+    datas = []
+    for img in load_sample_images().images:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=90)
+        datas.append(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8))
+    datas.append(torch.frombuffer(bytearray(b"no jpeg here" * 50), dtype=torch.uint8))
+    prep = DevicePreprocess()
+    gpu, failed_gpu = decode_batch(datas, prep, "cuda")
+    cpu, failed_cpu = decode_batch(datas, prep, "cpu")
+    assert gpu.is_cuda and failed_gpu == failed_cpu == [2]
+    # nvJPEG and libjpeg differ by rounding in the IDCT and colour conversion: about a grey level at most.
+    assert float((gpu.cpu() - cpu).abs().mean()) < 0.02
+
+
+def test_bf16_extraction_close_to_fp32_and_stored_apart(cache_dir, tmp_path):
+    import cupy
+
+    from gpuclust.backend import resolve_backend
+    from gpuclust.data import load_dataset
+    from gpuclust.pipeline import encode_stage
+
+    be = resolve_backend("gpu")
+    ds = load_dataset("fashion-mnist", limit=512)
+    out = {}
+    for precision in ("fp32", "bf16"):
+        cfg = RunConfig(data=DataConfig("fashion-mnist", limit=512),
+                        encode=EncodeConfig(cache_dir=str(tmp_path / "store"), precision=precision), device="gpu")
+        emb, info = encode_stage(ds, cfg, be, progress=False)
+        out[precision] = (cupy.asnumpy(emb.X), info["store"])
+    (a, store_a), (b, store_b) = out["fp32"], out["bf16"]
+    assert store_a != store_b
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cos.min() > 0.98 and not np.array_equal(a, b)
+
+
+def test_cuda_out_of_memory_halves_the_batch():
+    import torch
+
+    from gpuclust.encode.extract import _Forward
+    from gpuclust.encode.models import build_encoder
+
+    enc = build_encoder("efficientnet_lite0")
+    model = enc.model.cuda().to(memory_format=torch.channels_last)
+    x = torch.randn(512, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        ref = torch.cat([model(x[i:i + 32]).float() for i in range(0, 512, 32)])
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.empty_cache()
+    # Allow this process ~1.5 GiB beyond what it holds: batch 512 of EfficientNet-Lite0 needs several GiB.
+    torch.cuda.set_per_process_memory_fraction(min(1.0, (torch.cuda.memory_allocated() + (3 << 29)) / total))
+    try:
+        fwd = _Forward(model, 512)
+        with torch.inference_mode():
+            got = fwd(x)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    assert fwd.limit < 512
+    torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-3)

@@ -1,6 +1,7 @@
 """Images -> embeddings on the backend's device, shard by shard through the embedding store."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -56,11 +57,25 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-class _Forward:
-    """The encoder's forward pass in micro-batches that halve on out-of-memory, for the rest of the run."""
+PRECISIONS = ("fp32", "bf16", "fp16")
 
-    def __init__(self, model, batch_size: int):
+
+def autocast(device_type: str, precision: str):
+    """torch.autocast for bf16/fp16 (matmuls and convolutions in half precision, reductions in fp32); fp32: none."""
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
+
+
+class _Forward:
+    """The encoder's forward pass (under autocast) in micro-batches that halve on out-of-memory, for the rest of
+    the run."""
+
+    def __init__(self, model, batch_size: int, precision: str = "fp32", device_type: str = "cpu"):
         self.model, self.limit = model, batch_size
+        self.precision, self.device_type = precision, device_type
 
     def __call__(self, x):
         import torch
@@ -68,7 +83,9 @@ class _Forward:
         outs, i = [], 0
         while i < x.shape[0]:
             try:
-                outs.append(self.model(x[i:i + self.limit]).float())
+                with autocast(self.device_type, self.precision):
+                    out = self.model(x[i:i + self.limit])
+                outs.append(out.float())
                 i += self.limit
             except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
                 if not _is_oom(exc) or self.limit == 1:
@@ -108,11 +125,12 @@ def _encode_shard(dataset, encoder, forward, backend, rows: range, batch_size: i
 
 def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: EmbeddingStore,
             batch_size: int = 128, num_workers: int = 0, progress: bool = True,
-            store_dtype: str = "float32") -> Embeddings:
+            store_dtype: str = "float32", precision: str = "fp32", compile: bool = False) -> Embeddings:
     """Embeddings for every decodable row, reusing complete shards from `store` and writing the missing ones.
 
     With `store_dtype="float16"` shards take half the disk, and fresh rows are rounded the same way, so a run that
-    reuses shards computes exactly what a run that encoded them did."""
+    reuses shards computes exactly what a run that encoded them did. `precision` bf16/fp16 runs the model under
+    autocast (part of the store key: the numbers differ); `compile` wraps it in torch.compile (same numbers)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -120,7 +138,11 @@ def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: Em
     if any(p.ndim == 4 for p in model.parameters()):
         model = model.to(memory_format=torch.channels_last)
     encoder.model = model
-    forward = _Forward(model, batch_size)  # one per run: a halved batch size carries over to later shards
+    if compile:
+        model = torch.compile(model, dynamic=False)
+    device_type = torch.device(backend.torch_device).type
+    # One per run: a halved batch size carries over to later shards.
+    forward = _Forward(model, batch_size, precision, device_type)
     xp = backend.xp
     parts, rows, skipped = [], [], []
     computed = reused = 0

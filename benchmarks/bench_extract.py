@@ -1,0 +1,279 @@
+"""Encoder throughput (images/s) per encoder x precision x batch size, with the study's plain loop beside it.
+
+Three sources of images:
+  tensors      decoded, preprocessed tensors already in memory (on the GPU when there is one): the model alone.
+               Each row is set against "plain": the study's loop (fp32, batch 128, no channels_last) on the same inputs.
+  files        JPEG files through gpuclust's own extraction (DataLoader workers decode with PIL), store included.
+  device-jpeg  (GPU) the same files read by workers as bytes, decoded with nvJPEG and preprocessed on the GPU.
+
+The JPEGs are crops of scikit-learn's two sample photographs (no download). Weights do not change speed, so
+architectures the machine has no weights for (resnet50, vitb16) run randomly initialised.
+
+    python benchmarks/bench_extract.py                                           # CPU defaults, a few minutes
+    python benchmarks/bench_extract.py --encoders resnet50 vitb16 --precisions fp32 bf16 fp16 \
+        --batch-sizes 128 256 512 --n 20000 --sources tensors files device-jpeg --workers 16       # on a GPU
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gpuclust.backend import gpu_available, resolve_backend  # noqa: E402
+from gpuclust.encode.models import ENCODERS, Encoder, build_encoder  # noqa: E402
+from gpuclust.report import versions  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def architecture(name: str) -> Encoder:
+    """A packaged encoder by name, or a randomly initialised torchvision architecture (same cost as trained)."""
+    if name in ENCODERS:
+        return build_encoder(name)
+    import torch
+    import torchvision.models as tvm
+
+    if name == "resnet50":
+        model, w = tvm.resnet50(weights=None), tvm.ResNet50_Weights.IMAGENET1K_V2
+        model.fc = torch.nn.Identity()
+        dim = 2048
+    elif name == "vitb16":
+        model, w = tvm.vit_b_16(weights=None), tvm.ViT_B_16_Weights.IMAGENET1K_V1
+        model.heads = torch.nn.Identity()
+        dim = 768
+    else:
+        raise SystemExit(f"unknown encoder {name}")
+    t = w.transforms()
+    c = t.crop_size[0]
+    cfg = {"input_size": [3, c, c], "resize_size": list(t.resize_size), "crop_size": [c],
+           "mean": list(t.mean), "std": list(t.std), "interpolation": t.interpolation.value}
+    return Encoder(name, model.eval().requires_grad_(False), t, dim, {"encoder": name, "preprocess": cfg})
+
+
+def make_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    """n JPEG files (quality 90), random crops of 320-640 px from sklearn's sample photographs."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        img = photos[i % len(photos)]
+        h, w = rng.integers(240, img.shape[0] + 1), rng.integers(320, img.shape[1] + 1)
+        y, x = rng.integers(0, img.shape[0] - h + 1), rng.integers(0, img.shape[1] - w + 1)
+        p = folder / f"{i:06d}.jpg"
+        Image.fromarray(img[y:y + h, x:x + w]).save(p, quality=90)
+        paths.append(p)
+    return paths
+
+
+def sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_tensors(enc: Encoder, device, precision: str, batch: int, n: int, plain: bool) -> float:
+    """Images/s of the forward pass alone over n images held in memory (rotating among 4 random input buffers)."""
+    import torch
+
+    from gpuclust.encode.extract import _Forward
+
+    size = enc.key.get("preprocess", {}).get("input_size", [3, 224, 224])
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    inputs = [torch.randn(batch, *size, generator=gen).to(device) for _ in range(4)]
+    model = enc.model.to(device)
+    if plain:  # the study's loop: fp32, no_grad, default memory format
+        model = model.to(memory_format=torch.contiguous_format)
+
+        def step(x):
+            with torch.no_grad():
+                return model(x).float()
+    else:
+        if any(p.ndim == 4 for p in model.parameters()):
+            model = model.to(memory_format=torch.channels_last)
+            inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
+        fwd = _Forward(model, batch, precision, device.type)
+
+        def step(x):
+            with torch.inference_mode():
+                return fwd(x)
+    for i in range(3):
+        step(inputs[i % 4])
+    sync(device)
+    steps = max(1, n // batch)
+    t = time.perf_counter()
+    for i in range(steps):
+        out = step(inputs[i % 4])
+    sync(device)
+    dt = time.perf_counter() - t
+    assert torch.isfinite(out).all(), "non-finite embeddings"
+    return steps * batch / dt
+
+
+def time_files(enc: Encoder, folder: Path, device_name: str, precision: str, batch: int, workers: int) -> float:
+    """Images/s of gpuclust's extraction (decode, transform, forward, store write) over the JPEG folder."""
+    from gpuclust.data import load_dataset
+    from gpuclust.encode.extract import extract
+    from gpuclust.store import EmbeddingStore
+
+    be = resolve_backend(device_name)
+    ds = load_dataset(f"folder:{folder}")
+    with tempfile.TemporaryDirectory() as cache:
+        store = EmbeddingStore(cache, {"bench": enc.name, "precision": precision}, len(ds), 4096)
+        be.synchronize()
+        t = time.perf_counter()
+        emb = extract(ds, enc, be, store, batch, workers, progress=False, precision=precision)
+        be.synchronize()
+        dt = time.perf_counter() - t
+    assert emb.X.shape[0] == len(ds) and not emb.skipped
+    return len(ds) / dt
+
+
+class _Bytes:
+    def __init__(self, paths):
+        self.paths = paths
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from torchvision.io import read_file
+
+        return read_file(str(self.paths[i]))
+
+
+def time_device_jpeg(enc: Encoder, paths: list[Path], device, precision: str, batch: int, workers: int) -> float:
+    """Images/s reading bytes in DataLoader workers, decoding and preprocessing on the GPU, then the forward pass."""
+    import torch
+
+    from gpuclust.encode.device_decode import DevicePreprocess, decode_batch
+    from gpuclust.encode.extract import _Forward
+
+    prep = DevicePreprocess.from_config(enc.key.get("preprocess", {}))
+    model = enc.model.to(device)
+    if any(p.ndim == 4 for p in model.parameters()):
+        model = model.to(memory_format=torch.channels_last)
+    fwd = _Forward(model, batch, precision, device.type)
+    loader = torch.utils.data.DataLoader(_Bytes(paths), batch_size=batch, num_workers=workers,
+                                         collate_fn=list, persistent_workers=False)
+
+    def run(limit=None):
+        n = 0
+        with torch.inference_mode():
+            for i, datas in enumerate(loader):
+                x, failed = decode_batch(datas, prep, device)
+                assert not failed
+                fwd(x.contiguous(memory_format=torch.channels_last))
+                n += len(datas)
+                if limit is not None and i + 1 >= limit:
+                    break
+        return n
+
+    run(limit=2)
+    sync(device)
+    t = time.perf_counter()
+    n = run()
+    sync(device)
+    return n / (time.perf_counter() - t)
+
+
+def save(out: Path, rows: list[dict]) -> None:
+    plain = {r["encoder"]: r["img_per_s"] for r in rows if r["path"] == "plain"}
+    for r in rows:
+        if r["source"] == "tensors" and r["encoder"] in plain:
+            r["vs_plain"] = r["img_per_s"] / plain[r["encoder"]]
+    tmp = out.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["encoder", "source", "path", "precision", "batch", "workers", "img_per_s",
+                                          "vs_plain", "device"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--encoders", nargs="+", default=["efficientnet_lite0", "mobilenetv2"])
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[128])
+    p.add_argument("--file-precisions", nargs="+", default=None, choices=["fp32", "bf16", "fp16"],
+                   help="precisions for the file sources (default: --precisions)")
+    p.add_argument("--file-batch-sizes", type=int, nargs="+", default=None,
+                   help="batch sizes for the file sources (default: --batch-sizes)")
+    p.add_argument("--n", type=int, default=512, help="images per measurement (tensors source)")
+    p.add_argument("--files", type=int, default=512, help="JPEG files for the files/device-jpeg sources")
+    p.add_argument("--sources", nargs="+", default=["tensors", "files"],
+                   choices=["tensors", "files", "device-jpeg"])
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers for the file sources")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
+    p.add_argument("--out", default=None, help="CSV path (default: results/extract-<device>-<versions>.csv)")
+    args = p.parse_args(argv)
+
+    import torch
+
+    on_gpu = args.device == "gpu" or (args.device == "auto" and gpu_available()[0])
+    device = torch.device("cuda" if on_gpu else "cpu")
+    if on_gpu:
+        torch.backends.cudnn.benchmark = True
+        name = torch.cuda.get_device_name(0).replace(" ", "-")
+    else:
+        name = f"cpu{os.cpu_count()}-{platform.machine()}"
+        torch.set_num_threads(os.cpu_count() or 1)
+    v = versions()
+    tag = f"{name}-torch{torch.__version__.split('+')[0]}-timm{v.get('timm', 'na')}"
+    out = Path(args.out) if args.out else RESULTS / f"extract-{tag}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    tmp = tempfile.TemporaryDirectory()
+    paths = make_jpegs(Path(tmp.name), args.files) if set(args.sources) & {"files", "device-jpeg"} else []
+    for enc_name in args.encoders:
+        for source in args.sources:
+            if source == "device-jpeg" and not on_gpu:
+                continue
+            combos = [("fp32", 128, True)] if source == "tensors" else []
+            precisions = args.precisions if source == "tensors" else (args.file_precisions or args.precisions)
+            batches = args.batch_sizes if source == "tensors" else (args.file_batch_sizes or args.batch_sizes)
+            combos += [(pr, b, False) for pr in precisions for b in batches]
+            for precision, batch, plain in combos:
+                enc = architecture(enc_name)  # fresh module each time: no state carried between settings
+                if source == "tensors":
+                    ips = time_tensors(enc, device, precision, batch, args.n, plain)
+                elif source == "files":
+                    ips = time_files(enc, Path(tmp.name), "gpu" if on_gpu else "cpu", precision, batch, args.workers)
+                else:
+                    ips = time_device_jpeg(enc, paths, device, precision, batch, args.workers)
+                row = {"encoder": enc_name, "source": source, "path": "plain" if plain else "gpuclust",
+                       "precision": precision, "batch": batch, "img_per_s": ips, "device": name,
+                       "workers": args.workers if source != "tensors" else 0}
+                rows.append(row)
+                save(out, rows)  # after every row: a run stopped at its time limit keeps what it measured
+                print(f"{enc_name:>18} {source:>11} {row['path']:>8} {precision:>5} b{batch:<4} {ips:10.1f} img/s",
+                      flush=True)
+                del enc
+                if on_gpu:
+                    torch.cuda.empty_cache()
+    tmp.cleanup()
+    save(out, rows)
+    print(f"\n{'encoder':>18} {'source':>11} {'path':>8} {'prec':>5} {'batch':>5} {'img/s':>10} {'vs plain':>8}")
+    for r in rows:
+        vs = f"{r['vs_plain']:.2f}x" if "vs_plain" in r else ""
+        print(f"{r['encoder']:>18} {r['source']:>11} {r['path']:>8} {r['precision']:>5} {r['batch']:>5} "
+              f"{r['img_per_s']:>10.1f} {vs:>8}")
+    print(f"saved {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -18,16 +18,16 @@ for phase in "$@"; do
   case $phase in
   tests)
     nvidia-smi >"$OUT/nvidia-smi-$tag.txt" 2>&1
-    timeout 540 $PY -m pytest -m gpu -q -p no:cacheprovider -x --durations=15 2>&1 | tee "$OUT/gpu-tests-$tag.log" ;;
+    timeout 420 $PY -m pytest -m gpu -q -p no:cacheprovider --durations=15 2>&1 | tee "$OUT/gpu-tests-$tag.log" ;;
   extract)
-    timeout 560 $PY benchmarks/bench_extract.py --encoders resnet50 vitb16 efficientnet_lite0 \
+    timeout 330 $PY benchmarks/bench_extract.py --encoders resnet50 vitb16 efficientnet_lite0 \
       --precisions fp32 bf16 fp16 --batch-sizes 256 512 --n 20000 --files 4000 --workers 14 \
       --file-precisions bf16 --file-batch-sizes 256 \
       --sources tensors files device-jpeg --out "$OUT/extract-$gpu-torch$torchv.csv" 2>&1 | tee "$OUT/bench-extract-$gpu.log" ;;
   cluster)
-    timeout 200 $PY benchmarks/bench_metrics.py --ap-sizes 5000 20000 50000 --sil-sizes 5000 20000 200000 --cpu-max 5000 \
+    timeout 170 $PY benchmarks/bench_metrics.py --ap-sizes 5000 20000 50000 --sil-sizes 5000 20000 200000 --cpu-max 5000 \
       --out "$OUT/metrics-$tag.csv" 2>&1 | tee "$OUT/bench-metrics-$tag.log"
-    timeout 340 $PY benchmarks/bench_pipeline.py --sizes 20000 100000 1000000 --cpu-max 20000 --dim 768 --k 100 \
+    timeout 330 $PY benchmarks/bench_pipeline.py --sizes 20000 100000 1000000 --cpu-max 20000 --dim 768 --k 100 \
       --clusterers kmeans hdbscan --hdbscan-max 100000 --out "$OUT/pipeline-$tag.csv" 2>&1 | tee "$OUT/bench-pipeline-$tag.log" ;;
   esac
 done

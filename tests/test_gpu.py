@@ -72,11 +72,17 @@ def test_hdbscan_gpu_matches_sklearn_convention():
 
     X = PCA(5, random_state=0).fit_transform(load_digits().data).astype(np.float32)
     be = resolve_backend("gpu")
+    ref = {m: HDBSCAN(min_cluster_size=15, min_samples=m, copy=True).fit_predict(X) for m in range(4, 22)}
+    scores = {}
     for m in (5, 10, 20):
         gpu = make_estimator("hdbscan", be, min_cluster_size=15, min_samples=m)
         ours = cupy.asnumpy(gpu.call("fit_predict", be, cupy.asarray(X)))
-        ref = HDBSCAN(min_cluster_size=15, min_samples=m, copy=True).fit_predict(X)
-        assert adjusted_rand_score(ref, ours) > 0.99, m
+        scores[m] = {d: adjusted_rand_score(ref[m + d], ours) for d in (-1, 0, 1)}
+    # On an H100 (cuML 26.10) m=5 gave ARI 0.976 against sklearn: a few border points flip between a cluster and
+    # noise (float32). An off-by-one translation would land on sklearn's m-1 or m+1, which differ far more
+    # (ARI 0.57 and 0.80 against m=5 on this data), so ours must sit closest to sklearn's own m.
+    for m, s in scores.items():
+        assert s[0] > 0.95 and s[0] > s[-1] and s[0] > s[1], (m, s)
 
 
 def test_metrics_agree_across_twins_on_the_same_labels():

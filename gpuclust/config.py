@@ -26,6 +26,8 @@ class EncodeConfig:
     shard_size: int = 2048  # rows per store shard (a new store only; an existing one keeps its layout)
     store_dtype: str = "float32"  # float16 halves the store on disk (embeddings rounded once, the same every run)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
+    arch: str | None = None  # for checkpoint:PATH: torchvision:NAME or timm:NAME
+    preprocess: str = "default"  # default (the weights' own) | study (Resize 224 + CenterCrop 224)
     compile: bool = False  # torch.compile the encoder
 
 

@@ -81,6 +81,15 @@ def check_config(cfg: RunConfig) -> None:
         raise UserError(f"unknown clusterer {cfg.cluster.method!r}; known: {', '.join(CLUSTERERS)}")
     if cfg.encode.store_dtype not in ("float32", "float16"):
         raise UserError(f"store dtype {cfg.encode.store_dtype!r}: float32 or float16")
+    if cfg.encode.preprocess not in ("default", "study"):
+        raise UserError(f"preprocess {cfg.encode.preprocess!r}: default or study")
+    if cfg.encode.spec.startswith("checkpoint:"):
+        if not cfg.encode.arch:
+            raise UserError("checkpoint:PATH needs --arch, e.g. --arch torchvision:resnet50 (or timm:NAME)")
+        if not Path(cfg.encode.spec.partition(":")[2]).expanduser().is_file():
+            raise UserError(f"{cfg.encode.spec}: no such file")
+    elif cfg.encode.arch is not None:
+        raise UserError("--arch applies to --encoder checkpoint:PATH only")
     if cfg.encode.precision not in ("fp32", "bf16", "fp16"):
         raise UserError(f"precision {cfg.encode.precision!r}: fp32, bf16 or fp16")
     if cfg.encode.shard_size < 1:
@@ -129,7 +138,7 @@ def memory_hint(stage: str):
 
 
 def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: bool) -> tuple[Embeddings, dict]:
-    enc = build_encoder(cfg.encode.spec, cfg.encode.weights)
+    enc = build_encoder(cfg.encode.spec, cfg.encode.weights, cfg.encode.arch, cfg.encode.preprocess)
     key = {**enc.key, "dataset": ds.spec, "rows": ds.fingerprint(), "precision": cfg.encode.precision,
            "store_dtype": cfg.encode.store_dtype}
     store = EmbeddingStore(cfg.encode.cache_dir or default_cache_dir(), key, len(ds), cfg.encode.shard_size)

@@ -12,7 +12,7 @@ from .errors import UserError
 
 EXAMPLE = """examples:
   python -m gpuclust.run        # Fashion-MNIST test split, EfficientNet-Lite0, UMAP to 50-d, KMeans (k = 10)
-  python -m gpuclust.run --dataset imagefolder:~/photos --encoder timm:resnet50 --cluster hdbscan
+  python -m gpuclust.run --dataset imagefolder:~/photos --encoder dino_vitb16 --cluster hdbscan
   python -m gpuclust.run --dataset digits --encoder pixels --reduce pca --dims 20 --k 10 --device cpu
   python -m gpuclust.run --list encoders
 """
@@ -59,8 +59,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=S, metavar="DIR",
                    help="for csv:/parquet: lists, resolve paths in DIR and skip any that leave it")
     p.add_argument("--encoder", default=S, metavar="SPEC", help="efficientnet_lite0 (default), mobilenetv2, "
-                   "pixels, timm:NAME")
+                   "pixels, the study's zoo (resnet50, dino_vitb16, clip_vitb16, ...), timm:NAME, torchvision:NAME, "
+                   "checkpoint:PATH (see --list encoders)")
     p.add_argument("--weights", default=S, metavar="PATH", help="encoder weights from a local file (offline)")
+    p.add_argument("--arch", default=S, metavar="ARCH",
+                   help="architecture for --encoder checkpoint:PATH: torchvision:NAME or timm:NAME")
+    p.add_argument("--preprocess", default=S, choices=["default", "study"],
+                   help="default: the weights' own transform; study: Resize(224) + CenterCrop(224)")
     p.add_argument("--batch-size", type=int, default=S, metavar="N", help="encoder batch size (default 128)")
     p.add_argument("--num-workers", type=int, default=S, metavar="N", help="DataLoader workers (default 0)")
     p.add_argument("--cache-dir", default=S, metavar="DIR",
@@ -106,7 +111,8 @@ _FLAG_TO_KEY = {
     "encoder": ("encode", "spec"), "weights": ("encode", "weights"), "batch_size": ("encode", "batch_size"),
     "num_workers": ("encode", "num_workers"), "cache_dir": ("encode", "cache_dir"),
     "shard_size": ("encode", "shard_size"), "store_dtype": ("encode", "store_dtype"),
-    "precision": ("encode", "precision"), "compile": ("encode", "compile"),
+    "precision": ("encode", "precision"), "compile": ("encode", "compile"), "arch": ("encode", "arch"),
+    "preprocess": ("encode", "preprocess"),
     "reduce": ("reduce", "method"), "dims": ("reduce", "dims"), "zscore": ("reduce", "zscore"),
     "normalize": ("reduce", "normalize"),
     "cluster": ("cluster", "method"), "k": ("cluster", "k"), "k_range": ("cluster", "k_range"),
@@ -159,9 +165,11 @@ def _validate(cfg) -> None:
 def list_names(what: str) -> str:
     if what == "encoders":
         from .encode import ENCODERS, PREFIXES
+        from .encode.zoo import ZOO
 
-        rows = [(n, e.help) for n, e in ENCODERS.items()] + [(f"{p}:NAME", h.split(" - ", 1)[-1])
-                                                               for p, h in PREFIXES.items()]
+        rows = ([(n, e.help) for n, e in ENCODERS.items()] + [(n, e.help) for n, e in ZOO.items()]
+                + [(f"{p}:{'PATH' if p == 'checkpoint' else 'NAME'}", h.split(" - ", 1)[-1])
+                   for p, h in PREFIXES.items()])
     elif what == "datasets":
         from .data import DATASETS
 

@@ -91,11 +91,37 @@ def load_by_position(model, state_dict: dict, source: str) -> None:
     model.load_state_dict({k: v for (k, _), (_, v) in zip(dst, src)}, strict=False)
 
 
-def timm_transform(model) -> tuple[Callable, dict]:
-    """timm's own evaluation transform from the model's pretrained config."""
+def timm_transform(model, input_size: int | None = None) -> tuple[Callable, dict]:
+    """timm's own evaluation transform from the model's pretrained config (at `input_size` px when given)."""
     timm = _timm()
-    cfg = timm.data.resolve_data_config({}, model=model)
+    args = {"input_size": (3, input_size, input_size)} if input_size else {}
+    cfg = timm.data.resolve_data_config(args, model=model)
     return timm.data.create_transform(**cfg, is_training=False), _jsonable(cfg)
+
+
+def imagenet_style_transform(cfg: dict) -> Callable:
+    """Resize the shorter side, centre-crop, to tensor, normalise: torchvision's evaluation transform from `cfg`."""
+    import torchvision.transforms as T
+
+    mode = T.InterpolationMode(cfg.get("interpolation", "bilinear"))
+    return T.Compose([T.Resize(cfg["resize_size"][0], interpolation=mode), T.CenterCrop(cfg["crop_size"][0]),
+                      T.ToTensor(), T.Normalize(cfg["mean"], cfg["std"])])
+
+
+def study_preprocess(enc: "Encoder") -> "Encoder":
+    """The study's preprocessing: Resize(224) + CenterCrop(224) with the encoder's own normalisation/interpolation."""
+    if enc.name == "pixels":  # already the study's own 32x32 recipe
+        return enc
+    cfg = dict(enc.key.get("preprocess", {}))
+    if "mean" not in cfg:
+        raise UserError(f"--preprocess study does not apply to {enc.name}")
+    interp = cfg.get("interpolation", "bilinear")
+    cfg.update({"input_size": [3, 224, 224], "resize_size": [224], "crop_size": [224], "crop_pct": 1.0,
+                "interpolation": interp if interp in ("bilinear", "bicubic", "nearest") else "bilinear",
+                "mean": list(cfg["mean"]), "std": list(cfg["std"]), "recipe": "study"})
+    enc.transform = imagenet_style_transform(cfg)
+    enc.key = {**enc.key, "preprocess": cfg}
+    return enc
 
 
 def _jsonable(cfg: dict) -> dict:
@@ -202,20 +228,43 @@ ENCODERS: dict[str, EncoderEntry] = {
                                 "MobileNetV2, torchvision ImageNet weights, 1280-d avg-pool (packaged, offline)"),
     "pixels": EncoderEntry(pixels, "raw pixels at 32x32 RGB, 3072-d (the study's baseline)"),
 }
-PREFIXES = {"timm": "timm:NAME - any timm model, headless; hub weights online or --weights PATH"}
+PREFIXES = {
+    "timm": "timm:NAME - any timm model, headless; hub weights online or --weights PATH",
+    "torchvision": "torchvision:NAME - any torchvision classification model with its DEFAULT weights, headless",
+    "checkpoint": "checkpoint:PATH - a local checkpoint loaded into --arch torchvision:NAME or timm:NAME",
+}
 
 
 def check_encoder_spec(spec: str) -> None:
     """Fail fast on a name that cannot resolve, before any data is read."""
+    from .zoo import ZOO
+
     prefix, sep, _ = spec.partition(":")
-    if not ((sep and prefix in PREFIXES) or spec in ENCODERS):
-        known = ", ".join([*ENCODERS, *(p + ":NAME" for p in PREFIXES)])
+    if not ((sep and prefix in PREFIXES) or spec in ENCODERS or spec in ZOO):
+        known = ", ".join([*ENCODERS, *ZOO, *(p + ":NAME" for p in PREFIXES)])
         raise UserError(f"unknown encoder {spec!r}; known: {known} (see --list encoders)")
 
 
-def build_encoder(spec: str, weights: str | None = None) -> Encoder:
+def build_encoder(spec: str, weights: str | None = None, arch: str | None = None,
+                  preprocess: str = "default") -> Encoder:
+    from .zoo import ZOO, build_checkpoint, build_torchvision, build_zoo
+
     check_encoder_spec(spec)
+    if preprocess not in ("default", "study"):
+        raise UserError(f"--preprocess {preprocess!r}: default or study")
     prefix, sep, rest = spec.partition(":")
+    if arch is not None and prefix != "checkpoint":
+        raise UserError("--arch applies to checkpoint:PATH only")
     if sep and prefix == "timm":
-        return timm_encoder(rest, weights)
-    return ENCODERS[spec].build(weights)
+        enc = timm_encoder(rest, weights)
+    elif sep and prefix == "torchvision":
+        enc = build_torchvision(rest, weights)
+    elif sep and prefix == "checkpoint":
+        if weights is not None:
+            raise UserError("checkpoint:PATH is the weights file; drop --weights")
+        enc = build_checkpoint(rest, arch)
+    elif spec in ZOO:
+        enc = build_zoo(spec, weights)
+    else:
+        enc = ENCODERS[spec].build(weights)
+    return study_preprocess(enc) if preprocess == "study" else enc

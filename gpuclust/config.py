@@ -14,6 +14,8 @@ class DataConfig:
     spec: str = "fashion-mnist"
     limit: int | None = None
     root: str | None = None  # for csv:/parquet: lists, the folder their paths resolve in and may not leave
+    subsample: str = "first"  # with limit: the first N rows, or "stratified" (seeded, class shares kept)
+    download: bool = False  # torchvision datasets may download into their ROOT
 
 
 @dataclass(frozen=True)

@@ -228,7 +228,8 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
     timer = StageTimer(backend)
     t_start = time.perf_counter()
     with timer("data"):
-        ds = load_dataset(cfg.data.spec, cfg.data.limit, cfg.data.root)
+        ds = load_dataset(cfg.data.spec, cfg.data.limit, cfg.data.root, cfg.data.subsample, cfg.seed,
+                          cfg.data.download)
     check_against_data(cfg, ds)
     out = make_run_dir(cfg.output, ds.spec, cfg.encode.spec, cfg.reduce.method, cfg.cluster.method)
     with timer("encode", rows=len(ds)):

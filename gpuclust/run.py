@@ -54,8 +54,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", choices=["encoders", "datasets", "reducers", "clusterers"], help="list names and exit")
     p.add_argument("--config", metavar="YAML", help="a YAML file of settings (flags override it)")
     p.add_argument("--dataset", default=S, metavar="SPEC", help="fashion-mnist[:train], mnist5k, digits, "
-                   "imagefolder:PATH, folder:PATH (default fashion-mnist)")
-    p.add_argument("--limit", type=int, default=S, metavar="N", help="use the first N images")
+                   "imagefolder:PATH, folder:PATH, csv:PATH, parquet:PATH, torchvision:NAME:ROOT[:SPLIT], "
+                   "webdataset:SHARDS (default fashion-mnist; see --list datasets)")
+    p.add_argument("--limit", type=int, default=S, metavar="N", help="use N images (the first N; see --subsample)")
+    p.add_argument("--subsample", default=S, choices=["first", "stratified"],
+                   help="with --limit: the first N images, or a seeded draw keeping each class's share")
+    p.add_argument("--download", action="store_true", default=S,
+                   help="let torchvision:NAME:ROOT datasets download into ROOT (needs internet)")
     p.add_argument("--data-root", default=S, metavar="DIR",
                    help="for csv:/parquet: lists, resolve paths in DIR and skip any that leave it")
     p.add_argument("--encoder", default=S, metavar="SPEC", help="efficientnet_lite0 (default), mobilenetv2, "
@@ -108,6 +113,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 _FLAG_TO_KEY = {
     "dataset": ("data", "spec"), "limit": ("data", "limit"), "data_root": ("data", "root"),
+    "subsample": ("data", "subsample"), "download": ("data", "download"),
     "encoder": ("encode", "spec"), "weights": ("encode", "weights"), "batch_size": ("encode", "batch_size"),
     "num_workers": ("encode", "num_workers"), "cache_dir": ("encode", "cache_dir"),
     "shard_size": ("encode", "shard_size"), "store_dtype": ("encode", "store_dtype"),

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from ..errors import UserError
-from .base import ArrayDataset, FileDataset, ImageDataset, SkipImage
+from .base import ArrayDataset, FileDataset, ImageDataset, SkipImage, stratified_rows
 from .folders import image_folder, plain_folder
 from .lists import file_list
 from .packaged import digits, fashion_mnist, mnist5k
+from .tvdatasets import torchvision_dataset
+from .webdataset import webdataset
 
 __all__ = ["ImageDataset", "ArrayDataset", "FileDataset", "SkipImage", "load_dataset", "DATASETS"]
 
@@ -19,19 +21,35 @@ DATASETS = {
     "folder": (plain_folder, "folder:PATH - every image under PATH, no labels (label-free metrics only)"),
     "csv": (None, "csv:PATH - rows of path[,label] (header `path,label` optional); see --data-root"),
     "parquet": (None, "parquet:PATH - columns `path` and optional `label`; see --data-root"),
+    "torchvision": (None, "torchvision:NAME:ROOT[:SPLIT] - CIFAR10, CIFAR100, MNIST, FashionMNIST, SVHN, STL10, "
+                          "Flowers102, FGVCAircraft, DTD, EuroSAT, Food101, ... (test split by default; --download)"),
+    "webdataset": (webdataset, "webdataset:SHARDS - tar shards (a folder, a glob or shard-{000..099}.tar) of "
+                               "KEY.jpg/png[+KEY.cls] members"),
 }
 
 
-def load_dataset(spec: str, limit: int | None = None, root: str | None = None) -> ImageDataset:
-    """Resolve a dataset spec; `limit` keeps the first N rows; `root` is the folder file lists may not leave."""
+def load_dataset(spec: str, limit: int | None = None, root: str | None = None, subsample: str = "first",
+                 seed: int = 0, download: bool = False) -> ImageDataset:
+    """Resolve a dataset spec. `limit` keeps N rows: the first N, or with `subsample="stratified"` a seeded draw that
+    keeps each class's share. `root` is the folder file lists may not leave; `download` lets torchvision fetch."""
     name, _, arg = spec.partition(":")
     if name not in DATASETS:
         raise UserError(f"unknown dataset {spec!r}; known: {', '.join(DATASETS)} (see --list datasets)")
     if name in ("mnist5k", "digits") and arg:
         raise UserError(f"dataset {name} takes no argument (got {spec!r})")
-    ds = file_list(name, arg, root) if name in ("csv", "parquet") else DATASETS[name][0](arg)
+    if name in ("csv", "parquet"):
+        ds = file_list(name, arg, root)
+    elif name == "torchvision":
+        ds = torchvision_dataset(arg, download)
+    else:
+        ds = DATASETS[name][0](arg)
+    if subsample not in ("first", "stratified"):
+        raise UserError(f"--subsample {subsample!r}: first or stratified")
     if limit is not None:
         if limit < 1:
             raise UserError(f"--limit {limit}: must be at least 1")
-        ds = ds.subset(limit)
+        if subsample == "stratified":
+            ds = ds.take(stratified_rows(ds.labels, len(ds), limit, seed))
+        else:
+            ds = ds.subset(limit)
     return ds

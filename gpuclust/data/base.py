@@ -35,9 +35,13 @@ class ImageDataset:
         """Identity of the rows (not of the spec string): part of the embedding store key."""
         raise NotImplementedError  # pragma: no cover
 
+    def take(self, rows) -> "ImageDataset":
+        """The dataset of `rows` (indices, in that order)."""
+        raise NotImplementedError  # pragma: no cover
+
     def subset(self, n: int) -> "ImageDataset":
         """The first `n` rows (the whole set when n >= len)."""
-        raise NotImplementedError  # pragma: no cover
+        return self.take(np.arange(min(n, len(self))))
 
     @property
     def n_classes(self) -> int | None:
@@ -64,11 +68,12 @@ class ArrayDataset(ImageDataset):
             h.update(np.ascontiguousarray(self.labels).tobytes())
         return h.hexdigest()[:16]
 
-    def subset(self, n: int) -> "ArrayDataset":
+    def take(self, rows) -> "ArrayDataset":
+        rows = np.asarray(rows, dtype=np.int64)
         return ArrayDataset(
             spec=self.spec,
-            images=self.images[:n],
-            labels=None if self.labels is None else self.labels[:n],
+            images=self.images[rows],
+            labels=None if self.labels is None else self.labels[rows],
             classes=self.classes,
             description=self.description,
         )
@@ -109,16 +114,35 @@ class FileDataset(ImageDataset):
             h.update(np.ascontiguousarray(self.labels).tobytes())
         return h.hexdigest()[:16]
 
-    def subset(self, n: int) -> "FileDataset":
+    def take(self, rows) -> "FileDataset":
+        rows = np.asarray(rows, dtype=np.int64)
+        paths = self.paths or []
         return FileDataset(
             spec=self.spec,
-            paths=(self.paths or [])[:n],
-            labels=None if self.labels is None else self.labels[:n],
+            paths=[paths[i] for i in rows],
+            labels=None if self.labels is None else self.labels[rows],
             classes=self.classes,
             description=self.description,
             root=self.root,
-            bad={i: r for i, r in self.bad.items() if i < n},
+            bad={j: self.bad[i] for j, i in enumerate(rows.tolist()) if i in self.bad},
         )
+
+
+def stratified_rows(labels: np.ndarray | None, n_total: int, n: int, seed: int) -> np.ndarray:
+    """`n` row indices drawn without replacement with a seed, keeping each class's share (largest remainders);
+    uniform when there are no labels. Returned sorted, so the subset keeps the dataset's order."""
+    rng = np.random.default_rng(seed)
+    if n >= n_total:
+        return np.arange(n_total)
+    if labels is None:
+        return np.sort(rng.choice(n_total, size=n, replace=False))
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * n / n_total
+    take = np.floor(quota).astype(np.int64)
+    short = n - int(take.sum())
+    take[np.argsort(-(quota - take), kind="stable")[:short]] += 1
+    rows = [rng.choice(np.flatnonzero(labels == c), size=int(t), replace=False) for c, t in zip(classes, take)]
+    return np.sort(np.concatenate(rows))
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -1,0 +1,118 @@
+"""WebDataset tar shards: `webdataset:SHARDS`, where SHARDS is a folder of .tar files, a glob, or a brace pattern
+(`shards/train-{000000..000099}.tar`). Members are grouped by key (the name up to the first dot after the last
+slash): an image member (.jpg/.jpeg/.png/.webp/...) and optionally a .cls member holding the integer label.
+
+The shards are indexed once (tar headers only: an uncompressed tar seeks over member data), and each image is read
+by seeking to its offset, so DataLoader workers read rows in any order without unpacking anything. The `webdataset`
+package streams shards sequentially and cannot do this random access, hence this small reader.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from .base import IMAGE_EXTENSIONS, ImageDataset, SkipImage
+
+
+def expand_shards(pattern: str) -> list[Path]:
+    """Shard paths from a folder, a glob, or a {000..099} brace range (zero padding kept)."""
+    p = Path(pattern).expanduser()
+    if p.is_dir():
+        return sorted(x for x in p.iterdir() if x.suffix == ".tar")
+    m = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
+    if m:
+        lo, hi, width = int(m.group(1)), int(m.group(2)), len(m.group(1))
+        names = [pattern[: m.start()] + str(i).zfill(width) + pattern[m.end():] for i in range(lo, hi + 1)]
+        return [Path(n).expanduser() for n in names]
+    return sorted(Path(x) for x in glob.glob(str(p)))
+
+
+@dataclass
+class WebDataset(ImageDataset):
+    """Rows are (shard, offset, size) of image members; labels from .cls members when every sample has one."""
+
+    shards: list[str] = field(default_factory=list)
+    index: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))  # shard, offset, size
+    keys: list[str] = field(default_factory=list)
+    ident: str = ""
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def load(self, i: int):
+        from PIL import Image, ImageOps
+
+        shard, offset, size = (int(v) for v in self.index[i])
+        try:
+            with open(self.shards[shard], "rb") as f:
+                f.seek(offset)
+                data = f.read(size)
+            with Image.open(io.BytesIO(data)) as im:
+                return ImageOps.exif_transpose(im).convert("RGB")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise SkipImage(f"{type(exc).__name__}: {exc}") from None
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(self.ident.encode())
+        h.update(np.ascontiguousarray(self.index).tobytes())
+        if self.labels is not None:
+            h.update(np.ascontiguousarray(self.labels).tobytes())
+        return h.hexdigest()[:16]
+
+    def take(self, rows) -> "WebDataset":
+        rows = np.asarray(rows, dtype=np.int64)
+        return WebDataset(spec=self.spec, labels=None if self.labels is None else self.labels[rows],
+                          classes=self.classes, description=self.description, shards=self.shards,
+                          index=self.index[rows], keys=[self.keys[i] for i in rows], ident=self.ident)
+
+
+def webdataset(arg: str) -> WebDataset:
+    if not arg:
+        raise UserError("webdataset:SHARDS needs shards, e.g. webdataset:data/train-{000000..000099}.tar")
+    shards = expand_shards(arg)
+    if not shards:
+        raise UserError(f"webdataset:{arg}: no .tar shards found")
+    missing = [s for s in shards if not s.is_file()]
+    if missing:
+        raise UserError(f"webdataset:{arg}: shard {missing[0]} does not exist ({len(missing)} missing)")
+    rows, keys, cls = [], [], {}
+    ident = hashlib.sha256()
+    for si, shard in enumerate(shards):
+        st = shard.stat()
+        ident.update(f"{shard.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        try:
+            with tarfile.open(shard, "r:") as tar:  # uncompressed only: compressed tars cannot be seeked into
+                for m in tar:
+                    if not m.isfile():
+                        continue
+                    base = m.name.rsplit("/", 1)
+                    stem, dot, ext = base[-1].partition(".")
+                    key = (base[0] + "/" if len(base) == 2 else "") + stem
+                    if dot and "." + ext.lower() in IMAGE_EXTENSIONS:
+                        rows.append((si, m.offset_data, m.size))
+                        keys.append(f"{si}:{key}")
+                    elif ext == "cls":
+                        f = tar.extractfile(m)
+                        cls[f"{si}:{key}"] = f.read().decode(errors="replace").strip() if f else ""
+        except tarfile.ReadError as exc:
+            raise UserError(f"webdataset: {shard} is not an uncompressed tar ({exc})") from None
+    if not rows:
+        raise UserError(f"webdataset:{arg}: the shards hold no image members")
+    labels = classes = None
+    if cls and all(k in cls for k in keys):
+        try:
+            labels = np.array([int(cls[k]) for k in keys], dtype=np.int64)
+        except ValueError:
+            raise UserError(f"webdataset:{arg}: .cls members must hold integer labels") from None
+        classes = [str(c) for c in np.unique(labels)]
+    return WebDataset(spec=f"webdataset:{arg}", labels=labels, classes=classes,
+                      description=f"{len(rows)} images in {len(shards)} tar shard(s)", shards=[str(s) for s in shards],
+                      index=np.array(rows, dtype=np.int64), keys=keys, ident=ident.hexdigest())

@@ -30,6 +30,7 @@ class EncodeConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
     arch: str | None = None  # for checkpoint:PATH: torchvision:NAME or timm:NAME
     preprocess: str = "default"  # default (the weights' own) | study (Resize 224 + CenterCrop 224)
+    decode: str = "cpu"  # cpu: PIL in DataLoader workers | device: JPEG bytes decoded on the encoder's device
     compile: bool = False  # torch.compile the encoder
 
 

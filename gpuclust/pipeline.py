@@ -90,6 +90,10 @@ def check_config(cfg: RunConfig) -> None:
             raise UserError(f"{cfg.encode.spec}: no such file")
     elif cfg.encode.arch is not None:
         raise UserError("--arch applies to --encoder checkpoint:PATH only")
+    if cfg.encode.decode not in ("cpu", "device"):
+        raise UserError(f"decode {cfg.encode.decode!r}: cpu or device")
+    if cfg.encode.decode == "device" and cfg.encode.spec == "pixels":
+        raise UserError("--decode device does not apply to the pixels encoder (32x32 resize); drop it")
     if cfg.encode.precision not in ("fp32", "bf16", "fp16"):
         raise UserError(f"precision {cfg.encode.precision!r}: fp32, bf16 or fp16")
     if cfg.encode.shard_size < 1:
@@ -99,6 +103,10 @@ def check_config(cfg: RunConfig) -> None:
 def check_against_data(cfg: RunConfig, ds: ImageDataset) -> None:
     """Settings that depend on the data, checked before the (long) encode stage."""
     from .cluster import CLUSTERERS
+
+    if cfg.encode.decode == "device" and type(ds).read_bytes is ImageDataset.read_bytes:
+        raise UserError(f"--decode device needs image files (imagefolder:, folder:, csv:, parquet:, webdataset:); "
+                        f"{cfg.data.spec} holds decoded images")
 
     method, params = cfg.cluster.method, cfg.cluster.params
     if not CLUSTERERS[method].needs_k or params.get("distance_threshold") is not None:
@@ -141,12 +149,14 @@ def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: b
     enc = build_encoder(cfg.encode.spec, cfg.encode.weights, cfg.encode.arch, cfg.encode.preprocess)
     key = {**enc.key, "dataset": ds.spec, "rows": ds.fingerprint(), "precision": cfg.encode.precision,
            "store_dtype": cfg.encode.store_dtype}
+    if cfg.encode.decode != "cpu":  # another decoder and resize kernel: close, not identical numbers
+        key["decode"] = cfg.encode.decode
     store = EmbeddingStore(cfg.encode.cache_dir or default_cache_dir(), key, len(ds), cfg.encode.shard_size)
     if store.complete:
         log.info("encode: reusing stored embeddings %s", store.dir)
     try:
         emb = extract(ds, enc, backend, store, cfg.encode.batch_size, cfg.encode.num_workers, progress,
-                      cfg.encode.store_dtype, cfg.encode.precision, cfg.encode.compile)
+                      cfg.encode.store_dtype, cfg.encode.precision, cfg.encode.compile, cfg.encode.decode)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
             raise

@@ -81,6 +81,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="embedding store precision on disk (default float32; float16 halves it)")
     p.add_argument("--precision", default=S, choices=["fp32", "bf16", "fp16"],
                    help="encoder arithmetic: fp32 (default) or bf16/fp16 autocast (faster on GPUs)")
+    p.add_argument("--decode", default=S, choices=["cpu", "device"],
+                   help="cpu: decode images with PIL in DataLoader workers (default); device: decode JPEGs on the "
+                   "encoder's device (nvJPEG on a GPU)")
     p.add_argument("--compile", action="store_true", default=S, help="torch.compile the encoder (long runs)")
     p.add_argument("--reduce", default=S, choices=["none", "zscore", "pca", "umap"], help="reducer (default umap)")
     p.add_argument("--dims", type=_dims, default=S, metavar="N",
@@ -118,6 +121,7 @@ _FLAG_TO_KEY = {
     "num_workers": ("encode", "num_workers"), "cache_dir": ("encode", "cache_dir"),
     "shard_size": ("encode", "shard_size"), "store_dtype": ("encode", "store_dtype"),
     "precision": ("encode", "precision"), "compile": ("encode", "compile"), "arch": ("encode", "arch"),
+    "decode": ("encode", "decode"),
     "preprocess": ("encode", "preprocess"),
     "reduce": ("reduce", "method"), "dims": ("reduce", "dims"), "zscore": ("reduce", "zscore"),
     "normalize": ("reduce", "normalize"),

@@ -231,3 +231,29 @@ def test_cuda_out_of_memory_halves_the_batch():
         torch.cuda.set_per_process_memory_fraction(1.0)
     assert fwd.limit < 512
     torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-3)
+
+
+def test_pipeline_decodes_jpegs_with_nvjpeg(tmp_path):
+    import cupy
+
+    from gpuclust.backend import resolve_backend
+    from gpuclust.data import load_dataset
+    from gpuclust.pipeline import encode_stage
+    from helpers import write_digit_images
+
+    root = tmp_path / "imgs"
+    write_digit_images(root, n_per_class=30, classes=(0, 1, 7), ext=".jpg")
+    (root / "class_1" / "zz-broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 50)
+    ds = load_dataset(f"imagefolder:{root}")
+    be = resolve_backend("gpu")
+    out = {}
+    for decode in ("cpu", "device"):
+        cfg = RunConfig(data=DataConfig(f"imagefolder:{root}"),
+                        encode=EncodeConfig("mobilenetv2", cache_dir=str(tmp_path / "store"), decode=decode),
+                        device="gpu")
+        emb, _ = encode_stage(ds, cfg, be, progress=False)
+        out[decode] = (cupy.asnumpy(emb.X), emb.rows, emb.skipped)
+    (a, ra, sa), (b, rb, sb) = out["cpu"], out["device"]
+    assert np.array_equal(ra, rb) and len(ra) == len(ds) - 1 and len(sb) == len(sa) == 1
+    na, nb = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
+    assert ((nb @ na.T).argmax(1) == np.arange(len(nb))).mean() >= 0.9

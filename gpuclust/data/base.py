@@ -31,6 +31,10 @@ class ImageDataset:
     def load(self, i: int):  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def read_bytes(self, i: int) -> bytes:
+        """The encoded file of row i, for decoding on the GPU; only sources made of image files have it."""
+        raise NotImplementedError(f"{self.spec} holds decoded images, not files")
+
     def fingerprint(self) -> str:
         """Identity of the rows (not of the spec string): part of the embedding store key."""
         raise NotImplementedError  # pragma: no cover
@@ -100,6 +104,15 @@ class FileDataset(ImageDataset):
                 im = ImageOps.exif_transpose(im)
                 return im.convert("RGB")
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise SkipImage(f"{type(exc).__name__}: {exc}") from None
+
+    def read_bytes(self, i: int) -> bytes:
+        if i in self.bad:
+            raise SkipImage(self.bad[i])
+        try:
+            with open(self.paths[i], "rb") as f:
+                return f.read()
+        except OSError as exc:
             raise SkipImage(f"{type(exc).__name__}: {exc}") from None
 
     def fingerprint(self) -> str:

@@ -47,14 +47,20 @@ class WebDataset(ImageDataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def load(self, i: int):
-        from PIL import Image, ImageOps
-
+    def read_bytes(self, i: int) -> bytes:
         shard, offset, size = (int(v) for v in self.index[i])
         try:
             with open(self.shards[shard], "rb") as f:
                 f.seek(offset)
-                data = f.read(size)
+                return f.read(size)
+        except OSError as exc:
+            raise SkipImage(f"{type(exc).__name__}: {exc}") from None
+
+    def load(self, i: int):
+        from PIL import Image, ImageOps
+
+        data = self.read_bytes(i)
+        try:
             with Image.open(io.BytesIO(data)) as im:
                 return ImageOps.exif_transpose(im).convert("RGB")
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:

@@ -97,18 +97,91 @@ class _Forward:
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
-def _encode_shard(dataset, encoder, forward, backend, rows: range, batch_size: int, num_workers: int, bar):
+class _RowBytes:
+    """Rows as encoded bytes for decoding on the device: (row, bytes or None, reason, needs CPU decode).
+
+    JPEGs whose EXIF orientation is not upright go to the CPU path (nvJPEG does not rotate them), as does anything
+    that is not a JPEG; PIL only reads the header here, so the check costs no decoding."""
+
+    def __init__(self, dataset: ImageDataset, rows: range):
+        self.dataset, self.rows = dataset, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, j: int):
+        import io
+
+        from PIL import Image
+
+        row = self.rows[j]
+        try:
+            data = self.dataset.read_bytes(row)
+        except SkipImage as exc:
+            return row, None, str(exc), False
+        cpu = not data.startswith(b"\xff\xd8")
+        if not cpu:
+            try:
+                with Image.open(io.BytesIO(data)) as im:
+                    cpu = im.getexif().get(0x0112, 1) != 1 or im.mode == "CMYK"
+            except Exception:  # PIL raises many types on broken headers: let the decoders decide
+                cpu = True
+        return row, data, "", cpu
+
+
+def _device_batches(loader, dataset, encoder, device):
+    """(rows, batch on device, skipped) per loader batch: nvJPEG (or torchvision's CPU decoder) for JPEGs, PIL and
+    the encoder's own transform for the rest and for files the device decoder refuses."""
+    import torch
+
+    from .device_decode import DevicePreprocess, decode_batch
+
+    prep = DevicePreprocess.from_config(encoder.key.get("preprocess", {}))
+    for items in loader:
+        bad = [(r, reason) for r, data, reason, _ in items if data is None]
+        dev = [(r, data) for r, data, _, cpu in items if data is not None and not cpu]
+        fallback = [r for r, data, _, cpu in items if data is not None and cpu]
+        rows, xs = [], []
+        if dev:
+            encoded = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for _, d in dev]
+            x, failed = decode_batch(encoded, prep, device)
+            failed_set = set(failed)
+            rows += [r for i, (r, _) in enumerate(dev) if i not in failed_set]
+            xs.append(x)
+            fallback += [dev[i][0] for i in failed]
+        for r in fallback:
+            try:
+                xs.append(encoder.transform(dataset.load(r)).unsqueeze(0).to(device))
+                rows.append(r)
+            except SkipImage as exc:
+                bad.append((r, str(exc)))
+        if not rows:
+            yield torch.zeros(0, dtype=torch.int64), None, bad, len(items)
+            continue
+        order = np.argsort(np.asarray(rows), kind="stable")
+        x = torch.cat(xs)[torch.as_tensor(order, device=device)]
+        yield torch.as_tensor(np.asarray(rows)[order]), x, bad, len(items)
+
+
+def _encode_shard(dataset, encoder, forward, backend, rows: range, batch_size: int, num_workers: int, bar,
+                  decode: str = "cpu"):
     """One shard: returns (xp array of embeddings, kept rows, skipped list)."""
     import torch
 
-    loader = torch.utils.data.DataLoader(
-        _Rows(dataset, rows, encoder.transform), batch_size=batch_size, num_workers=num_workers,
-        collate_fn=_collate, pin_memory=backend.is_gpu,
-    )
     device = torch.device(backend.torch_device)
+    if decode == "device":
+        loader = torch.utils.data.DataLoader(_RowBytes(dataset, rows), batch_size=batch_size,
+                                             num_workers=num_workers, collate_fn=list)
+        batches = _device_batches(loader, dataset, encoder, device)
+    else:
+        loader = torch.utils.data.DataLoader(
+            _Rows(dataset, rows, encoder.transform), batch_size=batch_size, num_workers=num_workers,
+            collate_fn=_collate, pin_memory=backend.is_gpu,
+        )
+        batches = ((r, b, bad, len(r) + len(bad)) for r, b, bad in loader)
     parts, kept, skipped = [], [], []
     with torch.inference_mode():
-        for batch_rows, batch, bad in loader:
+        for batch_rows, batch, bad, n_items in batches:
             skipped.extend(bad)
             if batch is not None:
                 x = batch.to(device, non_blocking=True)
@@ -117,20 +190,23 @@ def _encode_shard(dataset, encoder, forward, backend, rows: range, batch_size: i
                 feats = forward(x)
                 parts.append(backend.from_torch(feats.contiguous()))
                 kept.append(batch_rows.numpy())
-            bar.update(len(batch_rows) + len(bad))
+            bar.update(n_items)
     xp = backend.xp
     X = xp.concatenate(parts) if parts else xp.zeros((0, encoder.dim), dtype=xp.float32)
+    skipped.sort()
     return X, (np.concatenate(kept) if kept else np.zeros(0, np.int64)), skipped
 
 
 def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: EmbeddingStore,
             batch_size: int = 128, num_workers: int = 0, progress: bool = True,
-            store_dtype: str = "float32", precision: str = "fp32", compile: bool = False) -> Embeddings:
+            store_dtype: str = "float32", precision: str = "fp32", compile: bool = False,
+            decode: str = "cpu") -> Embeddings:
     """Embeddings for every decodable row, reusing complete shards from `store` and writing the missing ones.
 
     With `store_dtype="float16"` shards take half the disk, and fresh rows are rounded the same way, so a run that
     reuses shards computes exactly what a run that encoded them did. `precision` bf16/fp16 runs the model under
-    autocast (part of the store key: the numbers differ); `compile` wraps it in torch.compile (same numbers)."""
+    autocast (part of the store key: the numbers differ); `compile` wraps it in torch.compile (same numbers).
+    `decode="device"` reads files as bytes and decodes JPEGs on the encoder's device (nvJPEG on a GPU)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -153,7 +229,8 @@ def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: Em
         for i in range(store.n_shards):
             rng = store.shard_range(i)
             if i in todo:
-                X, kept, bad = _encode_shard(dataset, encoder, forward, backend, rng, batch_size, num_workers, bar)
+                X, kept, bad = _encode_shard(dataset, encoder, forward, backend, rng, batch_size, num_workers, bar,
+                                             decode)
                 if store_dtype != "float32":
                     X = X.astype(store_dtype).astype(xp.float32)
                 store.write(i, Shard(backend.to_host(X).astype(store_dtype), kept,

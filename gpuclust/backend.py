@@ -240,7 +240,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             translate=_umap_params,
             gpu_params=frozenset(
                 {"n_components", "n_neighbors", "min_dist", "metric", "random_state", "n_epochs", "init",
-                 "spread", "negative_sample_rate", "build_algo", "build_kwds", "learning_rate"}
+                 "spread", "negative_sample_rate", "build_algo", "build_kwds", "learning_rate", "precomputed_knn"}
             ),
             cpu_install="pip install umap-learn",
         ),

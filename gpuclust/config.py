@@ -67,7 +67,9 @@ class RunConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     device: str = "auto"
-    gpus: int = 1
+    gpus: int = 1  # > 1: one Dask-CUDA worker per GPU encodes shards
+    workers: int | None = None  # Dask LocalCluster worker processes for the encode stage (CPU)
+    scheduler_address: str | None = None  # an existing Dask cluster
     seed: int = 0
     output: str | None = None  # None: runs/<timestamp>-<dataset>-<encoder>
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from .backend import Backend, resolve_backend
 from .config import RunConfig
 from .data import ImageDataset, load_dataset
+from .distributed import fill_store, open_client, wants_cluster
 from .encode import Embeddings, build_encoder, extract
 from .errors import UserError
 from .store import EmbeddingStore, ReductionCache, atomic_write_json, default_cache_dir
@@ -62,6 +63,36 @@ def peak_rss_bytes() -> int | None:
         return None
 
 
+def check_executor(cfg: RunConfig) -> None:
+    """--gpus / --workers / --scheduler-address: consistent, and what they need is installed and present."""
+    from .errors import require
+
+    if cfg.gpus < 1:
+        raise UserError(f"--gpus {cfg.gpus}: must be at least 1")
+    if cfg.workers is not None and cfg.workers < 1:
+        raise UserError(f"--workers {cfg.workers}: must be at least 1")
+    if sum([cfg.gpus > 1, cfg.workers is not None, cfg.scheduler_address is not None]) > 1:
+        raise UserError("choose one of --gpus N (N > 1), --workers N and --scheduler-address")
+    if cfg.gpus > 1:
+        from .backend import gpu_available
+
+        ok, reason = gpu_available()
+        if not ok:
+            raise UserError(f"--gpus {cfg.gpus}: needs CUDA GPUs with CuPy and cuML ({reason})")
+        import cupy
+
+        have = cupy.cuda.runtime.getDeviceCount()
+        if have < cfg.gpus:
+            raise UserError(f"--gpus {cfg.gpus}: this machine has {have} GPU(s)")
+        from .distributed import DASK_CUDA_INSTALL
+
+        require("dask_cuda", f"--gpus {cfg.gpus}", DASK_CUDA_INSTALL)
+    if cfg.workers is not None or cfg.scheduler_address is not None:
+        from .distributed import DASK_INSTALL
+
+        require("distributed", "--workers/--scheduler-address", DASK_INSTALL)
+
+
 def check_config(cfg: RunConfig) -> None:
     """Names and flags that can be checked before any work, so a typo costs no time and leaves no run directory."""
     from .cluster import CLUSTERERS
@@ -69,8 +100,7 @@ def check_config(cfg: RunConfig) -> None:
     from .encode import check_encoder_spec
     from .reduce import REDUCERS
 
-    if cfg.gpus != 1:
-        raise UserError(f"--gpus {cfg.gpus}: only single-device runs are available in this version; use --gpus 1")
+    check_executor(cfg)
     name = cfg.data.spec.partition(":")[0]
     if name not in DATASETS:
         raise UserError(f"unknown dataset {cfg.data.spec!r}; known: {', '.join(DATASETS)} (see --list datasets)")
@@ -154,7 +184,11 @@ def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: b
     store = EmbeddingStore(cfg.encode.cache_dir or default_cache_dir(), key, len(ds), cfg.encode.shard_size)
     if store.complete:
         log.info("encode: reusing stored embeddings %s", store.dir)
+    computed_elsewhere = 0
     try:
+        if wants_cluster(cfg) and not store.complete:
+            with open_client(cfg) as client:
+                computed_elsewhere = fill_store(client, cfg, store, progress)
         emb = extract(ds, enc, backend, store, cfg.encode.batch_size, cfg.encode.num_workers, progress,
                       cfg.encode.store_dtype, cfg.encode.precision, cfg.encode.compile, cfg.encode.decode)
     except OSError as exc:
@@ -171,6 +205,8 @@ def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: b
         log.warning("encode: skipped %d image(s) that could not be decoded (listed in skipped.csv)", len(emb.skipped))
     if emb.X.shape[0] == 0:
         raise UserError(f"{ds.spec}: none of the {len(ds)} images could be decoded")
+    emb.rows_computed += computed_elsewhere  # the workers encoded these; this process read them back
+    emb.rows_reused -= computed_elsewhere
     check_finite(backend, emb.X, emb.rows)
     return emb, {"encoder": enc.name, "dim": enc.dim, "store": str(store.dir)}
 

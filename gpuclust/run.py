@@ -107,7 +107,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--silhouette-metrics", default=S, metavar="M[,M]",
                    help="silhouette distances: euclidean (default), l1, chebyshev, cosine, comma-separated")
     p.add_argument("--device", default=S, choices=["auto", "cpu", "gpu"], help="twin to run (default auto)")
-    p.add_argument("--gpus", type=int, default=S, metavar="N", help="number of GPUs (default 1)")
+    p.add_argument("--gpus", type=int, default=S, metavar="N",
+                   help="GPUs to encode on: N > 1 starts one Dask-CUDA worker per GPU (default 1)")
+    p.add_argument("--workers", type=int, default=S, metavar="N",
+                   help="encode with N Dask worker processes on this machine (distributed.LocalCluster)")
+    p.add_argument("--scheduler-address", default=S, metavar="ADDR",
+                   help="encode on an existing Dask cluster, e.g. tcp://10.0.0.5:8786")
     p.add_argument("--seed", type=int, default=S, metavar="N", help="random seed (default 0)")
     p.add_argument("--output", default=S, metavar="DIR", help="run directory (default runs/<time>-<names>)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or stage log")
@@ -126,7 +131,8 @@ _FLAG_TO_KEY = {
     "reduce": ("reduce", "method"), "dims": ("reduce", "dims"), "zscore": ("reduce", "zscore"),
     "normalize": ("reduce", "normalize"),
     "cluster": ("cluster", "method"), "k": ("cluster", "k"), "k_range": ("cluster", "k_range"),
-    "device": (None, "device"), "gpus": (None, "gpus"), "seed": (None, "seed"), "output": (None, "output"),
+    "device": (None, "device"), "gpus": (None, "gpus"), "workers": (None, "workers"),
+    "scheduler_address": (None, "scheduler_address"), "seed": (None, "seed"), "output": (None, "output"),
 }
 
 

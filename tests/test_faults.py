@@ -131,3 +131,39 @@ def test_disk_full_keeps_the_store_consistent(tmp_path, monkeypatch):
     monkeypatch.setattr(store.os, "replace", real_replace)
     r = run_pipeline(cfg, progress=False)  # space freed: the rerun keeps the two shards and writes the rest
     assert r.timings["rows_reused"] == 600 and r.timings["rows_encoded"] == 1197
+
+
+def test_unreadable_file_is_a_counted_skip(tmp_path, monkeypatch):
+    """A file the user may not read. Tests run as root here, where chmod 000 does not stop reads, so for root the
+    permission error is raised where the OS would raise it (opening the file)."""
+    import builtins
+    import os
+
+    root = tmp_path / "imgs"
+    write_digit_images(root, n_per_class=10, classes=(0, 1))
+    locked = root / "class_0" / "003.png"
+    locked.chmod(0)
+    if os.geteuid() == 0:
+        real_open = builtins.open
+
+        def guarded(file, *a, **kw):
+            if str(file) == str(locked):
+                raise PermissionError(errno.EACCES, "Permission denied", str(file))
+            return real_open(file, *a, **kw)
+
+        monkeypatch.setattr(builtins, "open", guarded)
+    res = run_pipeline(_cfg(tmp_path, f"imagefolder:{root}"), progress=False)
+    assert res.n_skipped == 1 and res.metrics["n_skipped"] == 1
+    skipped = (tmp_path / "run" / "skipped.csv").read_text()
+    assert "003.png" in skipped and "Permission" in skipped
+    assert res.metrics["n_rows"] == 19
+
+
+def test_output_directory_not_writable_is_one_line(tmp_path):
+    from helpers import run_cli
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    r = run_cli("-q", "--dataset", "digits", "--encoder", "pixels", "--reduce", "pca", "--device", "cpu",
+                "--output", str(blocker / "run"))
+    assert r.returncode == 2 and "cannot write there" in r.stderr and len(r.stderr.strip().splitlines()) == 1

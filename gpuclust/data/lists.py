@@ -59,6 +59,10 @@ def file_list(kind: str, arg: str, root: str | None = None) -> FileDataset:
         raise UserError(f"--data-root {root}: no such folder")
     resolved, bad = [], {}
     for i, raw in enumerate(paths):
+        if "\0" in raw:  # no OS accepts a NUL in a path; resolving one raises
+            resolved.append(str(base))
+            bad[i] = "path contains a NUL byte"
+            continue
         p = (base / raw).resolve() if raw else base
         resolved.append(str(p))
         if not raw:

@@ -197,6 +197,33 @@ def _encode_shard(dataset, encoder, forward, backend, rows: range, batch_size: i
     return X, (np.concatenate(kept) if kept else np.zeros(0, np.int64)), skipped
 
 
+def prepare_forward(encoder: Encoder, backend: Backend, batch_size: int, precision: str = "fp32",
+                    compile: bool = False) -> _Forward:
+    """Move the encoder to the backend's device (channels_last for convolutions) and wrap its forward pass."""
+    import torch
+
+    model = encoder.model.to(backend.torch_device)
+    if any(p.ndim == 4 for p in model.parameters()):
+        model = model.to(memory_format=torch.channels_last)
+    encoder.model = model
+    if compile:
+        model = torch.compile(model, dynamic=False)
+    return _Forward(model, batch_size, precision, torch.device(backend.torch_device).type)
+
+
+def encode_and_store(dataset, encoder, forward, backend, store: EmbeddingStore, i: int, batch_size: int,
+                     num_workers: int, bar, decode: str = "cpu", store_dtype: str = "float32"):
+    """Encode shard `i` and write it to the store atomically; returns what was written (X as stored, rounded)."""
+    xp = backend.xp
+    X, kept, bad = _encode_shard(dataset, encoder, forward, backend, store.shard_range(i), batch_size, num_workers,
+                                 bar, decode)
+    if store_dtype != "float32":
+        X = X.astype(store_dtype).astype(xp.float32)
+    store.write(i, Shard(backend.to_host(X).astype(store_dtype), kept,
+                         np.array([r for r, _ in bad], np.int64), np.array([m for _, m in bad], dtype=str)))
+    return X, kept, bad
+
+
 def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: EmbeddingStore,
             batch_size: int = 128, num_workers: int = 0, progress: bool = True,
             store_dtype: str = "float32", precision: str = "fp32", compile: bool = False,
@@ -207,18 +234,10 @@ def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: Em
     reuses shards computes exactly what a run that encoded them did. `precision` bf16/fp16 runs the model under
     autocast (part of the store key: the numbers differ); `compile` wraps it in torch.compile (same numbers).
     `decode="device"` reads files as bytes and decodes JPEGs on the encoder's device (nvJPEG on a GPU)."""
-    import torch
     from tqdm.auto import tqdm
 
-    model = encoder.model.to(backend.torch_device)
-    if any(p.ndim == 4 for p in model.parameters()):
-        model = model.to(memory_format=torch.channels_last)
-    encoder.model = model
-    if compile:
-        model = torch.compile(model, dynamic=False)
-    device_type = torch.device(backend.torch_device).type
     # One per run: a halved batch size carries over to later shards.
-    forward = _Forward(model, batch_size, precision, device_type)
+    forward = prepare_forward(encoder, backend, batch_size, precision, compile)
     xp = backend.xp
     parts, rows, skipped = [], [], []
     computed = reused = 0
@@ -229,12 +248,8 @@ def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: Em
         for i in range(store.n_shards):
             rng = store.shard_range(i)
             if i in todo:
-                X, kept, bad = _encode_shard(dataset, encoder, forward, backend, rng, batch_size, num_workers, bar,
-                                             decode)
-                if store_dtype != "float32":
-                    X = X.astype(store_dtype).astype(xp.float32)
-                store.write(i, Shard(backend.to_host(X).astype(store_dtype), kept,
-                                     np.array([r for r, _ in bad], np.int64), np.array([m for _, m in bad], dtype=str)))
+                X, kept, bad = encode_and_store(dataset, encoder, forward, backend, store, i, batch_size,
+                                                num_workers, bar, decode, store_dtype)
                 computed += len(rng)
             else:
                 shard = store.read(i)

@@ -103,6 +103,17 @@ def umap(X, dims: int, params: dict, backend: Backend, seed: int = 0):
         log.warning("umap: n_neighbors %d >= %d rows; using %d", p["n_neighbors"], n, n - 1)
         p["n_neighbors"] = n - 1
     p.setdefault("random_state", seed)
+    knn = p.pop("knn", "auto")
+    if knn == "faiss":  # an exact kNN graph from faiss in place of the library's own (nn-descent or brute force)
+        from .knn import faiss_knn
+
+        if p.get("metric", "euclidean") != "euclidean":
+            raise UserError(f"--reduce-param knn=faiss computes euclidean neighbours; metric {p['metric']} "
+                            "needs knn=auto")
+        idx, dist = faiss_knn(X, int(p["n_neighbors"]), backend)
+        p["precomputed_knn"] = (idx, dist) if backend.is_gpu else (backend.to_host(idx), backend.to_host(dist), None)
+    elif knn != "auto":
+        raise UserError(f"--reduce-param knn={knn}: auto (the UMAP library's own) or faiss")
     est = make_estimator("umap", backend, n_components=dims, **p)
     Z = est.call("fit_transform", backend, X)
     return backend.xp.asarray(Z, dtype=backend.xp.float32), est.twin

@@ -1,0 +1,126 @@
+"""Running the encode stage across Dask workers: processes on this machine (`--workers N`), one worker per GPU
+(`--gpus N`, dask-cuda's LocalCUDACluster) or an existing cluster (`--scheduler-address`).
+
+Each task encodes one whole shard of the embedding store and writes it there itself (atomically), so the client
+never gathers arrays: it only learns which shards are done, then reads the finished store exactly as a single-process
+run reads a store it filled earlier. A worker that dies takes only the shards it had not yet written; Dask reschedules
+those tasks (`retries`) on the other workers, and since a shard file appears only when whole, the store ends with
+every row exactly once, in order, whatever happened. Workers load the dataset and the model once and keep them.
+
+Device memory (--gpus): each worker owns one GPU. No RMM pool is created, so torch's caching allocator and RAPIDS
+allocate on demand and the worker empties torch's cache when its shards are done; the client's own GPU (device 0) then
+runs the later stages.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+
+log = logging.getLogger(__name__)
+
+DASK_INSTALL = "pip install 'gpuclust[distributed]'  (dask and distributed)"
+DASK_CUDA_INSTALL = "pip install dask-cuda-cu13==26.10.* (or the RAPIDS conda environment; README 'GPU install')"
+
+_WORKER_STATE: dict = {}  # per worker process: config key -> (dataset, encoder, forward, backend)
+
+
+def wants_cluster(cfg) -> bool:
+    return bool(cfg.workers) or bool(cfg.scheduler_address) or cfg.gpus > 1
+
+
+@contextmanager
+def open_client(cfg):
+    """A dask.distributed Client for the run's executor settings (the cluster is closed on exit if we made it)."""
+    from ..errors import UserError, require
+
+    require("distributed", "--workers/--gpus/--scheduler-address", DASK_INSTALL)
+    from distributed import Client, LocalCluster
+
+    if cfg.scheduler_address:
+        try:
+            client = Client(cfg.scheduler_address, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise UserError(f"--scheduler-address {cfg.scheduler_address}: cannot connect ({exc})") from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    if cfg.gpus > 1:
+        dask_cuda = require("dask_cuda", "--gpus N", DASK_CUDA_INSTALL)
+        cluster = dask_cuda.LocalCUDACluster(n_workers=cfg.gpus, threads_per_worker=1, dashboard_address=None)
+    else:
+        cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=logging.WARNING)
+    try:
+        with Client(cluster) as client:
+            yield client
+    finally:
+        cluster.close()
+
+
+def _state(cfg):
+    """The dataset, encoder and forward pass of this worker process, built on first use."""
+    from ..backend import resolve_backend
+    from ..data import load_dataset
+    from ..encode.extract import prepare_forward
+    from ..encode.models import build_encoder
+
+    key = (cfg.data, cfg.encode, cfg.device, cfg.seed)
+    if key not in _WORKER_STATE:
+        _WORKER_STATE.clear()  # one configuration at a time: a new run replaces the old model
+        backend = resolve_backend(cfg.device)
+        ds = load_dataset(cfg.data.spec, cfg.data.limit, cfg.data.root, cfg.data.subsample, cfg.seed,
+                          cfg.data.download)
+        enc = build_encoder(cfg.encode.spec, cfg.encode.weights, cfg.encode.arch, cfg.encode.preprocess)
+        forward = prepare_forward(enc, backend, cfg.encode.batch_size, cfg.encode.precision, cfg.encode.compile)
+        _WORKER_STATE[key] = (ds, enc, forward, backend)
+    return _WORKER_STATE[key]
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+
+def encode_shard_task(cfg, store, i: int, torch_threads: int) -> tuple[int, int]:
+    """Runs on a worker: encode shard `i` into `store` unless it is already there. Returns (shard, rows encoded)."""
+    import torch
+
+    from ..encode.extract import encode_and_store
+
+    if store.has(i):  # a retried task whose first attempt finished writing before its worker died
+        return i, 0
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    ds, enc, forward, backend = _state(cfg)
+    encode_and_store(ds, enc, forward, backend, store, i, cfg.encode.batch_size, 0, _NoBar(), cfg.encode.decode,
+                     cfg.encode.store_dtype)
+    if backend.is_gpu:
+        torch.cuda.empty_cache()
+    return i, len(store.shard_range(i))
+
+
+def fill_store(client, cfg, store, progress: bool = True) -> int:
+    """Encode every missing shard of `store` on the cluster's workers; returns the number of rows encoded."""
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    todo = store.missing()
+    if not todo:
+        return 0
+    workers = client.scheduler_info().get("workers", {})
+    n_workers = max(1, len(workers))
+    threads = 0 if cfg.gpus > 1 else max(1, (os.cpu_count() or 1) // n_workers)
+    log.info("encode: %d shard(s) over %d Dask worker(s)", len(todo), n_workers)
+    futures = [client.submit(encode_shard_task, cfg, store, i, threads, key=f"gpuclust-shard-{store.digest}-{i}",
+                             retries=3, pure=False) for i in todo]
+    done_rows = 0
+    with tqdm(total=sum(len(store.shard_range(i)) for i in todo), unit="img", desc="encode (dask)",
+              disable=not progress, dynamic_ncols=True) as bar:
+        for fut in as_completed(futures):
+            i, n = fut.result()
+            done_rows += n
+            bar.update(len(store.shard_range(i)))
+    return done_rows

@@ -1,0 +1,120 @@
+"""The encode stage across a real distributed.LocalCluster (2 worker processes): the same store rows and the same
+labels as the in-process run, and a worker killed with SIGKILL mid-extraction costs nothing but time."""
+import json
+import logging
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed")
+
+from gpuclust.config import ClusterConfig, DataConfig, EncodeConfig, ReduceConfig, RunConfig  # noqa: E402
+from gpuclust.pipeline import run_pipeline  # noqa: E402
+from gpuclust.store import EmbeddingStore  # noqa: E402
+from helpers import run_cli  # noqa: E402
+
+
+def _cfg(tmp_path, name, encoder="pixels", limit=None, **kw):
+    return RunConfig(data=DataConfig("digits", limit=limit),
+                     encode=EncodeConfig(encoder, cache_dir=str(tmp_path / f"cache-{name}"), shard_size=100,
+                                         batch_size=50),
+                     reduce=ReduceConfig("pca", 20), cluster=ClusterConfig("kmeans", k=10), device="cpu",
+                     output=str(tmp_path / f"run-{name}"), **kw)
+
+
+def _store_rows(cache: str) -> tuple[np.ndarray, np.ndarray]:
+    (d,) = [p for p in os.scandir(cache) if p.is_dir()]
+    shards = sorted(f for f in os.listdir(d.path) if f.startswith("shard-"))
+    rows, embs = [], []
+    for f in shards:
+        with np.load(os.path.join(d.path, f)) as z:
+            rows.append(z["rows"])
+            embs.append(z["emb"])
+    return np.concatenate(rows), np.concatenate(embs)
+
+
+def test_workers_give_the_same_store_and_labels_as_one_process(tmp_path):
+    local = run_pipeline(_cfg(tmp_path, "local"), progress=False)
+    dask = run_pipeline(_cfg(tmp_path, "dask", workers=2), progress=False)
+    assert dask.timings["rows_encoded"] == 1797 and dask.timings["rows_reused"] == 0
+    rows_a, emb_a = _store_rows(str(tmp_path / "cache-local"))
+    rows_b, emb_b = _store_rows(str(tmp_path / "cache-dask"))
+    assert np.array_equal(rows_a, np.arange(1797)) and np.array_equal(rows_a, rows_b)
+    np.testing.assert_allclose(emb_a, emb_b, rtol=0, atol=1e-6)
+    la = np.asarray(__import__("pandas").read_parquet(tmp_path / "run-local" / "labels.parquet")["label_pred"])
+    lb = np.asarray(__import__("pandas").read_parquet(tmp_path / "run-dask" / "labels.parquet")["label_pred"])
+    assert np.array_equal(la, lb)
+    assert abs(local.metrics["ami"] - dask.metrics["ami"]) < 1e-12
+
+
+def test_a_worker_killed_mid_extraction_costs_only_time(tmp_path):
+    """Two workers encode digits with MobileNetV2 (18 shards of 100 rows, seconds each); once the first shard is in
+    the store, one worker process is killed with SIGKILL. Dask reruns its shards elsewhere; every row exactly once."""
+    from distributed import Client, LocalCluster
+
+    from gpuclust.data import load_dataset
+    from gpuclust.distributed import fill_store
+    from gpuclust.encode import build_encoder
+
+    cfg = _cfg(tmp_path, "kill", encoder="mobilenetv2", workers=2)
+    ds = load_dataset("digits")
+    enc = build_encoder("mobilenetv2")
+    key = {**enc.key, "dataset": ds.spec, "rows": ds.fingerprint(), "precision": "fp32", "store_dtype": "float32"}
+    store = EmbeddingStore(cfg.encode.cache_dir, key, len(ds), 100)
+    killed = {}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.WARNING) as cluster, \
+            Client(cluster) as client:
+        pids = client.run(os.getpid)
+
+        def killer():
+            while not any(store.has(i) for i in range(store.n_shards)):
+                time.sleep(0.2)
+            victim = sorted(pids.values())[0]
+            os.kill(victim, signal.SIGKILL)
+            killed["pid"] = victim
+            killed["done_then"] = sum(store.has(i) for i in range(store.n_shards))
+
+        t = threading.Thread(target=killer, daemon=True)
+        t.start()
+        fill_store(client, cfg, store, progress=False)
+        t.join(timeout=60)
+    assert killed and killed["done_then"] < store.n_shards  # the kill happened mid-extraction
+    assert store.missing() == []
+    rows, emb = _store_rows(cfg.encode.cache_dir)
+    assert np.array_equal(rows, np.arange(len(ds))) and emb.shape == (len(ds), 1280)
+    # The same numbers as one process computes for a shard.
+    from gpuclust.backend import resolve_backend
+    from gpuclust.distributed import _NoBar
+    from gpuclust.encode.extract import _encode_shard, prepare_forward
+
+    be = resolve_backend("cpu")
+    fwd = prepare_forward(enc, be, 50)
+    X, kept, _ = _encode_shard(ds, enc, fwd, be, range(1700, 1797), 50, 0, _NoBar())
+    np.testing.assert_allclose(emb[1700:], X, rtol=1e-4, atol=1e-4)
+
+
+def test_executor_flags_are_checked(tmp_path):
+    r = run_cli("-q", "--dataset", "digits", "--encoder", "pixels", "--workers", "0", "--output", str(tmp_path / "a"))
+    assert r.returncode == 2 and "--workers 0" in r.stderr
+    r = run_cli("-q", "--dataset", "digits", "--encoder", "pixels", "--workers", "2", "--scheduler-address",
+                "tcp://127.0.0.1:1", "--output", str(tmp_path / "b"))
+    assert r.returncode == 2 and "choose one of" in r.stderr
+    r = run_cli("-q", "--dataset", "digits", "--encoder", "pixels", "--reduce", "pca", "--device", "cpu",
+                "--scheduler-address", "tcp://127.0.0.1:1", "--output", str(tmp_path / "c"), timeout=120)
+    assert r.returncode == 2 and "cannot connect" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_workers_run_writes_the_usual_results(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("-q", "--dataset", "digits", "--encoder", "pixels", "--reduce", "pca", "--dims", "20", "--k", "10",
+                "--device", "cpu", "--workers", "2", "--shard-size", "300", "--cache-dir", str(tmp_path / "cache"),
+                "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    t = json.loads((out / "timings.json").read_text())
+    assert m["n_rows"] == 1797 and m["ami"] > 0.5 and t["rows_encoded"] == 1797

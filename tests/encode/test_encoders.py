@@ -134,3 +134,32 @@ def test_weights_are_loaded_without_unpickling_code(tmp_path):
     with pytest.raises(UserError):
         build_encoder("mobilenetv2", weights=str(path))
     assert not (tmp_path / "pwned").exists()
+
+
+def test_compiled_encoder_gives_the_same_embeddings(tmp_path, monkeypatch):
+    """--compile wraps the model in torch.compile (inductor): same numbers as eager, through the real extraction."""
+    import numpy as np
+    import torch
+
+    real_compile, compiled_models = torch.compile, []
+
+    def spy(model, **kw):
+        out = real_compile(model, **kw)
+        compiled_models.append(out)
+        return out
+
+    monkeypatch.setattr(torch, "compile", spy)
+
+    from gpuclust.backend import resolve_backend
+    from gpuclust.data import load_dataset
+    from gpuclust.encode import build_encoder, extract
+    from gpuclust.store import EmbeddingStore
+
+    ds = load_dataset("digits", limit=40)
+    be = resolve_backend("cpu")
+    out = []
+    for compiled in (False, True):
+        store = EmbeddingStore(tmp_path / str(compiled), {"compiled": compiled}, len(ds), 20)
+        out.append(extract(ds, build_encoder("pixels"), be, store, 20, progress=False, compile=compiled).X)
+    np.testing.assert_allclose(out[0], out[1], rtol=1e-6, atol=1e-6)
+    assert len(compiled_models) == 1 and isinstance(compiled_models[0], torch._dynamo.eval_frame.OptimizedModule)

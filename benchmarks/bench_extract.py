@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpuclust.backend import gpu_available, resolve_backend  # noqa: E402
-from gpuclust.encode.models import ENCODERS, Encoder, build_encoder  # noqa: E402
+from gpuclust.encode.models import ENCODERS, Encoder, build_encoder, torchvision_transform  # noqa: E402
 from gpuclust.report import versions  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,10 +52,7 @@ def architecture(name: str) -> Encoder:
         dim = 768
     else:
         raise SystemExit(f"unknown encoder {name}")
-    t = w.transforms()
-    c = t.crop_size[0]
-    cfg = {"input_size": [3, c, c], "resize_size": list(t.resize_size), "crop_size": [c],
-           "mean": list(t.mean), "std": list(t.std), "interpolation": t.interpolation.value}
+    t, cfg = torchvision_transform(w)
     return Encoder(name, model.eval().requires_grad_(False), t, dim, {"encoder": name, "preprocess": cfg})
 
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_pipeline import blobs, device_name  # noqa: E402
+from bench_pipeline import blobs, device_name, timed  # noqa: E402
 from sklearn.metrics import adjusted_mutual_info_score as adjusted_mutual_info  # noqa: E402
 
 from gpuclust.backend import gpu_available, resolve_backend  # noqa: E402
@@ -27,14 +26,6 @@ from gpuclust.evaluate.silhouette import silhouette_score  # noqa: E402
 from gpuclust.report import versions  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def timed(be, fn, *a, **kw):
-    be.synchronize()
-    t = time.perf_counter()
-    out = fn(*a, **kw)
-    be.synchronize()
-    return out, time.perf_counter() - t
 
 
 def main(argv=None) -> int:

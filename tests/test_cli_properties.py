@@ -33,6 +33,18 @@ def _run(argv):
     return code, err.getvalue()
 
 
+def _assert_exit_0_or_one_line(argv):
+    try:
+        code, err = _run(argv)
+    except SystemExit as exc:  # argparse: usage errors exit 2 with its usage block
+        assert exc.code == 2
+        return
+    assert code in (0, 2), err
+    if code == 2:
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("gpuclust: error: "), err
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=specs, method=st.sampled_from(sorted(CLUSTERERS)), cparams=params,
        k=st.sampled_from([None, "auto", "-2", "0", "3", "100000"]))
@@ -44,15 +56,7 @@ def test_cli_exits_0_or_2_with_one_line(spec, method, cparams, k):
         argv += ["--k", k]
     for p in cparams:
         argv += ["--cluster-param", p]
-    try:
-        code, err = _run(argv)
-    except SystemExit as exc:  # argparse: usage errors exit 2 with its usage block
-        assert exc.code == 2
-        return
-    assert code in (0, 2), err
-    if code == 2:
-        lines = [line for line in err.splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith("gpuclust: error: "), err
+    _assert_exit_0_or_one_line(argv)
 
 
 # -- CSV file lists: whatever a list holds, the run ends with exit 0 (bad rows skipped and listed) or one line --------
@@ -107,12 +111,4 @@ def test_csv_lists_exit_0_or_2_with_one_line(rows, header, junk, with_root):
             "--device", "cpu"]
     if with_root:
         argv += ["--data-root", str(root)]
-    try:
-        code, err = _run(argv)
-    except SystemExit as exc:
-        assert exc.code == 2
-        return
-    assert code in (0, 2), err
-    if code == 2:
-        lines = [line for line in err.splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith("gpuclust: error: "), err
+    _assert_exit_0_or_one_line(argv)

@@ -99,6 +99,15 @@ def timm_transform(model, input_size: int | None = None) -> tuple[Callable, dict
     return timm.data.create_transform(**cfg, is_training=False), _jsonable(cfg)
 
 
+def torchvision_transform(weights_enum) -> tuple[Callable, dict]:
+    """A torchvision weights entry's own evaluation transform and its record (metadata only: nothing downloads)."""
+    t = weights_enum.transforms()
+    crop = t.crop_size[0]
+    cfg = {"input_size": [3, crop, crop], "resize_size": list(t.resize_size), "crop_size": list(t.crop_size),
+           "interpolation": t.interpolation.value, "mean": list(t.mean), "std": list(t.std)}
+    return t, cfg
+
+
 def imagenet_style_transform(cfg: dict) -> Callable:
     """Resize the shorter side, centre-crop, to tensor, normalise: torchvision's evaluation transform from `cfg`."""
     import torchvision.transforms as T
@@ -169,12 +178,7 @@ def mobilenetv2(weights: str | None = None) -> Encoder:
     except RuntimeError as exc:
         raise UserError(f"mobilenetv2: --weights do not fit torchvision's mobilenet_v2 ({str(exc)[:100]})") from None
     model.classifier = torch.nn.Identity()
-    # The transform and its parameters are metadata of the weights enum: no download happens here.
-    tv_weights = tvm.MobileNet_V2_Weights.IMAGENET1K_V1
-    transform = tv_weights.transforms()
-    cfg = {"input_size": [3, 224, 224], "resize_size": list(transform.resize_size),
-           "crop_size": list(transform.crop_size), "interpolation": transform.interpolation.value,
-           "mean": list(transform.mean), "std": list(transform.std)}
+    transform, cfg = torchvision_transform(tvm.MobileNet_V2_Weights.IMAGENET1K_V1)
     return _finish("mobilenetv2", model, transform, cfg, file_identity(weights))
 
 

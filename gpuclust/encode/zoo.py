@@ -179,7 +179,7 @@ def load_into(model, state_dict: dict, source: str, head_ok: bool = True) -> Non
 
 def _transform(model, arch: str, entry_source: str, input_size: int | None):
     """(transform, preprocessing record): the evaluation transform that belongs to the weights."""
-    from .models import imagenet_style_transform, timm_transform
+    from .models import imagenet_style_transform, timm_transform, torchvision_transform
 
     if arch.startswith("timm:"):
         transform, cfg = timm_transform(model, input_size)
@@ -187,11 +187,7 @@ def _transform(model, arch: str, entry_source: str, input_size: int | None):
         import torchvision.models as tvm
 
         enum = tvm.get_model_weights(arch.partition(":")[2])[entry_source.partition(":")[2]]
-        t = enum.transforms()
-        cfg = {"input_size": [3, t.crop_size[0], t.crop_size[0]], "resize_size": list(t.resize_size),
-               "crop_size": list(t.crop_size), "interpolation": t.interpolation.value, "mean": list(t.mean),
-               "std": list(t.std)}
-        transform = t
+        transform, cfg = torchvision_transform(enum)
     else:  # publisher checkpoints and random weights: the standard ImageNet evaluation transform
         cfg = {"input_size": [3, 224, 224], "resize_size": [256], "crop_size": [224], "interpolation": "bilinear",
                **IMAGENET}

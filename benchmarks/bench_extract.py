@@ -4,7 +4,8 @@ Three sources of images:
   tensors      decoded, preprocessed tensors already in memory (on the GPU when there is one): the model alone.
                Each row is set against "plain": the study's loop (fp32, batch 128, no channels_last) on the same inputs.
   files        JPEG files through gpuclust's own extraction (DataLoader workers decode with PIL), store included.
-  device-jpeg  (GPU) the same files read by workers as bytes, decoded with nvJPEG and preprocessed on the GPU.
+  device-jpeg  the same files through the pipeline's --decode device: workers read bytes, JPEGs are decoded and
+               preprocessed on the encoder's device (nvJPEG on a GPU, torchvision's decoder on a CPU).
 
 The JPEGs are crops of scikit-learn's two sample photographs (no download). Weights do not change speed, so
 architectures the machine has no weights for (resnet50, vitb16) run randomly initialised.
@@ -119,8 +120,10 @@ def time_tensors(enc: Encoder, device, precision: str, batch: int, n: int, plain
     return steps * batch / dt
 
 
-def time_files(enc: Encoder, folder: Path, device_name: str, precision: str, batch: int, workers: int) -> float:
-    """Images/s of gpuclust's extraction (decode, transform, forward, store write) over the JPEG folder."""
+def time_files(enc: Encoder, folder: Path, device_name: str, precision: str, batch: int, workers: int,
+               decode: str = "cpu") -> float:
+    """Images/s of gpuclust's extraction (decode, transform, forward, store write) over the JPEG folder; with
+    decode="device" the pipeline's own --decode device path (nvJPEG on a GPU)."""
     from gpuclust.data import load_dataset
     from gpuclust.encode.extract import extract
     from gpuclust.store import EmbeddingStore
@@ -131,61 +134,11 @@ def time_files(enc: Encoder, folder: Path, device_name: str, precision: str, bat
         store = EmbeddingStore(cache, {"bench": enc.name, "precision": precision}, len(ds), 4096)
         be.synchronize()
         t = time.perf_counter()
-        emb = extract(ds, enc, be, store, batch, workers, progress=False, precision=precision)
+        emb = extract(ds, enc, be, store, batch, workers, progress=False, precision=precision, decode=decode)
         be.synchronize()
         dt = time.perf_counter() - t
     assert emb.X.shape[0] == len(ds) and not emb.skipped
     return len(ds) / dt
-
-
-class _Bytes:
-    def __init__(self, paths):
-        self.paths = paths
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        # Plain bytes, not tensors: workers hand tensors over through shared-memory file descriptors, and
-        # thousands of small ones exhaust them ("Bad file descriptor" on the H100 machine).
-        with open(self.paths[i], "rb") as f:
-            return f.read()
-
-
-def time_device_jpeg(enc: Encoder, paths: list[Path], device, precision: str, batch: int, workers: int) -> float:
-    """Images/s reading bytes in DataLoader workers, decoding and preprocessing on the GPU, then the forward pass."""
-    import torch
-
-    from gpuclust.encode.device_decode import DevicePreprocess, decode_batch
-    from gpuclust.encode.extract import _Forward
-
-    prep = DevicePreprocess.from_config(enc.key.get("preprocess", {}))
-    model = enc.model.to(device)
-    if any(p.ndim == 4 for p in model.parameters()):
-        model = model.to(memory_format=torch.channels_last)
-    fwd = _Forward(model, batch, precision, device.type)
-    loader = torch.utils.data.DataLoader(_Bytes(paths), batch_size=batch, num_workers=workers,
-                                         collate_fn=list, persistent_workers=False)
-
-    def run(limit=None):
-        n = 0
-        with torch.inference_mode():
-            for i, datas in enumerate(loader):
-                encoded = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
-                x, failed = decode_batch(encoded, prep, device)
-                assert not failed
-                fwd(x.contiguous(memory_format=torch.channels_last))
-                n += len(datas)
-                if limit is not None and i + 1 >= limit:
-                    break
-        return n
-
-    run(limit=2)
-    sync(device)
-    t = time.perf_counter()
-    n = run()
-    sync(device)
-    return n / (time.perf_counter() - t)
 
 
 def save(out: Path, rows: list[dict]) -> None:
@@ -236,11 +189,10 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     tmp = tempfile.TemporaryDirectory()
-    paths = make_jpegs(Path(tmp.name), args.files) if set(args.sources) & {"files", "device-jpeg"} else []
+    if set(args.sources) & {"files", "device-jpeg"}:
+        make_jpegs(Path(tmp.name), args.files)
     for enc_name in args.encoders:
         for source in args.sources:
-            if source == "device-jpeg" and not on_gpu:
-                continue
             combos = [("fp32", 128, True)] if source == "tensors" else []
             precisions = args.precisions if source == "tensors" else (args.file_precisions or args.precisions)
             batches = args.batch_sizes if source == "tensors" else (args.file_batch_sizes or args.batch_sizes)
@@ -252,7 +204,8 @@ def main(argv=None) -> int:
                 elif source == "files":
                     ips = time_files(enc, Path(tmp.name), "gpu" if on_gpu else "cpu", precision, batch, args.workers)
                 else:
-                    ips = time_device_jpeg(enc, paths, device, precision, batch, args.workers)
+                    ips = time_files(enc, Path(tmp.name), "gpu" if on_gpu else "cpu", precision, batch, args.workers,
+                                     decode="device")
                 row = {"encoder": enc_name, "source": source, "path": "plain" if plain else "gpuclust",
                        "precision": precision, "batch": batch, "img_per_s": ips, "device": name,
                        "workers": args.workers if source != "tensors" else 0}

@@ -1,0 +1,652 @@
+"""`python -m gpuclust.sweep`: a grid of runs over one base configuration, with a results table that survives kills.
+
+A sweep is the product of a few lists of settings (datasets x encoders x reducers x clusterers x parameters). Each
+grid point is an ordinary run (`run_pipeline`) with its own run directory, so a sweep adds no second way to compute
+anything; the embedding store and the reduction cache make the repeats cheap (one encoding per dataset x encoder,
+one PCA/UMAP fit per reduction). The grid is ordered so that runs sharing a dataset, encoder and reduction are
+adjacent.
+
+The sweep directory holds `sweep.json` (the resolved runs, which a rerun must match to resume), `results.csv` and
+`results.parquet` (one row per finished run, rewritten atomically after each run), `best.json` (the best run by AMI
+and by the label-free `silhouette_umap`) and `runs/NNNN-<slug>/`. A rerun skips every run recorded `ok` whose
+directory has its metrics.json, so a killed sweep (even SIGKILL) resumes where it was; runs are seeded, so the final
+table equals an uninterrupted sweep's.
+
+Exit codes: 0 every run ok; 2 bad input before anything ran (one line on stderr), or some runs failed on their own
+settings (recorded as `error` rows; the others ran); 1 some run failed with an internal error (`internal_error` rows,
+traceback in the run's error.txt); 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import itertools
+import json
+import logging
+import math
+import re
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+log = logging.getLogger("gpuclust.sweep")
+
+SWEEP_FORMAT = 1
+# Grid axes from the outermost to the innermost (other top-level settings, e.g. device, go outside all of them), so
+# consecutive runs share the stored embeddings and reduced spaces.
+STAGES = ("data", "encode", "seed", "reduce", "cluster", "evaluate")
+# A plain string entry in a whole-section axis names this field: `cluster: [kmeans, {method: hdbscan, ...}]`.
+SECTION_NAME_FIELD = {"data": "spec", "encode": "spec", "reduce": "method", "cluster": "method"}
+# Flags that make an axis: (grid key, grid keys the flag replaces).
+AXIS_FLAGS = {
+    "dataset": ("data.spec", ("data", "data.spec")),
+    "encoder": ("encode.spec", ("encode", "encode.spec")),
+    "reduce": ("reduce.method", ("reduce", "reduce.method")),
+    "dims": ("reduce.dims", ("reduce.dims",)),
+    "cluster": ("cluster.method", ("cluster", "cluster.method")),
+    "k": ("cluster.k", ("cluster.k",)),
+    "seed": ("seed", ("seed",)),
+}
+MAIN_METRICS = ("ami", "ari", "nmi", "silhouette", "silhouette_umap", "n_clusters", "noise_fraction", "n_rows",
+                "n_skipped", "k_auto")
+TIMINGS = ("data", "encode", "reduce", "umap_space", "cluster", "evaluate", "report", "total")
+LOWER_IS_BETTER = {"davies_bouldin", "noise_fraction"}
+RANKABLE = {"ami", "ari", "nmi", "homogeneity", "completeness", "v_measure", "fowlkes_mallows", "calinski_harabasz",
+            "davies_bouldin", "n_clusters", "noise_fraction"}
+
+EXAMPLE = """examples:
+  python -m gpuclust.sweep --dataset digits --encoder pixels --reduce pca,umap --dims 10 \\
+      --cluster kmeans,agglomerative,hdbscan --output sweeps/digits
+  python -m gpuclust.sweep --config sweep.yaml --output sweeps/study    # rerun the same command to resume
+"""
+
+
+# ---------------------------------------------------------------------------------------------------------- grid
+
+
+def _split(values: list[str] | None, flag: str, conv=str, commas: bool = True) -> list | None:
+    """Repeated flags, each optionally comma-separated, as one list of converted values."""
+    if values is None:
+        return None
+    out = []
+    for v in values:
+        for part in (v.split(",") if commas else [v]):
+            if part.strip():
+                try:
+                    out.append(conv(part.strip()))
+                except argparse.ArgumentTypeError as exc:
+                    raise UserError(f"--{flag} {part}: {exc}") from None
+    return out
+
+
+def _check_key(key: str) -> None:
+    """A grid key is a top-level setting, a section, `section.field`, or `section.params.NAME`."""
+    from .config import RunConfig
+
+    default = RunConfig()
+    parts = key.split(".")
+    top = [f.name for f in dataclasses.fields(RunConfig) if f.name != "output"]
+    if parts[0] not in top:
+        why = " (the sweep names run directories itself)" if parts[0] == "output" else ""
+        raise UserError(f"unknown grid key {key!r}: it must start with one of {', '.join(top)}{why}")
+    if len(parts) == 1:
+        return
+    section = getattr(default, parts[0])
+    if not dataclasses.is_dataclass(section):
+        raise UserError(f"unknown grid key {key!r}: {parts[0]} is a single setting")
+    fields = [f.name for f in dataclasses.fields(section)]
+    if parts[1] not in fields:
+        raise UserError(f"unknown grid key {key!r}: {parts[0]} has {', '.join(fields)}")
+    if len(parts) > 2 and (len(parts) > 3 or not isinstance(getattr(section, parts[1]), dict)):
+        raise UserError(f"unknown grid key {key!r}: only {parts[0]}.params.NAME goes below a field")
+
+
+def _apply(cfg, key: str, value):
+    """`cfg` with one grid value set; a whole-section entry is merged like a YAML section."""
+    from .config import merge
+
+    parts = key.split(".")
+    if len(parts) == 1:
+        if dataclasses.is_dataclass(getattr(cfg, key)):
+            if isinstance(value, str) and key in SECTION_NAME_FIELD:
+                value = {SECTION_NAME_FIELD[key]: value}
+            if not isinstance(value, dict):
+                raise UserError(f"grid.{key}: entries are names or mappings of {key} settings, got {value!r}")
+        return merge(cfg, {key: value}, where="grid")
+    if len(parts) == 2:
+        return merge(cfg, {parts[0]: {parts[1]: value}}, where="grid")
+    params = {**getattr(getattr(cfg, parts[0]), parts[1]), parts[2]: value}
+    return merge(cfg, {parts[0]: {parts[1]: params}}, where="grid")
+
+
+def _axis_order(key: str) -> tuple[int, int]:
+    head = key.split(".")[0]
+    return (STAGES.index(head) if head in STAGES else -1, "." in key)  # a section entry before its dotted keys
+
+
+def build_axes(grid: dict, args: argparse.Namespace) -> list[tuple[str, list]]:
+    """The YAML grid with the axis flags laid over it (a flag replaces the entries for the same setting)."""
+    from .run import _dims, _k_value
+
+    if not isinstance(grid, dict):
+        raise UserError("grid: expected a mapping of setting -> list of values")
+    axes = dict(grid)
+    convert = {"dims": _dims, "k": _k_value, "seed": _int}
+    for flag, (key, replaces) in AXIS_FLAGS.items():
+        # Dataset and encoder specs may hold commas (webdataset:shard-{a,b}.tar): those flags only repeat.
+        values = _split(getattr(args, flag), flag, convert.get(flag, str), commas=flag not in ("dataset", "encoder"))
+        if values:
+            for k in replaces:
+                axes.pop(k, None)
+            axes[key] = values
+    for key, values in axes.items():
+        _check_key(str(key))
+        if not isinstance(values, list) or not values:
+            raise UserError(f"grid.{key}: expected a non-empty list of values, got {values!r}")
+    return sorted(axes.items(), key=lambda kv: _axis_order(kv[0]))
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def base_config(data: dict, args: argparse.Namespace):
+    from .config import RunConfig, merge
+
+    if not isinstance(data, dict):
+        raise UserError("base: expected a mapping of run settings (the schema of gpuclust.run --config)")
+    if "output" in data:
+        raise UserError("base.output: the sweep names run directories itself; use --output for the sweep directory")
+    cfg = merge(RunConfig(), data, where="base")
+    flags: dict = {}
+    if args.limit is not None:
+        flags.setdefault("data", {})["limit"] = args.limit
+    if args.cache_dir is not None:
+        flags.setdefault("encode", {})["cache_dir"] = args.cache_dir
+    if args.device is not None:
+        flags["device"] = args.device
+    return merge(cfg, flags, where="flags")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))  # an empty mapping (no params) adds no column
+        elif k != "output":
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _short(spec: str) -> str:
+    return spec.rstrip("/").split("/")[-1]
+
+
+@dataclass
+class Run:
+    index: int  # 1-based position in the grid
+    cfg: object  # RunConfig with output = the run directory relative to the sweep directory
+    flat: dict  # dotted settings -> value
+
+    @property
+    def id(self) -> str:
+        return f"{self.index:04d}"
+
+    @property
+    def dir(self) -> str:
+        return self.cfg.output
+
+    def main_parts(self) -> list[str]:
+        r = self.cfg.reduce
+        red = f"{r.method}{r.dims}" if r.method in ("pca", "umap") else r.method
+        return [_short(self.cfg.data.spec), _short(self.cfg.encode.spec), red, self.cfg.cluster.method]
+
+    def label(self, varied: list[str]) -> str:
+        """The log line's name for this run: dataset encoder reduction clusterer, then any other varied setting."""
+        shown = {"data.spec", "encode.spec", "reduce.method", "reduce.dims", "cluster.method"}
+        extra = [f"{k.split('.')[-1]}={_cell(self.flat.get(k))}" for k in varied if k not in shown]
+        return " ".join(self.main_parts() + extra)
+
+
+def _slug(parts: list[str]) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(parts)).strip("-")[:60] or "run"
+
+
+def expand(base, axes: list[tuple[str, list]]) -> list[Run]:
+    runs = []
+    for i, combo in enumerate(itertools.product(*(values for _, values in axes)), 1):
+        cfg = base
+        for (key, _), value in zip(axes, combo):
+            cfg = _apply(cfg, key, value)
+        run = Run(i, cfg, {})
+        run.cfg = dataclasses.replace(cfg, output=f"runs/{i:04d}-{_slug(run.main_parts())}")
+        run.flat = _flatten(json.loads(json.dumps(run.cfg.to_dict(), default=str)))
+        runs.append(run)
+    return runs
+
+
+def varied_keys(runs: list[Run]) -> list[str]:
+    keys = list(dict.fromkeys(k for r in runs for k in r.flat))
+    return [k for k in keys if len({json.dumps(r.flat.get(k), sort_keys=True) for r in runs}) > 1]
+
+
+def check_run(cfg) -> None:
+    """Everything about one grid point that can be known without its data; `check_config` plus the clusterer's own
+    parameter check and the value types YAML lets through (a string k, a negative dims)."""
+    from .cluster import CLUSTERERS
+    from .pipeline import check_config
+    from .reduce import NORMALIZE
+    from .run import _validate
+
+    check_config(cfg)
+    _validate(cfg)
+    CLUSTERERS[cfg.cluster.method].check(dict(cfg.cluster.params))
+    k, dims, limit = cfg.cluster.k, cfg.reduce.dims, cfg.data.limit
+    if not (k is None or k == "auto" or (isinstance(k, int) and not isinstance(k, bool) and k >= 1)):
+        raise UserError(f"k {k!r}: a positive integer or auto")
+    if isinstance(dims, bool) or not isinstance(dims, (int, float)) or dims <= 0:
+        raise UserError(f"dims {dims!r}: a positive number")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise UserError(f"limit {limit!r}: a positive integer")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise UserError(f"seed {cfg.seed!r}: an integer")
+    if cfg.reduce.normalize not in NORMALIZE:
+        raise UserError(f"normalize {cfg.reduce.normalize!r}: choose one of {', '.join(NORMALIZE)}")
+    if cfg.data.subsample not in ("first", "stratified"):
+        raise UserError(f"subsample {cfg.data.subsample!r}: first or stratified")
+    if not isinstance(cfg.cluster.params, dict) or not isinstance(cfg.reduce.params, dict):
+        raise UserError("params: expected a mapping of NAME: value")
+
+
+def plan(args: argparse.Namespace) -> tuple[list[Run], list[tuple[str, list]]]:
+    from .config import load_yaml
+
+    doc = load_yaml(args.config) if args.config else {}
+    unknown = sorted(set(doc) - {"base", "grid"})
+    if unknown:
+        raise UserError(f"--config {args.config}: unknown top-level key(s) {', '.join(unknown)}; a sweep file has "
+                        "`base:` (run settings) and `grid:` (setting -> list of values)")
+    base = base_config(doc.get("base") or {}, args)
+    axes = build_axes(doc.get("grid") or {}, args)
+    runs = expand(base, axes)
+    varied = varied_keys(runs)
+    for run in runs:
+        try:
+            check_run(run.cfg)
+        except UserError as exc:
+            raise UserError(f"grid point {run.index} of {len(runs)} ({run.label(varied)}): {exc}") from None
+    return runs, axes
+
+
+# ---------------------------------------------------------------------------------------------- sweep directory
+
+
+def _normal(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _resolved(entries: list) -> list:
+    """Recorded runs re-read through today's RunConfig, so a setting added by an upgrade (with its default) does not
+    make an old sweep look like another grid; a recorded key that no longer exists does."""
+    from .config import RunConfig, merge
+
+    out = []
+    for e in entries:
+        try:
+            cfg = _normal(merge(RunConfig(), e["config"], where="sweep.json").to_dict())
+        except (UserError, KeyError, TypeError):
+            cfg = e.get("config") if isinstance(e, dict) else e
+        out.append({"run": e.get("run") if isinstance(e, dict) else None, "config": cfg})
+    return out
+
+
+def _first_difference(old: list, new: list) -> str:
+    if len(old) != len(new):
+        return f"{len(old)} runs there, {len(new)} now"
+    for o, n in zip(old, new):
+        fo, fn = _flatten(o.get("config", {})), _flatten(n["config"])
+        for key in dict.fromkeys([*fo, *fn]):
+            if fo.get(key) != fn.get(key):
+                return f"run {n['run']}: {key} was {fo.get(key)!r}, now {fn.get(key)!r}"
+    return "another layout"
+
+
+def open_sweep_dir(out: Path, runs: list[Run], axes, force: bool):
+    """Create or reopen the sweep directory under an exclusive lock; a different grid is refused unless --force."""
+    import fcntl
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output {out}: is a file")
+    meta = out / "sweep.json"
+    if out.is_dir() and not meta.is_file() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise UserError(f"--output {out}: exists and is not a sweep directory (no sweep.json); choose a new or empty "
+                        "directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = open(out / ".lock", "w")
+    except OSError as exc:
+        raise UserError(f"--output {out}: cannot write there ({exc.strerror or exc})") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UserError(f"--output {out}: another sweep is running there") from None
+    doc = {"format": SWEEP_FORMAT, "grid": _normal(dict(axes)),
+           "runs": [{"run": r.id, "config": _normal(r.cfg.to_dict())} for r in runs]}
+    if meta.is_file():
+        try:
+            old = json.loads(meta.read_text())
+        except ValueError:
+            raise UserError(f"{meta}: not valid JSON; use a new --output, or --force to start over") from None
+        if force:
+            for name in ("results.csv", "results.parquet", "best.json"):
+                (out / name).unlink(missing_ok=True)
+            shutil.rmtree(out / "runs", ignore_errors=True)
+        else:
+            recorded = _resolved(old.get("runs") or [])
+            if recorded != doc["runs"]:
+                raise UserError(f"--output {out} holds another sweep ({_first_difference(recorded, doc['runs'])}); "
+                                "use a new --output, or --force to discard its results")
+    from .store import atomic_write_json
+
+    atomic_write_json(meta, doc)
+    for tmp in out.glob(".*.tmp"):  # litter of a write killed mid-way; we hold the lock, so no writer owns it
+        tmp.unlink(missing_ok=True)
+    return lock
+
+
+def _cell(v):
+    return json.dumps(v, sort_keys=True) if isinstance(v, (list, tuple, dict)) else v
+
+
+def make_row(run: Run, varied: list[str], status: str, error: str = "", run_dir: Path | None = None) -> dict:
+    """One table row; an ok run's metrics and timings are read back from its run directory, the source of truth."""
+    row = {"run": run.id, "status": status, **{k: _cell(run.flat.get(k)) for k in varied}}
+    if status == "ok":
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        timings = json.loads((run_dir / "timings.json").read_text())
+        row.update({k: v for k, v in metrics.items() if v is None or isinstance(v, (int, float, str))})
+        row["twins"] = ",".join(f"{s}={t}" for s, t in metrics.get("twins", {}).items())
+        row.update({f"{s}_s": timings[s] for s in TIMINGS if s in timings})
+        row.update({k: timings.get(k) for k in ("rows_encoded", "rows_reused", "images_per_s")})
+    row.update({"error": error, "run_dir": run.dir})
+    return row
+
+
+def columns(rows: list[dict], varied: list[str]) -> list[str]:
+    present = list(dict.fromkeys(k for r in rows for k in r))
+    timing = [f"{s}_s" for s in TIMINGS] + ["rows_encoded", "rows_reused", "images_per_s"]
+    fixed = {"run", "status", "error", "run_dir", "twins", *varied, *timing}
+    metrics = [m for m in MAIN_METRICS if m in present] + sorted(k for k in present
+                                                                 if k not in fixed and k not in MAIN_METRICS)
+    return (["run", "status", *varied, *metrics, *[t for t in timing if t in present],
+             *(["twins"] if "twins" in present else []), "error", "run_dir"])
+
+
+def _parquet(rows: list[dict], cols: list[str]) -> bytes | None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return None
+    arrays = {}
+    for c in cols:
+        values = [r.get(c) for r in rows]
+        try:
+            arrays[c] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # a setting that is a number in one run and "auto" in another
+            arrays[c] = pa.array([None if v is None else str(v) for v in values], pa.string())
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.table(arrays), buf)
+    return buf.getvalue().to_pybytes()
+
+
+def _score(row: dict, metric: str) -> float | None:
+    v = row.get(metric)
+    if row.get("status") != "ok" or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return -v if metric in LOWER_IS_BETTER else v
+
+
+def ranked(rows: list[dict], metric: str) -> list[dict]:
+    """ok rows with the metric, best first (ties: the earlier run)."""
+    scored = [r for r in rows if _score(r, metric) is not None]
+    return sorted(scored, key=lambda r: (-_score(r, metric), r["run"]))
+
+
+def best(rows: list[dict], runs: dict[str, Run], varied: list[str], metric: str) -> dict | None:
+    top = ranked(rows, metric)
+    if not top:
+        return None
+    r, run = top[0], runs[top[0]["run"]]
+    cfg = {k: v for k, v in _normal(run.cfg.to_dict()).items() if k != "output"}
+    return {"run": r["run"], "metric": metric, "value": r[metric], "name": run.label(varied), "run_dir": run.dir,
+            "settings": {k: r.get(k) for k in varied},
+            "metrics": {k: r[k] for k in MAIN_METRICS if r.get(k) is not None}, "config": cfg}
+
+
+def best_doc(rows: list[dict], runs: dict[str, Run], varied: list[str], rank_by: str) -> dict:
+    metrics = list(dict.fromkeys([rank_by, "ami", "silhouette_umap"]))
+
+    def pick(subset):
+        return {m: best(subset, runs, varied, m) for m in metrics}
+
+    doc = {"rank_by": rank_by, "runs": len(runs), "finished": len(rows),
+           "ok": sum(r["status"] == "ok" for r in rows), "best": pick(rows)}
+    datasets = list(dict.fromkeys(run.cfg.data.spec for run in runs.values()))
+    if len(datasets) > 1:  # a metric's best across datasets mostly names the easiest dataset: also per dataset
+        doc["per_dataset"] = {d: pick([r for r in rows if runs[r["run"]].cfg.data.spec == d]) for d in datasets}
+    return doc
+
+
+def write_outputs(out: Path, rows_by_id: dict[str, dict], runs: dict[str, Run], varied: list[str],
+                  rank_by: str) -> list[dict]:
+    from .store import atomic_write_bytes, atomic_write_json
+
+    rows = [rows_by_id[k] for k in sorted(rows_by_id)]
+    cols = columns(rows, varied)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, cols, restval="", extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
+    data = _parquet(rows, cols)
+    if data is not None:
+        atomic_write_bytes(out / "results.parquet", data)
+    atomic_write_json(out / "best.json", best_doc(rows, runs, varied, rank_by))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------- running
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def execute(run: Run, out: Path) -> tuple[str, str]:
+    """Run one grid point: (status, error). Its failure is recorded, never raised, so one bad point costs one row."""
+    from . import pipeline
+
+    run_dir = out / run.dir
+    shutil.rmtree(run_dir, ignore_errors=True)  # a killed attempt's files must not mix with this one's
+    cfg = dataclasses.replace(run.cfg, output=str(run_dir))
+    try:
+        pipeline.run_pipeline(cfg, progress=False)
+        return "ok", ""
+    except UserError as exc:
+        status, error, detail = "error", _one_line(exc), str(exc)
+    except Exception as exc:  # a bug or a broken environment: recorded, the sweep goes on, exit 1 at the end
+        status, error, detail = "internal_error", f"{type(exc).__name__}: {_one_line(exc)}", traceback.format_exc()
+        log.error("run %s: %s", run.id, error)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "error.txt").write_text(detail + "\n")
+    return status, error
+
+
+def _fmt(v) -> str:
+    if v is None or v == "":
+        return "-"
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _result_text(row: dict) -> str:
+    if row["status"] != "ok":
+        return f"{row['status']}: {row['error']}"
+    parts = [f"{m} {_fmt(row.get(m))}" for m in ("ami", "silhouette_umap") if row.get(m) is not None]
+    return " ".join(parts) or "ok"
+
+
+def print_table(rows: list[dict], runs: dict[str, Run], varied: list[str], rank_by: str, top: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    order = ranked(rows, rank_by)
+    shown = [m for m in dict.fromkeys([rank_by, "ami", "silhouette_umap", "n_clusters", "noise_fraction"])
+             if any(r.get(m) is not None for r in order)]
+    table = Table(title=f"runs ranked by {rank_by}" + (f" (top {top} of {len(order)})" if len(order) > top else ""))
+    for name in ["#", "run", "configuration", *shown, "total s"]:
+        table.add_column(name, justify="left" if name == "configuration" else "right", no_wrap=True)
+    for i, r in enumerate(order[:top], 1):
+        table.add_row(str(i), r["run"], runs[r["run"]].label(varied), *(_fmt(r.get(m)) for m in shown),
+                      f"{r['total_s']:.1f}" if isinstance(r.get("total_s"), (int, float)) else "-")
+    console = Console(width=None if sys.stdout.isatty() else 160)  # a log file gets the whole table
+    console.print(table)
+    for r in rows:
+        if r["status"] != "ok":
+            console.print(f"run {r['run']} ({runs[r['run']].label(varied)}): {r['status']}: {r['error']}",
+                          markup=False, highlight=False)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m gpuclust.sweep",
+        description="Run a grid of gpuclust configurations (datasets x encoders x reducers x clusterers x "
+                    "parameters) into one results table; rerun the same command to resume.",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="YAML", help="a sweep file: `base:` (run settings, as gpuclust.run --config) "
+                   "and `grid:` (setting -> list of values, e.g. cluster.method: [kmeans, hdbscan])")
+    p.add_argument("--dataset", action="append", metavar="SPEC", help="dataset axis (repeatable)")
+    p.add_argument("--encoder", action="append", metavar="SPEC", help="encoder axis (repeatable)")
+    p.add_argument("--reduce", action="append", metavar="NAME[,NAME]", help="reducer axis: none, zscore, pca, umap")
+    p.add_argument("--dims", action="append", metavar="N[,N]", help="reduced dimensions axis")
+    p.add_argument("--cluster", action="append", metavar="NAME[,NAME]", help="clusterer axis")
+    p.add_argument("--k", action="append", metavar="N[,N]", help="number-of-clusters axis (N or auto)")
+    p.add_argument("--seed", action="append", metavar="N[,N]", help="seed axis")
+    p.add_argument("--limit", type=int, metavar="N", help="use N images of every dataset")
+    p.add_argument("--cache-dir", metavar="DIR", help="embedding store (default $GPUCLUST_CACHE or ~/.cache/gpuclust)")
+    p.add_argument("--device", choices=["auto", "cpu", "gpu"], help="twin to run (default auto)")
+    p.add_argument("--output", metavar="DIR", help="sweep directory (default sweeps/<time>); the same DIR resumes")
+    p.add_argument("--force", action="store_true", help="discard the results of another grid in --output")
+    p.add_argument("--rank-by", default=None, metavar="METRIC",
+                   help="metric to rank by (default ami with labels, else silhouette_umap)")
+    p.add_argument("--top", type=int, default=20, metavar="N", help="rows of the ranked table to print (20)")
+    p.add_argument("--dry-run", action="store_true", help="check the grid and list its runs; run nothing")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="also each run's stage log")
+    return p
+
+
+def _check_rank_by(metric: str | None) -> None:
+    if metric is not None and metric not in RANKABLE and not metric.startswith("silhouette") and not any(
+            metric == f"{m}_clustered" for m in RANKABLE):
+        raise UserError(f"--rank-by {metric}: choose a metric, e.g. {', '.join(sorted(RANKABLE))}, silhouette_umap")
+
+
+def sweep(args: argparse.Namespace) -> int:
+    _check_rank_by(args.rank_by)
+    runs, axes = plan(args)  # every grid point checked before anything is written
+    varied = varied_keys(runs)
+    say = (lambda *a: None) if args.quiet else (lambda text: print(text, flush=True))
+    if args.dry_run:
+        for run in runs:
+            say(f"[{run.index}/{len(runs)}] {run.label(varied)}")
+        return 0
+    out = Path(args.output or Path("sweeps") / time.strftime("%Y%m%d-%H%M%S")).expanduser()
+    lock = open_sweep_dir(out, runs, axes, args.force)
+    by_id = {r.id: r for r in runs}
+    rows: dict[str, dict] = {}
+    previous = {}
+    if (out / "results.csv").is_file():
+        with open(out / "results.csv", newline="") as f:
+            previous = {r["run"]: r for r in csv.DictReader(f)}
+    done = set()
+    for run in runs:
+        old = previous.get(run.id)
+        if old and old.get("status") == "ok" and (out / run.dir / "metrics.json").is_file():
+            rows[run.id] = make_row(run, varied, "ok", run_dir=out / run.dir)
+            done.add(run.id)
+        elif old and old.get("status") in ("error", "internal_error"):  # kept until redone below
+            rows[run.id] = make_row(run, varied, old["status"], old.get("error", ""))
+    say(f"sweep: {len(runs)} runs in {out}" + (f", {len(done)} done earlier" if done else "")
+        + f" (rerun with --output {out} to resume)")
+    t0 = time.perf_counter()
+    rank_by = args.rank_by
+    try:
+        for run in runs:
+            head = f"[{run.index}/{len(runs)}] {run.label(varied)}"
+            if run.id in done:
+                say(f"{head}  done earlier: {_result_text(rows[run.id])}")
+                continue
+            t_run = time.perf_counter()
+            status, error = execute(run, out)
+            rows[run.id] = make_row(run, varied, status, error, out / run.dir)
+            rank = rank_by or ("ami" if any(r.get("ami") is not None for r in rows.values()) else "silhouette_umap")
+            write_outputs(out, rows, by_id, varied, rank)
+            say(f"{head}  {_result_text(rows[run.id])} ({time.perf_counter() - t_run:.1f}s)")
+    except KeyboardInterrupt:
+        print(f"gpuclust.sweep: interrupted; {len(rows)} of {len(runs)} runs recorded in {out / 'results.csv'}; "
+              "rerun the same command to resume", file=sys.stderr)
+        return 130
+    rank_by = rank_by or ("ami" if any(r.get("ami") is not None for r in rows.values()) else "silhouette_umap")
+    table = write_outputs(out, rows, by_id, varied, rank_by)
+    lock.close()
+    counts = {s: sum(r["status"] == s for r in table) for s in ("ok", "error", "internal_error")}
+    if not args.quiet:
+        print_table(table, by_id, varied, rank_by, args.top)
+        picks = best_doc(table, by_id, varied, rank_by)["best"]
+        say(f"sweep: {counts['ok']} ok, {counts['error']} error, {counts['internal_error']} internal error of "
+            f"{len(runs)} runs ({len(done)} done earlier) in {time.perf_counter() - t0:.1f}s; {out / 'results.csv'}")
+        for metric, pick in picks.items():
+            if pick:
+                say(f"best by {metric}: run {pick['run']} ({pick['name']}) {pick['value']:.4f}")
+    if counts["internal_error"]:
+        print(f"gpuclust.sweep: error: {counts['internal_error']} run(s) failed with an internal error (tracebacks in "
+              "their error.txt)", file=sys.stderr)
+        return 1
+    if counts["error"]:
+        first = next(r for r in table if r["status"] == "error")
+        print(f"gpuclust.sweep: error: {counts['error']} of {len(runs)} runs failed on their settings; first: run "
+              f"{first['run']}: {first['error']}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)  # argparse itself exits 2 with a usage line on bad flags
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("gpuclust").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    try:
+        return sweep(args)
+    except UserError as exc:
+        print(f"gpuclust.sweep: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def cli() -> None:
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

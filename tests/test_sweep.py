@@ -1,0 +1,252 @@
+"""`python -m gpuclust.sweep`: the grid, the results table and best.json against the run directories, store reuse,
+resumption after SIGKILL (a real subprocess), and bad grids or bad runs failing the way the docs say."""
+import csv
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gpuclust.sweep import main
+from helpers import ROOT
+
+N = 400
+FAST = ["--dataset", "digits", "--encoder", "pixels", "--device", "cpu", "-q"]
+TIMING = {"rows_encoded", "rows_reused", "images_per_s"}
+
+
+def _rows(sweep_dir):
+    with open(sweep_dir / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _sweep_cmd(*args):
+    return [sys.executable, "-m", "gpuclust.sweep", *args]
+
+
+def _stderr_one_line(err, *needles):
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("gpuclust.sweep: error: "), err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+class _Messages(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def grid2x2(tmp_path_factory):
+    """pca/umap x kmeans/agglomerative on 400 digits, with a fresh store so the first run must encode."""
+    root = tmp_path_factory.mktemp("sweep2x2")
+    handler = _Messages()
+    logging.getLogger("gpuclust").addHandler(handler)
+    try:
+        rc = main([*FAST, "--limit", str(N), "--reduce", "pca,umap", "--dims", "10", "--cluster", "kmeans",
+                   "--cluster", "agglomerative", "--cache-dir", str(root / "cache"), "--output", str(root / "s"),
+                   "-v"])
+    finally:
+        logging.getLogger("gpuclust").removeHandler(handler)
+    return root / "s", rc, handler.messages
+
+
+def test_grid_table_matches_run_dirs_and_best(grid2x2):
+    out, rc, _ = grid2x2
+    assert rc == 0
+    rows = _rows(out)
+    assert [(r["run"], r["status"], r["reduce.method"], r["cluster.method"]) for r in rows] == [
+        ("0001", "ok", "pca", "kmeans"), ("0002", "ok", "pca", "agglomerative"),
+        ("0003", "ok", "umap", "kmeans"), ("0004", "ok", "umap", "agglomerative")]  # runs sharing a reduction adjacent
+    for r in rows:
+        m = json.loads((out / r["run_dir"] / "metrics.json").read_text())
+        for key in ("ami", "ari", "nmi", "silhouette", "silhouette_umap", "noise_fraction"):
+            assert float(r[key]) == m[key], key  # the CSV keeps every digit
+        assert int(r["n_clusters"]) == m["n_clusters"] == 10 and int(r["n_rows"]) == N
+        t = json.loads((out / r["run_dir"] / "timings.json").read_text())
+        assert float(r["total_s"]) == t["total"] and float(r["encode_s"]) == t["encode"]
+        assert (out / r["run_dir"] / "config.json").is_file() and r["error"] == ""
+
+    best = json.loads((out / "best.json").read_text())
+    assert best["rank_by"] == "ami" and best["ok"] == 4
+    for metric in ("ami", "silhouette_umap"):
+        top = max(rows, key=lambda r: float(r[metric]))
+        assert best["best"][metric]["run"] == top["run"] and best["best"][metric]["value"] == float(top[metric])
+        assert best["best"][metric]["config"]["cluster"]["method"] == top["cluster.method"]
+    assert best["best"]["ami"]["value"] > 0.8  # UMAP then clustering separates the digits
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out / "results.parquet").to_pylist()
+    assert [t["ami"] for t in table] == [float(r["ami"]) for r in rows]
+    recorded = json.loads((out / "sweep.json").read_text())["runs"]
+    assert [r["config"]["output"] for r in recorded] == [r["run_dir"] for r in rows]
+
+
+def test_encoder_runs_once_and_reductions_are_reused(grid2x2):
+    out, _, messages = grid2x2
+    rows = _rows(out)
+    assert [(int(r["rows_encoded"]), int(r["rows_reused"])) for r in rows] == [(N, 0)] + [(0, N)] * 3
+    assert sum("reusing stored embeddings" in m for m in messages) == 3
+    # Run 2 reuses run 1's PCA and its 50-d UMAP for silhouette_umap; run 4 reuses run 3's UMAP fit.
+    assert sum("reusing the stored pca space" in m for m in messages) == 1
+    assert sum("reusing the stored umap space" in m for m in messages) == 2
+
+
+def test_rerun_of_a_finished_sweep_runs_nothing(grid2x2, capsys):
+    out, _, _ = grid2x2
+    before = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/metrics.json")}
+    rows = _rows(out)
+    assert main([*FAST, "--limit", str(N), "--reduce", "pca,umap", "--dims", "10", "--cluster",
+                 "kmeans,agglomerative", "--cache-dir", str(out.parent / "cache"), "--output", str(out)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/metrics.json")} == before and len(before) == 4
+    assert _rows(out) == rows
+
+
+def test_another_grid_in_the_same_directory_is_refused(grid2x2, capsys):
+    out, _, _ = grid2x2
+    assert main([*FAST, "--limit", str(N), "--reduce", "pca", "--dims", "10", "--cluster", "kmeans",
+                 "--output", str(out)]) == 2
+    _stderr_one_line(capsys.readouterr().err, "holds another sweep", "4 runs there, 1 now", "--force")
+    assert len(_rows(out)) == 4
+
+
+def _resume_args(cache, out, config):
+    return _sweep_cmd("--config", str(config), "--dataset", "digits", "--encoder", "pixels", "--limit", "300",
+                      "--device", "cpu", "--reduce", "pca", "--dims", "10", "--cluster",
+                      "kmeans,agglomerative,spectral", "--seed", "0,1", "--cache-dir", str(cache), "--output", str(out))
+
+
+def test_sigkill_mid_sweep_then_rerun_equals_an_uninterrupted_sweep(tmp_path):
+    config = tmp_path / "sweep.yaml"
+    # Seeded PCA (sklearn's randomized solver draws otherwise); no UMAP, so each process is quick.
+    config.write_text("base:\n  reduce: {params: {random_state: 0}}\n  evaluate: {silhouette_umap: false}\n")
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_resume_args(tmp_path / "cache", out, config), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not ((out / "results.csv").is_file() and any(r["status"] == "ok" for r in _rows(out))):
+        assert proc.poll() is None, "the sweep ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = [r["run"] for r in _rows(out) if r["status"] == "ok"]
+    assert 1 <= len(finished) < 6, finished  # the kill landed mid-sweep, so the rerun has work left
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/metrics.json")
+              if p.parent.name[:4] in finished}
+    assert len(mtimes) == len(finished)
+
+    rerun = subprocess.run(_resume_args(tmp_path / "cache", out, config), cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    skipped = [line.split("]")[0].split("[")[1] for line in rerun.stdout.splitlines() if "done earlier:" in line]
+    assert skipped == [f"{int(run)}/6" for run in finished]
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # finished runs were not redone
+
+    clean = tmp_path / "clean"
+    proc = subprocess.run(_resume_args(tmp_path / "other-cache", clean, config), cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got, want = _rows(out), _rows(clean)
+    assert len(got) == 6 and all(r["status"] == "ok" for r in got)
+    assert list(got[0]) == list(want[0])
+    same = [c for c in want[0] if not c.endswith("_s") and c not in TIMING]
+    assert "ami" in same and "silhouette" in same and "seed" in same
+    assert [[r[c] for c in same] for r in got] == [[r[c] for c in same] for r in want]
+
+
+@pytest.mark.parametrize("yaml_text,args,needles", [
+    (None, ["--cluster", "kmeans,nosuch"], ["grid point 2 of 2", "unknown clusterer 'nosuch'"]),
+    ("grid: [unclosed\n", [], ["not valid YAML"]),
+    ("grid:\n  cluster.metod: [kmeans]\n", [], ["unknown grid key 'cluster.metod'"]),
+    ("grid:\n  cluster:\n    - kmeans\n    - {method: hdbscan, params: {min_cluster_size: 1}}\n", [],
+     ["grid point 2 of 2", "min_cluster_size=1"]),
+])
+def test_bad_grid_exits_2_and_runs_nothing(yaml_text, args, needles, tmp_path):
+    extra = []
+    if yaml_text is not None:
+        (tmp_path / "sweep.yaml").write_text(yaml_text)
+        extra = ["--config", str(tmp_path / "sweep.yaml")]
+    proc = subprocess.run(_sweep_cmd(*FAST, *extra, *args, "--cache-dir", str(tmp_path / "cache"), "--output",
+                                     str(tmp_path / "s")), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    _stderr_one_line(proc.stderr, *needles)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "cache").exists()
+
+
+def _k_sweep(tmp_path, cache_dir, *extra):
+    config = tmp_path / "sweep.yaml"
+    config.write_text("base:\n  evaluate: {silhouette_umap: false}\n")
+    return main([*FAST, "--config", str(config), "--limit", "300", "--reduce", "pca", "--dims", "10", "--k",
+                 "10,5000", "--cache-dir", str(cache_dir), "--output", str(tmp_path / "s"), *extra])
+
+
+def test_a_run_failing_on_its_settings_is_a_row_and_the_others_run(tmp_path, cache_dir, capsys):
+    assert _k_sweep(tmp_path, cache_dir) == 2
+    rows = _rows(tmp_path / "s")
+    assert [(r["cluster.k"], r["status"]) for r in rows] == [("10", "ok"), ("5000", "error")]
+    assert rows[1]["error"] == "--k 5000: must be between 1 and the number of images (300)"
+    assert float(rows[0]["ami"]) > 0.5 and rows[1]["ami"] == ""
+    assert "--k 5000" in (tmp_path / "s" / rows[1]["run_dir"] / "error.txt").read_text()
+    _stderr_one_line(capsys.readouterr().err, "1 of 2 runs failed on their settings", "--k 5000")
+    assert json.loads((tmp_path / "s" / "best.json").read_text())["best"]["ami"]["run"] == "0001"
+
+
+def test_an_internal_error_is_recorded_and_the_sweep_goes_on(tmp_path, cache_dir, monkeypatch, capsys):
+    import gpuclust.pipeline
+
+    real = gpuclust.pipeline.run_pipeline
+
+    def flaky(cfg, progress=True):
+        if cfg.cluster.k == 10:
+            raise RuntimeError("simulated crash\nsecond line")
+        return real(cfg, progress)
+
+    monkeypatch.setattr(gpuclust.pipeline, "run_pipeline", flaky)
+    assert _k_sweep(tmp_path, cache_dir) == 1
+    rows = _rows(tmp_path / "s")
+    assert [(r["status"], r["error"]) for r in rows] == [
+        ("internal_error", "RuntimeError: simulated crash"),
+        ("error", "--k 5000: must be between 1 and the number of images (300)")]
+    assert "Traceback" in (tmp_path / "s" / rows[0]["run_dir"] / "error.txt").read_text()
+    assert "internal error" in capsys.readouterr().err
+    # A rerun redoes failed runs (an internal error may have been transient); ok rows would be kept.
+    monkeypatch.setattr(gpuclust.pipeline, "run_pipeline", real)
+    assert _k_sweep(tmp_path, cache_dir) == 2
+    assert [r["status"] for r in _rows(tmp_path / "s")] == ["ok", "error"]
+
+
+def test_yaml_grid_orders_axes_and_keeps_params_with_their_clusterer(tmp_path, capsys):
+    from gpuclust.sweep import get_args_parser, plan, varied_keys
+
+    (tmp_path / "sweep.yaml").write_text(
+        "base:\n  data: {limit: 100}\n  cluster: {k: 10}\n"
+        "grid:\n"
+        "  cluster:\n    - kmeans\n    - {method: hdbscan, k: null, params: {min_cluster_size: 5}}\n"
+        "    - {method: hdbscan, k: null, params: {min_cluster_size: 20}}\n"
+        "  reduce.dims: [5, 10]\n"
+        "  data.spec: [digits, mnist5k]\n")
+    argv = ["--config", str(tmp_path / "sweep.yaml"), "--encoder", "pixels", "--reduce", "pca"]
+    runs, _ = plan(get_args_parser().parse_args(argv))
+    got = [(r.cfg.data.spec, r.cfg.reduce.dims, r.cfg.cluster.method, r.cfg.cluster.k, r.cfg.cluster.params)
+           for r in runs]
+    assert got[:4] == [("digits", 5, "kmeans", 10, {}), ("digits", 5, "hdbscan", None, {"min_cluster_size": 5}),
+                       ("digits", 5, "hdbscan", None, {"min_cluster_size": 20}), ("digits", 10, "kmeans", 10, {})]
+    assert len(got) == 12 and got[6][0] == "mnist5k"  # dataset outermost, clusterer innermost
+    varied = varied_keys(runs)
+    assert varied == ["data.spec", "reduce.dims", "cluster.method", "cluster.k", "cluster.params.min_cluster_size"]
+    assert runs[1].label(varied) == "digits pixels pca5 hdbscan k=None min_cluster_size=5"
+    assert runs[1].dir == "runs/0002-digits-pixels-pca5-hdbscan"
+    assert main([*argv, "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("\n") == 12
+    assert not list(tmp_path.glob("sweeps"))

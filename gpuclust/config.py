@@ -41,6 +41,9 @@ class ReduceConfig:
     params: dict = field(default_factory=dict)
     zscore: bool | None = None  # z-score before reducing; None: before PCA only (the study's default)
     normalize: str = "none"  # after reducing: none, l2, zscore, spherical
+    # Fit PCA/UMAP on this many seeded rows and transform the rest in chunks; the embeddings are then read from disk
+    # chunk by chunk and never held whole (datasets larger than memory). None: fit on every row.
+    fit_sample: int | None = None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +36,7 @@ class StageTimer:
     """Seconds per stage, with a start and a finish line in the log; device work is synchronised first."""
 
     def __init__(self, backend: Backend):
-        self.backend, self.seconds = backend, {}
+        self.backend, self.seconds, self.peak_rss = backend, {}, {}
 
     @contextmanager
     def __call__(self, stage: str, rows: int | None = None):
@@ -47,12 +47,23 @@ class StageTimer:
         self.backend.synchronize()
         dt = time.perf_counter() - t0
         self.seconds[stage] = round(dt, 4)
+        self.peak_rss[stage] = peak_rss_bytes()  # the high-water mark so far: where it jumps, this stage raised it
         rate = f" ({rows / dt:,.0f} rows/s)" if rows and dt > 0 else ""
         log.info("%s: done in %.2fs%s", stage, dt, rate)
 
 
 def peak_rss_bytes() -> int | None:
-    """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
+    """Peak resident memory of this process so far.
+
+    Linux: VmHWM from /proc, which starts afresh at exec (getrusage's ru_maxrss would carry over the peak of the
+    process that launched this one). Elsewhere ru_maxrss (macOS reports bytes, others KiB)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         import resource
         import sys
@@ -128,13 +139,25 @@ def check_config(cfg: RunConfig) -> None:
         raise UserError(f"precision {cfg.encode.precision!r}: fp32, bf16 or fp16")
     if cfg.encode.shard_size < 1:
         raise UserError(f"shard_size {cfg.encode.shard_size}: must be at least 1")
+    fit_sample = cfg.reduce.fit_sample
+    if fit_sample is not None:
+        if fit_sample < 2:
+            raise UserError(f"--fit-sample {fit_sample}: must be at least 2")
+        if cfg.reduce.method not in ("pca", "umap"):
+            raise UserError(f"--fit-sample applies to --reduce pca or umap (got {cfg.reduce.method}): those can "
+                            "transform rows they were not fitted on")
+        if cfg.cluster.k == "auto" and cfg.reduce.method != "umap":
+            raise UserError("--k auto scores k in the UMAP space; with --fit-sample use --reduce umap")
+    if name == "embeddings" and cfg.encode.decode != "cpu":
+        raise UserError("--decode device: embeddings:PATH has no images to decode; drop it")
 
 
 def check_against_data(cfg: RunConfig, ds: ImageDataset) -> None:
     """Settings that depend on the data, checked before the (long) encode stage."""
     from .cluster import CLUSTERERS
 
-    if cfg.encode.decode == "device" and type(ds).read_bytes is ImageDataset.read_bytes:
+    if cfg.encode.decode == "device" and isinstance(ds, ImageDataset) and \
+            type(ds).read_bytes is ImageDataset.read_bytes:
         raise UserError(f"--decode device needs image files (imagefolder:, folder:, csv:, parquet:, webdataset:); "
                         f"{cfg.data.spec} holds decoded images")
 
@@ -175,7 +198,27 @@ def memory_hint(stage: str):
                         "or choose a clusterer that scales (kmeans, hdbscan)") from None
 
 
-def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: bool) -> tuple[Embeddings, dict]:
+def streamed(cfg: RunConfig, n_rows: int) -> bool:
+    """Whether this run reads its embeddings in chunks instead of holding them (--fit-sample below the row count)."""
+    return cfg.reduce.fit_sample is not None and n_rows > cfg.reduce.fit_sample
+
+
+def precomputed_stage(src, cfg: RunConfig, backend: Backend) -> tuple[Embeddings, dict]:
+    """`embeddings:PATH`: no encoder; the rows are read in chunks (streamed) or loaded once onto the device."""
+    import numpy as np
+
+    matrix = src.matrix
+    rows = np.arange(matrix.n_rows)
+    if streamed(cfg, matrix.n_rows):
+        X = matrix  # checked for NaN/inf in the reducer's statistics pass
+    else:
+        X = matrix.load(backend)
+        check_finite(backend, X, rows)
+    return Embeddings(X, rows, [], 0, matrix.n_rows), {"encoder": "precomputed", "dim": matrix.dim, "store": None}
+
+
+def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: bool,
+                 client=None) -> tuple[Embeddings, dict]:
     enc = build_encoder(cfg.encode.spec, cfg.encode.weights, cfg.encode.arch, cfg.encode.preprocess)
     key = {**enc.key, "dataset": ds.spec, "rows": ds.fingerprint(), "precision": cfg.encode.precision,
            "store_dtype": cfg.encode.store_dtype}
@@ -186,11 +229,11 @@ def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: b
         log.info("encode: reusing stored embeddings %s", store.dir)
     computed_elsewhere = 0
     try:
-        if wants_cluster(cfg) and not store.complete:
-            with open_client(cfg) as client:
-                computed_elsewhere = fill_store(client, cfg, store, progress)
+        if client is not None and not store.complete:
+            computed_elsewhere = fill_store(client, cfg, store, progress)
         emb = extract(ds, enc, backend, store, cfg.encode.batch_size, cfg.encode.num_workers, progress,
-                      cfg.encode.store_dtype, cfg.encode.precision, cfg.encode.compile, cfg.encode.decode)
+                      cfg.encode.store_dtype, cfg.encode.precision, cfg.encode.compile, cfg.encode.decode,
+                      in_memory=not streamed(cfg, len(ds)))
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
             raise
@@ -207,7 +250,8 @@ def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: b
         raise UserError(f"{ds.spec}: none of the {len(ds)} images could be decoded")
     emb.rows_computed += computed_elsewhere  # the workers encoded these; this process read them back
     emb.rows_reused -= computed_elsewhere
-    check_finite(backend, emb.X, emb.rows)
+    if not streamed(cfg, len(ds)):  # streamed rows are checked in the reducer's statistics pass
+        check_finite(backend, emb.X, emb.rows)
     return emb, {"encoder": enc.name, "dim": enc.dim, "store": str(store.dir)}
 
 
@@ -226,17 +270,29 @@ def cached(store_dir: str | None, key: dict, backend: Backend, compute):
     return Z, twin
 
 
-def reduce_stage(X, cfg: RunConfig, backend: Backend, store_dir: str | None = None):
-    from .reduce import reduce
+def reduce_stage(X, cfg: RunConfig, backend: Backend, store_dir: str | None = None, rows=None, client=None):
+    from .reduce import reduce, reduce_streamed
+    from .stream import RowChunks
 
     r = cfg.reduce
     key = {"method": r.method, "dims": r.dims, "params": r.params, "zscore": r.zscore, "normalize": r.normalize,
            "seed": cfg.seed}
+    if isinstance(X, RowChunks):
+        key["fit_sample"] = r.fit_sample
+        return cached(store_dir, key, backend,
+                      lambda: reduce_streamed(X, r.method, r.dims, dict(r.params), backend, cfg.seed, r.fit_sample,
+                                              r.zscore, r.normalize, rows, client))
     return cached(store_dir if r.method in ("pca", "umap") else None, key, backend,
                   lambda: reduce(X, r.method, r.dims, dict(r.params), backend, cfg.seed, r.zscore, r.normalize))
 
 
-def cluster_stage(Z, cfg: RunConfig, backend: Backend, n_classes: int | None, Z_umap=None):
+def multi_gpu(cfg: RunConfig, backend: Backend, client) -> bool:
+    """KMeans runs across the cluster's GPUs (cuML's Dask KMeans) on a GPU run with GPU workers."""
+    return client is not None and backend.is_gpu and cfg.workers is None and cfg.cluster.method == "kmeans" \
+        and cfg.cluster.k != "auto"
+
+
+def cluster_stage(Z, cfg: RunConfig, backend: Backend, n_classes: int | None, Z_umap=None, client=None):
     """Labels, the twin that ran, resolved parameters (with `k_auto_scores` when k was chosen)."""
     from .cluster import choose_k, cluster
 
@@ -245,60 +301,104 @@ def cluster_stage(Z, cfg: RunConfig, backend: Backend, n_classes: int | None, Z_
         k, scores = choose_k(Z, Z if Z_umap is None else Z_umap, cfg.cluster.method, dict(cfg.cluster.params),
                              backend, cfg.seed, tuple(cfg.cluster.k_range))
         extra = {"k_auto": k, "k_auto_scores": scores}
+    if multi_gpu(cfg, backend, client):
+        from .distributed import dask_kmeans
+
+        return dask_kmeans(client, Z, cfg.cluster.k, dict(cfg.cluster.params), backend, cfg.seed, n_classes)
     labels, twin, params = cluster(Z, cfg.cluster.method, k, dict(cfg.cluster.params), backend, cfg.seed, n_classes)
     return labels, twin, {**params, **extra}
 
 
 def umap_space(X, Z, cfg: RunConfig, backend: Backend, force: bool = False, store_dir: str | None = None):
-    """The space for `silhouette_umap`: the run's own UMAP output when it reduced with UMAP, else the study's UMAP."""
-    if not (cfg.evaluate.silhouette_umap or force):
-        return None
-    if cfg.reduce.method == "umap":
-        return Z
+    """(space, rows) for `silhouette_umap`: the run's own UMAP output when it reduced with UMAP, else the study's
+    UMAP; rows is None when the space holds every row, else the sample positions it holds (a streamed run scores
+    the UMAP space of its fit sample rather than transforming every row a second time)."""
     from .reduce import umap
+    from .stream import RowChunks, sample_positions
 
-    dims = min(50, X.shape[0] - 2)
+    if not (cfg.evaluate.silhouette_umap or force):
+        return None, None
+    if cfg.reduce.method == "umap":
+        return Z, None
+    rows = None
+    key = {"method": "umap", "params": {}, "zscore": False, "normalize": "none", "seed": cfg.seed}
+    if isinstance(X, RowChunks):
+        rows = sample_positions(X.n_rows, cfg.reduce.fit_sample, cfg.seed)
+        key["sample"] = cfg.reduce.fit_sample
+        source = lambda: backend.asarray(X.take(rows))  # noqa: E731
+    else:
+        source = lambda: X  # noqa: E731
+    n = X.shape[0] if rows is None else len(rows)
+    dims = min(50, n - 2)
     if dims < 2:
-        return None
-    key = {"method": "umap", "dims": dims, "params": {}, "zscore": False, "normalize": "none", "seed": cfg.seed}
-    return cached(store_dir, key, backend, lambda: umap(X, dims, {}, backend, cfg.seed))[0]
+        return None, None
+    key["dims"] = dims
+    return cached(store_dir, key, backend, lambda: umap(source(), dims, {}, backend, cfg.seed))[0], rows
 
 
 def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
-    from .evaluate import evaluate
-    from .report import make_run_dir, write_run
-
     check_config(cfg)
     backend = resolve_backend(cfg.device)
     log.info("backend: %s twin", backend.name)
+    with ExitStack() as stack:
+        # One Dask client for the whole run: it encodes shards, transforms streamed chunks and runs multi-GPU KMeans.
+        client = stack.enter_context(open_client(cfg)) if wants_cluster(cfg) else None
+        return _run(cfg, backend, client, progress)
+
+
+def _run(cfg: RunConfig, backend: Backend, client, progress: bool) -> RunResult:
+    from .data.embeddings import embedding_source
+    from .evaluate import evaluate
+    from .report import make_run_dir, write_run
+    from .stream import RowChunks, sample_positions
+
     timer = StageTimer(backend)
     t_start = time.perf_counter()
+    precomputed = cfg.data.spec.partition(":")[0] == "embeddings"
     with timer("data"):
-        ds = load_dataset(cfg.data.spec, cfg.data.limit, cfg.data.root, cfg.data.subsample, cfg.seed,
-                          cfg.data.download)
+        if precomputed:
+            ds = embedding_source(cfg.data.spec, cfg.data.limit, cfg.data.subsample)
+        else:
+            ds = load_dataset(cfg.data.spec, cfg.data.limit, cfg.data.root, cfg.data.subsample, cfg.seed,
+                              cfg.data.download)
     check_against_data(cfg, ds)
-    out = make_run_dir(cfg.output, ds.spec, cfg.encode.spec, cfg.reduce.method, cfg.cluster.method)
+    out = make_run_dir(cfg.output, ds.spec, "precomputed" if precomputed else cfg.encode.spec, cfg.reduce.method,
+                       cfg.cluster.method)
     with timer("encode", rows=len(ds)):
-        emb, enc_info = encode_stage(ds, cfg, backend, progress)
+        if precomputed:
+            emb, enc_info = precomputed_stage(ds, cfg, backend)
+        else:
+            emb, enc_info = encode_stage(ds, cfg, backend, progress, client)
+    is_streamed = isinstance(emb.X, RowChunks)
+    if is_streamed:
+        log.info("embeddings: %d x %d read from disk in chunks; %s fitted on %d rows", emb.X.n_rows, emb.X.dim,
+                 cfg.reduce.method, cfg.reduce.fit_sample)
     xp = backend.xp
     labels_true = None if ds.labels is None else xp.asarray(ds.labels[emb.rows])
     n = emb.X.shape[0]
     with timer("reduce", rows=n), memory_hint("reduce"):
-        Z, reduce_twin = reduce_stage(emb.X, cfg, backend, enc_info["store"])
+        Z, reduce_twin = reduce_stage(emb.X, cfg, backend, enc_info["store"], emb.rows, client)
     n_classes = None if labels_true is None else int(xp.unique(labels_true).shape[0])
-    Z_umap = None
+    Z_umap = umap_rows = None
     if cfg.cluster.k == "auto":  # k is chosen in the UMAP space, so it is needed first
         with timer("umap_space", rows=n):
-            Z_umap = umap_space(emb.X, Z, cfg, backend, force=True, store_dir=enc_info["store"])
+            Z_umap, umap_rows = umap_space(emb.X, Z, cfg, backend, force=True, store_dir=enc_info["store"])
     with timer("cluster", rows=n), memory_hint("cluster"):
-        labels_pred, cluster_twin, cluster_params = cluster_stage(Z, cfg, backend, n_classes, Z_umap)
+        labels_pred, cluster_twin, cluster_params = cluster_stage(Z, cfg, backend, n_classes, Z_umap, client)
     with timer("evaluate", rows=n), memory_hint("evaluate"):
         if Z_umap is None:
-            Z_umap = umap_space(emb.X, Z, cfg, backend, store_dir=enc_info["store"])
-        metrics = evaluate(backend, Z, labels_pred, labels_true, Z_umap, cfg.seed,
-                           X=emb.X if cfg.evaluate.silhouette_original else None,
-                           silhouette_metrics=tuple(cfg.evaluate.silhouette_metrics))
-    twins = {"encode": backend.name, "reduce": reduce_twin, "cluster": cluster_twin, "evaluate": backend.name}
+            Z_umap, umap_rows = umap_space(emb.X, Z, cfg, backend, store_dir=enc_info["store"])
+        X_eval = X_rows = None
+        if cfg.evaluate.silhouette_original:
+            X_eval = emb.X
+            if is_streamed:  # the original space of the fit sample: the full matrix is never held
+                X_rows = sample_positions(n, cfg.reduce.fit_sample, cfg.seed)
+                X_eval = backend.asarray(emb.X.take(X_rows))
+        metrics = evaluate(backend, Z, labels_pred, labels_true, Z_umap, cfg.seed, X=X_eval,
+                           silhouette_metrics=tuple(cfg.evaluate.silhouette_metrics), umap_rows=umap_rows,
+                           X_rows=X_rows)
+    twins = {"encode": "none" if precomputed else backend.name, "reduce": reduce_twin, "cluster": cluster_twin,
+             "evaluate": backend.name}
     metrics["twins"] = twins
     if "k_auto" in cluster_params:
         metrics["k_auto"] = cluster_params["k_auto"]
@@ -309,8 +409,10 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
         "rows_encoded": emb.rows_computed,
         "rows_reused": emb.rows_reused,
         "images_per_s": round(emb.rows_computed / enc_s, 2) if emb.rows_computed and enc_s > 0 else None,
+        "streamed": is_streamed,
     })
     timings["peak_host_rss_bytes"] = peak_rss_bytes()
+    timings["peak_host_rss_after"] = dict(timer.peak_rss)
     if backend.is_gpu:
         import torch
 

@@ -94,6 +94,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="normalise the reduced space before clustering (default none)")
     p.add_argument("--reduce-param", action="append", default=S, metavar="K=V",
                    help="extra reducer parameter, e.g. n_neighbors=15 (repeatable)")
+    p.add_argument("--fit-sample", type=int, default=S, metavar="N",
+                   help="fit PCA/UMAP on N seeded rows and transform the rest chunk by chunk: the embeddings are "
+                        "streamed from disk, never held whole (for datasets larger than memory)")
     p.add_argument("--cluster", default=S, choices=list(CLUSTERERS), help="clusterer (default kmeans)")
     p.add_argument("--k", type=_k_value, default=S, metavar="N|auto",
                    help="number of clusters (default: number of classes); auto: chosen by UMAP-space silhouette")
@@ -130,6 +133,7 @@ _FLAG_TO_KEY = {
     "preprocess": ("encode", "preprocess"),
     "reduce": ("reduce", "method"), "dims": ("reduce", "dims"), "zscore": ("reduce", "zscore"),
     "normalize": ("reduce", "normalize"),
+    "fit_sample": ("reduce", "fit_sample"),
     "cluster": ("cluster", "method"), "k": ("cluster", "k"), "k_range": ("cluster", "k_range"),
     "device": (None, "device"), "gpus": (None, "gpus"), "workers": (None, "workers"),
     "scheduler_address": (None, "scheduler_address"), "seed": (None, "seed"), "output": (None, "output"),
@@ -219,7 +223,9 @@ def print_summary(result, console=None) -> None:
     for stage in ("data", "encode", "reduce", "cluster", "evaluate", "report", "total"):
         if stage in t:
             table.add_row(f"{stage} [s]", f"{t[stage]:.2f}")
-    if t.get("images_per_s"):
+    if result.twins.get("encode") == "none":
+        table.add_row("encode", "precomputed embeddings" + (", streamed" if t.get("streamed") else ""))
+    elif t.get("images_per_s"):
         table.add_row("encode images/s", f"{t['images_per_s']:.1f}")
     elif t.get("rows_reused"):
         table.add_row("encode", f"reused {t['rows_reused']} stored rows")
@@ -235,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # the scheduler's chatter, not the run's stages
     try:
         cfg = config_from_args(args)
         from .pipeline import run_pipeline

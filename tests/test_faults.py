@@ -167,3 +167,23 @@ def test_output_directory_not_writable_is_one_line(tmp_path):
     r = run_cli("-q", "--dataset", "digits", "--encoder", "pixels", "--reduce", "pca", "--device", "cpu",
                 "--output", str(blocker / "run"))
     assert r.returncode == 2 and "cannot write there" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_huge_but_legal_image_goes_through(tmp_path):
+    """A 48-megapixel photo (below the decompression-bomb guard) is decoded and encoded like any other image."""
+    root = tmp_path / "imgs"
+    write_digit_images(root, n_per_class=10, classes=(0, 1))
+    big = np.random.default_rng(0).integers(0, 255, (6000, 8000, 3), dtype=np.uint8)
+    Image.fromarray(big).save(root / "class_1" / "huge.jpg", quality=70)
+    r = run_pipeline(_cfg(tmp_path, f"imagefolder:{root}"), progress=False)
+    assert r.n_skipped == 0 and r.metrics["n_rows"] == 21
+
+
+def test_folder_with_one_class_ends_cleanly(tmp_path):
+    """One class: k defaults to 1, the label metrics are defined (a perfect match) and the silhouette is not."""
+    root = tmp_path / "imgs"
+    write_digit_images(root, n_per_class=25, classes=(3,))
+    cfg = _cfg(tmp_path, f"imagefolder:{root}", k=None)
+    r = run_pipeline(cfg, progress=False)
+    assert r.metrics["n_clusters"] == 1 and r.metrics["ami"] == pytest.approx(1.0)
+    assert r.metrics["silhouette"] is None

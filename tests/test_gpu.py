@@ -257,3 +257,76 @@ def test_pipeline_decodes_jpegs_with_nvjpeg(tmp_path):
     assert np.array_equal(ra, rb) and len(ra) == len(ds) - 1 and len(sb) == len(sa) == 1
     na, nb = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
     assert ((nb @ na.T).argmax(1) == np.arange(len(nb))).mean() >= 0.9
+
+
+def _device_blobs(n=20_000, d=32, k=10, seed=0):
+    import cupy
+
+    rng = cupy.random.RandomState(seed)
+    centres = rng.normal(scale=3.0, size=(k, d)).astype(cupy.float32)
+    y = rng.randint(0, k, n)
+    return centres[y] + rng.standard_normal((n, d), dtype=cupy.float32), y
+
+
+@pytest.fixture(scope="module")
+def cuda_client():
+    """A LocalCUDACluster with one worker per GPU present (one is enough), as --gpus N starts it."""
+    dask_cuda = pytest.importorskip("dask_cuda")
+    distributed = pytest.importorskip("distributed")
+    cluster = dask_cuda.LocalCUDACluster(threads_per_worker=1, dashboard_address=None)
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+def test_dask_kmeans_across_gpus_matches_single_gpu_kmeans(cuda_client):
+    import cupy
+    from sklearn.metrics import adjusted_mutual_info_score as ami
+
+    from gpuclust.backend import resolve_backend
+    from gpuclust.cluster import cluster
+    from gpuclust.distributed import dask_kmeans
+
+    be = resolve_backend("gpu")
+    X, y = _device_blobs()
+    labels, twin, params = dask_kmeans(cuda_client, X, 10, {}, be, 0, None)
+    single, _, _ = cluster(X, "kmeans", 10, {}, be, 0)
+    assert twin == "gpu-dask" and params["n_clusters"] == 10 and isinstance(labels, cupy.ndarray)
+    assert ami(cupy.asnumpy(labels), cupy.asnumpy(single)) > 0.99
+    assert ami(cupy.asnumpy(y), cupy.asnumpy(labels)) > 0.99
+
+
+def test_streamed_umap_on_gpu_and_on_cuda_workers(tmp_path, cuda_client):
+    """UMAP fitted by cuML on a sample, the rest transformed chunk by chunk here and on the Dask-CUDA workers."""
+    import cupy
+    from sklearn.metrics import adjusted_mutual_info_score as ami
+
+    from gpuclust.backend import resolve_backend
+    from gpuclust.cluster import cluster
+    from gpuclust.reduce import reduce_streamed
+    from gpuclust.stream import NpyRows
+
+    X, y = _device_blobs(n=30_000, d=64, k=8)
+    np.save(tmp_path / "x.npy", cupy.asnumpy(X))
+    matrix = NpyRows([tmp_path / "x.npy"], chunk_bytes=64 * 4 * 4096)
+    be = resolve_backend("gpu")
+    for client in (None, cuda_client):
+        Z, twin = reduce_streamed(matrix, "umap", 5, {}, be, seed=0, fit_sample=5000, client=client)
+        assert twin == "gpu" and isinstance(Z, cupy.ndarray) and Z.shape == (30_000, 5)
+        labels, _, _ = cluster(Z, "kmeans", 8, {}, be, 0)
+        assert ami(cupy.asnumpy(y), cupy.asnumpy(labels)) > 0.95
+
+
+def test_pipeline_on_an_existing_dask_cuda_cluster(tmp_path, cuda_client):
+    """--scheduler-address with GPU workers: shards encoded on the workers, KMeans by cuML's multi-GPU KMeans."""
+    from gpuclust.pipeline import run_pipeline
+
+    cfg = RunConfig(data=DataConfig("digits"), encode=EncodeConfig("pixels", cache_dir=str(tmp_path / "store"),
+                                                                   shard_size=300),
+                    reduce=ReduceConfig("pca", 20), cluster=ClusterConfig("kmeans"), device="gpu",
+                    scheduler_address=cuda_client.scheduler.address, output=str(tmp_path / "run"))
+    result = run_pipeline(cfg, progress=False)
+    assert result.twins["cluster"] == "gpu-dask"
+    assert result.timings["rows_encoded"] == 1797
+    assert result.metrics["ami"] > 0.5

@@ -25,6 +25,8 @@ DATASETS = {
                           "Flowers102, FGVCAircraft, DTD, EuroSAT, Food101, ... (test split by default; --download)"),
     "webdataset": (webdataset, "webdataset:SHARDS - tar shards (a folder, a glob or shard-{000..099}.tar) of "
                                "KEY.jpg/png[+KEY.cls] members"),
+    "embeddings": (None, "embeddings:PATH - precomputed embeddings, no encoder: a .npy file (rows x dim) or a folder "
+                         "of .npy shards; labels from labels.npy beside them (or NAME.labels.npy)"),
 }
 
 
@@ -37,6 +39,8 @@ def load_dataset(spec: str, limit: int | None = None, root: str | None = None, s
         raise UserError(f"unknown dataset {spec!r}; known: {', '.join(DATASETS)} (see --list datasets)")
     if name in ("mnist5k", "digits") and arg:
         raise UserError(f"dataset {name} takes no argument (got {spec!r})")
+    if name == "embeddings":
+        raise UserError("embeddings:PATH holds embeddings, not images")  # the pipeline reads it itself
     if name in ("csv", "parquet"):
         ds = file_list(name, arg, root)
     elif name == "torchvision":

@@ -124,3 +124,51 @@ def fill_store(client, cfg, store, progress: bool = True) -> int:
             done_rows += n
             bar.update(len(store.shard_range(i)))
     return done_rows
+
+
+def _to_device(block):
+    import cupy
+
+    return cupy.asarray(block)
+
+
+def dask_kmeans(client, Z, k, params: dict, backend, seed: int, n_classes: int | None):
+    """KMeans across the cluster's GPUs with cuML's multi-GPU KMeans: each worker holds a block of rows on its GPU
+    and only centroids travel between iterations. Same parameter checks and k resolution as the single-GPU path;
+    returns (labels on this process's device, twin, resolved parameters)."""
+    import dask
+    import dask.array as da
+    import numpy as np
+
+    from ..cluster import CLUSTERERS, _resolve_k
+    from ..errors import require
+
+    cuml_dask = require("cuml.dask.cluster", "--gpus N KMeans", DASK_CUDA_INSTALL)
+    import cupy
+
+    params = dict(params)
+    CLUSTERERS["kmeans"].check(params)
+    n, d = Z.shape
+    p = {**_resolve_k("kmeans", k, params, n, n_classes), **params}
+    p.setdefault("random_state", seed)
+    from ..backend import ALGORITHMS
+
+    p = ALGORITHMS["kmeans"].translate(p, "gpu")  # the single-GPU twin's settings (n_init 1), so the two compare
+    Zh = np.ascontiguousarray(backend.to_host(Z), dtype=np.float32)
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    bounds = np.linspace(0, n, n_workers + 1).astype(int)
+    # Scatter one block per worker (host memory travels once), then move each to its worker's GPU there.
+    futures = client.scatter([Zh[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+    blocks = [da.from_delayed(dask.delayed(_to_device)(f), shape=(b - a, d), dtype=np.float32,
+                              meta=cupy.empty((0, d), np.float32))
+              for f, a, b in zip(futures, bounds[:-1], bounds[1:])]
+    X = client.persist(da.concatenate(blocks, axis=0))
+    try:
+        model = cuml_dask.KMeans(client=client, **p)
+    except TypeError as exc:
+        from ..errors import UserError
+
+        raise UserError(f"kmeans (multi-GPU): {exc}") from None
+    model.fit(X)
+    labels = model.predict(X).compute()
+    return backend.xp.asarray(labels).astype(backend.xp.int64), "gpu-dask", p

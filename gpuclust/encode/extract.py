@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Embeddings:
-    X: object  # xp array (n_kept, dim), float32, on the backend's device
+    X: object  # xp array (n_kept, dim), float32, on the backend's device; or RowChunks read from disk (streamed)
     rows: np.ndarray  # dataset row of each embedding
     skipped: list[tuple[int, str]] = field(default_factory=list)
     rows_computed: int = 0
@@ -227,13 +227,15 @@ def encode_and_store(dataset, encoder, forward, backend, store: EmbeddingStore, 
 def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: EmbeddingStore,
             batch_size: int = 128, num_workers: int = 0, progress: bool = True,
             store_dtype: str = "float32", precision: str = "fp32", compile: bool = False,
-            decode: str = "cpu") -> Embeddings:
+            decode: str = "cpu", in_memory: bool = True) -> Embeddings:
     """Embeddings for every decodable row, reusing complete shards from `store` and writing the missing ones.
 
     With `store_dtype="float16"` shards take half the disk, and fresh rows are rounded the same way, so a run that
     reuses shards computes exactly what a run that encoded them did. `precision` bf16/fp16 runs the model under
     autocast (part of the store key: the numbers differ); `compile` wraps it in torch.compile (same numbers).
-    `decode="device"` reads files as bytes and decodes JPEGs on the encoder's device (nvJPEG on a GPU)."""
+    `decode="device"` reads files as bytes and decodes JPEGs on the encoder's device (nvJPEG on a GPU).
+    `in_memory=False` fills the store without keeping what it encodes and returns the store's rows as chunks read
+    from disk on demand (`StoreRows`), for datasets whose embeddings do not fit in memory."""
     from tqdm.auto import tqdm
 
     # One per run: a halved batch size carries over to later shards.
@@ -251,14 +253,24 @@ def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: Em
                 X, kept, bad = encode_and_store(dataset, encoder, forward, backend, store, i, batch_size,
                                                 num_workers, bar, decode, store_dtype)
                 computed += len(rng)
+            elif not in_memory:
+                reused += len(rng)
+                continue
             else:
                 shard = store.read(i)
                 X, kept = xp.asarray(shard.emb, dtype=xp.float32), shard.rows
                 bad = list(zip(shard.skipped_rows.tolist(), shard.skipped_reasons.tolist()))
                 reused += len(rng)
+            if not in_memory:
+                continue
             parts.append(X)
             rows.append(kept)
             skipped.extend(bad)
-    X = xp.concatenate(parts) if len(parts) > 1 else parts[0]
     store.mark_complete(encoder.dim)
+    if not in_memory:
+        from ..stream import StoreRows
+
+        matrix = StoreRows(store)
+        return Embeddings(matrix, matrix.rows, matrix.skipped, computed, reused)
+    X = xp.concatenate(parts) if len(parts) > 1 else parts[0]
     return Embeddings(X, np.concatenate(rows), skipped, computed, reused)

@@ -25,12 +25,13 @@ def silhouette(backend: Backend, X, labels, metric: str = "euclidean", seed: int
 
 def _silhouettes(backend, spaces: dict, labels, metrics, seed) -> dict:
     out, done = {}, {}
-    for space, Z in spaces.items():
+    for space, (Z, rows) in spaces.items():
+        space_labels = labels if rows is None else labels[backend.asarray(rows)]
         for metric in metrics:
             key = "silhouette" + ("" if space == "clustered" else f"_{space}") + \
                 ("" if metric == "euclidean" else f"_{metric}")
             if (id(Z), metric) not in done:  # a UMAP run clusters in its UMAP space: score it once
-                done[(id(Z), metric)] = silhouette(backend, Z, labels, metric, seed)
+                done[(id(Z), metric)] = silhouette(backend, Z, space_labels, metric, seed)
             s = done[(id(Z), metric)]
             out[key] = s["value"]
             if space == "clustered" and metric == metrics[0]:
@@ -39,12 +40,14 @@ def _silhouettes(backend, spaces: dict, labels, metrics, seed) -> dict:
 
 
 def evaluate(backend: Backend, Z, labels_pred, labels_true=None, Z_umap=None, seed: int = 0, X=None,
-             silhouette_metrics=("euclidean",)) -> dict:
+             silhouette_metrics=("euclidean",), umap_rows=None, X_rows=None) -> dict:
     """Flat metrics: label metrics when truth is known, label-free ones always.
 
     `Z` is the clustered space; `Z_umap` the UMAP space for the study's label-free proxy; `X` the original
-    embeddings (silhouette there is optional: it is the costliest). Noise counts as one cluster in the label
-    metrics (as in the study) and again without it under `*_clustered`; silhouettes, CH and DB use clustered rows.
+    embeddings (silhouette there is optional: it is the costliest). `umap_rows` / `X_rows`: the row positions
+    those spaces hold when they cover a sample of the rows (a streamed run), else None. Noise counts as one cluster
+    in the label metrics (as in the study) and again without it under `*_clustered`; silhouettes, CH and DB use
+    clustered rows.
     """
     xp = backend.xp
     noise = labels_pred < 0
@@ -60,11 +63,11 @@ def evaluate(backend: Backend, Z, labels_pred, labels_true=None, Z_umap=None, se
         if bool(clustered.any()):
             kept = label_metrics(backend, labels_true[clustered], labels_pred[clustered])
             m.update({f"{k}_clustered": v for k, v in kept.items()})
-    spaces = {"clustered": Z}
+    spaces = {"clustered": (Z, None)}
     if Z_umap is not None:
-        spaces["umap"] = Z_umap
+        spaces["umap"] = (Z_umap, umap_rows)
     if X is not None:
-        spaces["original"] = X
+        spaces["original"] = (X, X_rows)
     m.update(_silhouettes(backend, spaces, labels_pred, list(silhouette_metrics), seed))
     m["calinski_harabasz"] = calinski_harabasz(backend, Z[clustered], labels_pred[clustered])
     m["davies_bouldin"] = davies_bouldin(backend, Z[clustered], labels_pred[clustered])

@@ -14,18 +14,24 @@ from ..errors import UserError
 
 METRICS = ("euclidean", "l1", "chebyshev", "cosine")
 _ALIASES = {"manhattan": "l1", "cityblock": "l1", "l2": "euclidean"}
-# Elements of the temporary (chunk, n, d) block for l1/chebyshev, (chunk, n) for the others: 256 MB / 2 GB in float64.
-BLOCK_ELEMENTS = {"cpu": 1 << 25, "gpu": 1 << 28}
+# Elements of the temporary (chunk, n, d) block for l1/chebyshev, (chunk, n) for the others: 64 MB / 2 GB in float64
+# (a few such temporaries are alive at once, so host memory stays well under a GB at any n).
+BLOCK_ELEMENTS = {"cpu": 1 << 23, "gpu": 1 << 28}
 
 
 def _pairwise(xp, A, X, metric: str, sq_norms=None):
-    """Distances (len(A), len(X)) in float64."""
+    """Distances (len(A), len(X)) in float64, computed in place in one (len(A), len(X)) buffer."""
     if metric == "euclidean":
-        a2 = (A * A).sum(axis=1)[:, None]
-        d2 = a2 - 2.0 * (A @ X.T) + sq_norms[None, :]
-        return xp.sqrt(xp.maximum(d2, 0.0))
+        d2 = A @ X.T
+        d2 *= -2.0
+        d2 += (A * A).sum(axis=1)[:, None]
+        d2 += sq_norms[None, :]
+        xp.maximum(d2, 0.0, out=d2)
+        return xp.sqrt(d2, out=d2)
     if metric == "cosine":
-        return xp.maximum(1.0 - A @ X.T, 0.0)  # rows pre-normalised by the caller
+        d = A @ X.T  # rows pre-normalised by the caller
+        xp.subtract(1.0, d, out=d)
+        return xp.maximum(d, 0.0, out=d)
     diff = xp.abs(A[:, None, :] - X[None, :, :])
     return diff.sum(axis=2) if metric == "l1" else diff.max(axis=2)
 
@@ -51,6 +57,7 @@ def silhouette_samples(backend: Backend, X, labels, metric: str = "euclidean", r
     order = xp.argsort(inv, kind="stable")
     Xs = X[order]
     ends = xp.cumsum(sizes) - 1
+    starts = ends - sizes + 1
     sq_norms = (Xs * Xs).sum(axis=1) if metric == "euclidean" else None
     rows = xp.arange(n) if rows is None else xp.asarray(rows)
     per_row = n * (d if metric in ("l1", "chebyshev") else 1)
@@ -59,8 +66,12 @@ def silhouette_samples(backend: Backend, X, labels, metric: str = "euclidean", r
     sizes_f = sizes.astype(xp.float64)
     for start in range(0, int(rows.shape[0]), chunk):
         r = rows[start:start + chunk]
-        at_ends = xp.cumsum(_pairwise(xp, X[r], Xs, metric, sq_norms), axis=1)[:, ends]
-        sums = xp.diff(at_ends, axis=1, prepend=0.0)  # (c, k): total distance to each cluster
+        D = _pairwise(xp, X[r], Xs, metric, sq_norms)
+        if not backend.is_gpu:  # one read of D; the GPU keeps the cumulative-sum form that ran on the H100
+            sums = xp.add.reduceat(D, starts, axis=1)  # (c, k): total distance to each cluster
+        else:
+            sums = xp.diff(xp.cumsum(D, axis=1)[:, ends], axis=1, prepend=0.0)
+        del D
         own = inv[r]
         own_size = sizes_f[own]
         a = sums[xp.arange(r.shape[0]), own] / xp.maximum(own_size - 1.0, 1.0)

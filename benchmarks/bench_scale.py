@@ -34,8 +34,8 @@ def make_blobs(xp, n: int, dim: int, k: int, seed: int = 0, spread: float = 6.0)
     centres = (rng.standard_normal((k, dim)) * (spread / dim**0.5 * 4)).astype(xp.float32)
     y = rng.randint(0, k, n)
     X = xp.empty((n, dim), dtype=xp.float32)
-    for a in range(0, n, 1 << 20):
-        b = min(n, a + (1 << 20))
+    for a in range(0, n, 1 << 16):  # float64 draws of 64k rows at a time, not of the whole matrix
+        b = min(n, a + (1 << 16))
         X[a:b] = centres[y[a:b]] + rng.standard_normal((b - a, dim)).astype(xp.float32)
     return X, y
 

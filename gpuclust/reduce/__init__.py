@@ -173,6 +173,11 @@ def reduce_streamed(matrix, method: str, dims, params: dict, backend: Backend, s
                             "with its own neighbour index; drop one of them")
         est = make_estimator("umap", backend, n_components=udims, **p)
         est.call("fit", backend, S)
+        if est.twin == "cpu" and getattr(est.obj, "_knn_search_index", None) is not None:
+            from .knn import ExactQueryIndex
+
+            # exact neighbours for the transformed rows (cuML's transform searches exactly already)
+            est.obj._knn_search_index = ExactQueryIndex(est.obj._raw_data, est.obj.metric)
     model = est.obj
     stats = None if shift is None else (backend.to_host(shift), backend.to_host(scale))
     Z = _transform_all(matrix, model, est.twin, backend, stats, client)

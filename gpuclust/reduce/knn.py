@@ -49,3 +49,30 @@ def faiss_knn(X, k: int, backend: Backend, block: int = 65536) -> tuple:
     idx, dist = idx[:, :k], np.sqrt(np.maximum(dist[:, :k], 0))
     xp = backend.xp
     return xp.asarray(idx), xp.asarray(dist)
+
+
+class ExactQueryIndex:
+    """Exact neighbours for umap-learn's `transform`, in place of its pynndescent search index.
+
+    umap-learn places a new row from its neighbours among the fitted rows, found by pynndescent's approximate query.
+    On 768-d blobs (100 classes, 8,000 fitted rows) that query returned neighbours of the row's own class only 67% of
+    the time where the exact neighbours were 100% pure, and the transformed rows landed in the wrong cluster as often.
+    umap-learn has no option for exact transform neighbours, so this object stands in for the index: the same
+    `query(X, k, epsilon)` call, answered by scikit-learn's brute-force search (BLAS) over the fitted rows.
+    """
+
+    _angular_trees = False  # read by umap-learn to choose its epsilon, which an exact search ignores
+
+    def __init__(self, data, metric: str = "euclidean"):
+        self.data, self.metric, self._nn = data, metric, None
+
+    def query(self, X, k: int, epsilon: float | None = None):
+        if self._nn is None:
+            from sklearn.neighbors import NearestNeighbors
+
+            self._nn = NearestNeighbors(algorithm="brute", metric=self.metric).fit(self.data)
+        dist, idx = self._nn.kneighbors(X, n_neighbors=k)
+        return idx.astype(np.int32), dist.astype(np.float32)
+
+    def __getstate__(self):  # shipped to Dask workers inside the model: the data, not the fitted search
+        return {**self.__dict__, "_nn": None}

@@ -490,7 +490,9 @@ def execute(run: Run, out: Path) -> tuple[str, str]:
         status, error, detail = "internal_error", f"{type(exc).__name__}: {_one_line(exc)}", traceback.format_exc()
         log.error("run %s: %s", run.id, error)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "error.txt").write_text(detail + "\n")
+    from .store import atomic_write_bytes
+
+    atomic_write_bytes(run_dir / "error.txt", (detail + "\n").encode())
     return status, error
 
 

@@ -6,7 +6,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ..store import atomic_write_bytes
+
 MAX_POINTS = 20_000  # points drawn in the map; a seeded sample beyond
+
+
+def _save(fig, path: Path) -> None:
+    """A figure written whole or not at all, like every other file of the run directory."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=90, format="png")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _plt():
@@ -45,7 +56,7 @@ def plot_map(path: Path, P, labels_pred, labels_true) -> None:
         _scatter(axes[0, 1], P, labels_true, "true classes")
     fig.suptitle("clustering space, first two principal axes")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -68,7 +79,7 @@ def plot_contingency(path: Path, labels_true, labels_pred, classes) -> None:
     ax.set_title("fraction of each class in each cluster")
     fig.colorbar(im, ax=ax, fraction=0.03)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -83,7 +94,7 @@ def plot_sizes(path: Path, labels_pred) -> None:
     ax.set_ylabel("images")
     ax.set_title(f"{int((u >= 0).sum())} clusters")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -122,5 +133,5 @@ th,td{{border:1px solid #ccc;padding:3px 8px;text-align:left}} img{{max-width:10
 <h1>{html.escape(title)}</h1><h2>metrics</h2>{_table(metrics)}<h2>timings (s)</h2>{_table(timings)}{body}
 </body></html>"""
     path = out / "report.html"
-    path.write_text(page)
+    atomic_write_bytes(path, page.encode())
     return path

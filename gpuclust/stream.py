@@ -181,13 +181,23 @@ class NpyRows(RowChunks):
         return block.reshape(n, self.dim).astype(np.float32, copy=False)
 
 
-def column_stats(matrix: RowChunks, backend, rows=None) -> tuple:
-    """(mean, std) per column in one pass (float64 sums), and checks every value is finite, naming bad rows."""
+def column_stats(matrix: RowChunks, backend, rows=None, sample=None) -> tuple:
+    """(mean, std, rows at `sample`) in one pass: per-column float64 sums, a check that every value is finite
+    (naming the bad rows), and the sampled rows (sorted positions; None when not asked) gathered on the way."""
     xp = backend.xp
     s1 = xp.zeros(matrix.dim, dtype=xp.float64)
     s2 = xp.zeros(matrix.dim, dtype=xp.float64)
     bad = []
+    taken, j = [], 0
     for start, block in matrix.chunks():
+        if sample is not None:
+            k = int(np.searchsorted(sample, start + block.shape[0]))
+            if k > j:
+                idx = sample[j:k] - start
+                if hasattr(block, "__cuda_array_interface__"):  # a device chunk is indexed on the device
+                    idx = xp.asarray(idx)
+                taken.append(xp.asarray(block[idx], dtype=xp.float32))  # only the sampled rows move
+                j = k
         for a in range(0, block.shape[0], 8192):  # float64 copies of a few thousand rows, not of the whole chunk
             B = xp.asarray(block[a:a + 8192], dtype=xp.float64)
             finite = xp.isfinite(B).all(axis=1)
@@ -204,7 +214,8 @@ def column_stats(matrix: RowChunks, backend, rows=None) -> tuple:
     n = matrix.n_rows
     mean = s1 / n
     std = xp.sqrt(xp.maximum(s2 / n - mean * mean, 0.0))
-    return mean, std
+    picked = None if sample is None else xp.concatenate(taken) if taken else xp.zeros((0, matrix.dim), xp.float32)
+    return mean, std, picked
 
 
 def sample_positions(n: int, size: int, seed: int) -> np.ndarray:

@@ -74,9 +74,11 @@ def test_store_rows_reads_the_store_shard_by_shard(tmp_path):
 
 def test_column_stats_match_numpy_and_name_rows_with_nan(tmp_path):
     X = blobs(5000, 8, 2)[0]
-    mean, std = column_stats(NpyRows_from(tmp_path, X), cpu_backend())
+    pos = np.sort(np.random.default_rng(1).choice(5000, 700, replace=False))
+    mean, std, sample = column_stats(NpyRows_from(tmp_path, X), cpu_backend(), sample=pos)
     np.testing.assert_allclose(mean, X.mean(axis=0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(std, X.astype(np.float64).std(axis=0), rtol=1e-5)
+    np.testing.assert_array_equal(sample, X[pos])  # the sampled rows, gathered in the same pass
     X[1234, 3] = np.nan
     with pytest.raises(UserError, match="1234"):
         column_stats(NpyRows_from(tmp_path, X), cpu_backend())

@@ -74,21 +74,28 @@ def reduce(X, method: str, dims: int | float, params: dict, backend: Backend, se
 
 def pca(X, dims: int | float, params: dict, backend: Backend):
     """PCA to `dims` components, or (0 < dims < 1) to the fewest components that keep that share of variance."""
-    n, d = X.shape
-    full = min(n, d)
+    est = fit_pca(X, dims, params, backend)
+    return est.call("transform", backend, X)[:, : est.keep], est.twin
+
+
+def fit_pca(X, dims: int | float, params: dict, backend: Backend):
+    """The fitted PCA estimator for `dims` (components, or a share of variance); `est.keep` components are used."""
+    full = min(X.shape)
     if 0 < dims < 1:
         est = make_estimator("pca", backend, n_components=full, **params)
-        Z = est.call("fit_transform", backend, X)
+        est.call("fit", backend, X)
         ratio = backend.xp.cumsum(backend.xp.asarray(est.obj.explained_variance_ratio_))
-        keep = int((ratio < dims).sum()) + 1
-        log.info("pca: %d components keep %.1f%% of the variance", keep, 100 * dims)
-        return Z[:, : min(keep, full)], est.twin
+        est.keep = min(int((ratio < dims).sum()) + 1, full)
+        log.info("pca: %d components keep %.1f%% of the variance", est.keep, 100 * dims)
+        return est
     if dims != int(dims) or dims < 1:
         raise UserError(f"--dims {dims}: a whole number of components, or a share of variance in (0, 1)")
     if dims > full:
         raise UserError(f"--dims {dims}: PCA can keep at most min(rows, features) = {full} components")
     est = make_estimator("pca", backend, n_components=int(dims), **params)
-    return est.call("fit_transform", backend, X), est.twin
+    est.call("fit", backend, X)
+    est.keep = int(dims)
+    return est
 
 
 def _umap_settings(n: int, dims, params: dict, seed: int) -> tuple[int, dict, str]:
@@ -143,29 +150,17 @@ def reduce_streamed(matrix, method: str, dims, params: dict, backend: Backend, s
         raise UserError(f"--normalize {post}: choose one of {', '.join(NORMALIZE)}")
     xp = backend.xp
     n = matrix.n_rows
-    mean, std = column_stats(matrix, backend, rows)
+    pos = sample_positions(n, fit_sample, seed)
+    mean, std, S = column_stats(matrix, backend, rows, sample=pos)  # one read of the rows for both
     shift = scale = None
     if zscore_first if zscore_first is not None else method == "pca":
         # float32 statistics, so standardising a chunk makes float32 copies of it, not float64 ones
         shift, scale = mean.astype(xp.float32), xp.where(std > 0, std, 1.0).astype(xp.float32)
-    pos = sample_positions(n, fit_sample, seed)
-    S = _standardise(xp, xp.asarray(matrix.take(pos), dtype=xp.float32), shift, scale)
+    S = _standardise(xp, xp.asarray(S, dtype=xp.float32), shift, scale)
     keep = None
     if method == "pca":
-        params = {"random_state": seed, **params}
-        full = min(len(pos), matrix.dim)
-        if 0 < dims < 1:
-            est = make_estimator("pca", backend, n_components=full, **params)
-            est.call("fit", backend, S)
-            ratio = xp.cumsum(xp.asarray(est.obj.explained_variance_ratio_))
-            keep = min(int((ratio < dims).sum()) + 1, full)
-            log.info("pca: %d components keep %.1f%% of the sample's variance", keep, 100 * dims)
-        else:
-            if dims != int(dims) or dims < 1 or dims > full:
-                raise UserError(f"--dims {dims}: a whole number of PCA components from 1 to {full}, or a share of "
-                                "variance in (0, 1)")
-            est = make_estimator("pca", backend, n_components=int(dims), **params)
-            est.call("fit", backend, S)
+        est = fit_pca(S, dims, {"random_state": seed, **params}, backend)
+        keep = est.keep
     else:
         udims, p, knn = _umap_settings(len(pos), dims, params, seed)
         if knn == "faiss":

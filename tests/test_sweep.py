@@ -146,12 +146,15 @@ def test_sigkill_mid_sweep_then_rerun_equals_an_uninterrupted_sweep(tmp_path):
               if p.parent.name[:4] in finished}
     assert len(mtimes) == len(finished)
 
-    rerun = subprocess.run(_resume_args(tmp_path / "cache", out, config), cwd=ROOT, capture_output=True, text=True,
-                           timeout=300)
+    # The rerun fans the rest out over two processes: resumption and the fan-out must give the sequential table.
+    rerun = subprocess.run([*_resume_args(tmp_path / "cache", out, config), "--jobs", "2"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     skipped = [line.split("]")[0].split("[")[1] for line in rerun.stdout.splitlines() if "done earlier:" in line]
     assert skipped == [f"{int(run)}/6" for run in finished]
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # finished runs were not redone
+    assert "up to 2 runs at once" in rerun.stdout
+    assert all((out / r["run_dir"] / "log.txt").is_file() for r in _rows(out) if r["run"] not in finished)
 
     clean = tmp_path / "clean"
     proc = subprocess.run(_resume_args(tmp_path / "other-cache", clean, config), cwd=ROOT, capture_output=True,
@@ -162,7 +165,20 @@ def test_sigkill_mid_sweep_then_rerun_equals_an_uninterrupted_sweep(tmp_path):
     assert list(got[0]) == list(want[0])
     same = [c for c in want[0] if not c.endswith("_s") and c not in TIMING]
     assert "ami" in same and "silhouette" in same and "seed" in same
-    assert [[r[c] for c in same] for r in got] == [[r[c] for c in same] for r in want]
+    _same_rows(got, want, same)
+
+
+def _same_rows(got, want, columns):
+    """Equal tables: labels-based metrics and settings exactly; geometry-based scores (silhouette, CH, DB) to 1e-6,
+    since a fanned-out run's BLAS runs on fewer threads and sums in another order."""
+    geometric = ("silhouette", "calinski_harabasz", "davies_bouldin")
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        for c in columns:
+            if c.startswith(geometric) and w[c] not in ("", "None", "True", "False"):
+                assert float(g[c]) == pytest.approx(float(w[c]), rel=1e-6), (w["run"], c)
+            else:
+                assert g[c] == w[c], (w["run"], c)
 
 
 @pytest.mark.parametrize("yaml_text,args,needles", [
@@ -250,3 +266,139 @@ def test_yaml_grid_orders_axes_and_keeps_params_with_their_clusterer(tmp_path, c
     assert main([*argv, "--dry-run"]) == 0
     assert capsys.readouterr().out.count("\n") == 12
     assert not list(tmp_path.glob("sweeps"))
+
+
+# ------------------------------------------------------------------------------------------------------ fan-out
+
+
+def test_fanned_out_runs_wait_for_what_they_share():
+    """The first run of a (dataset, encoder) encodes alone; runs needing the same reduction wait for its fit."""
+    from gpuclust.sweep import get_args_parser, next_ready, plan
+
+    runs, _ = plan(get_args_parser().parse_args(
+        [*FAST, "--reduce", "pca,umap", "--cluster", "kmeans,agglomerative", "--seed", "0,1"]))
+    assert [(r.cfg.seed, r.cfg.reduce.method, r.cfg.cluster.method) for r in runs[:4]] == [
+        (0, "pca", "kmeans"), (0, "pca", "agglomerative"), (0, "umap", "kmeans"), (0, "umap", "agglomerative")]
+    pending, shared = list(runs), set()
+    assert next_ready(pending, [], shared) is runs[0]
+    # While run 1 encodes seed 0, every seed-0 run waits; seed 1 (another stratified draw, another store) may go.
+    assert next_ready(pending[1:], [runs[0]], shared) is runs[4]
+    from gpuclust.sweep import _share_keys
+
+    shared.update(_share_keys(runs[0]))  # run 1 finished: embeddings and its PCA are stored
+    assert next_ready(pending[1:], [], shared) is runs[1]
+    # With run 3 fitting UMAP for seed 0, run 4 (same UMAP) waits; run 2 (stored PCA) does not.
+    assert next_ready([runs[1], runs[3]], [runs[2]], shared) is runs[1]
+    assert next_ready([runs[3]], [runs[2]], shared) is None
+
+
+def test_too_many_gpus_or_a_bad_fan_out_exits_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert main([*FAST, "--gpus", "2", "--output", str(tmp_path / "a")]) == 2
+    _stderr_one_line(capsys.readouterr().err, "--gpus 2: 0 GPU(s) visible")
+    (tmp_path / "b.yaml").write_text("base:\n  workers: 2\n")
+    assert main([*FAST, "--config", str(tmp_path / "b.yaml"), "--jobs", "2", "--output", str(tmp_path / "b")]) == 2
+    _stderr_one_line(capsys.readouterr().err, "fanned-out sweep", "remove gpus/workers")
+    assert main([*FAST, "--jobs", "0", "--output", str(tmp_path / "c")]) == 2
+    _stderr_one_line(capsys.readouterr().err, "--jobs 0")
+
+
+def test_gpus_pin_one_gpu_per_child(tmp_path, monkeypatch):
+    """--gpus 2 hands each concurrent child its own CUDA_VISIBLE_DEVICES entry (children recorded, not run)."""
+    import gpuclust.sweep as sw
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,7")
+    seen = []
+
+    class Proc:
+        def __init__(self, env):
+            self.env = env
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(sw, "_spawn", lambda cmd, run_dir, env: seen.append(env["CUDA_VISIBLE_DEVICES"]) or Proc(env))
+    args = sw.get_args_parser().parse_args([*FAST, "--seed", "0,1,2", "--gpus", "2"])
+    runs, _ = sw.plan(args)
+    slots = sw.open_slots(args, runs)
+    assert slots.capacity == 2 and slots.gpus == ["3", "5"]
+    slots.start(runs[0], tmp_path)
+    slots.start(runs[1], tmp_path)
+    assert seen == ["3", "5"]
+    slots._procs.pop(runs[0].id)  # the child on GPU 3 finished: the next run takes its GPU
+    slots._slot_of.pop(runs[0].id)
+    slots.start(runs[2], tmp_path)
+    assert seen == ["3", "5", "3"]
+
+
+def test_a_child_killed_by_a_signal_is_an_internal_error_row(tmp_path):
+    from gpuclust.sweep import _outcome
+
+    (tmp_path / "log.txt").write_text("encode: start\n")
+    assert _outcome(tmp_path, -9) == ("internal_error", "the run's process was killed by SIGKILL (out of memory?)")
+    text = (tmp_path / "error.txt").read_text()
+    assert "killed by SIGKILL" in text and "encode: start" in text
+    (tmp_path / "error.txt").write_text("--k 5000: must be between 1 and the number of images (300)\nmore\n")
+    assert _outcome(tmp_path, 2) == ("error", "--k 5000: must be between 1 and the number of images (300)")
+
+
+def _children_of_sweep(out) -> list[int]:
+    """Pids of fanned-out run processes writing under `out` (from /proc)."""
+    pids = []
+    for proc in os.listdir("/proc"):
+        if proc.isdigit():
+            try:
+                cmd = open(f"/proc/{proc}/cmdline", "rb").read().decode(errors="replace")
+            except OSError:
+                continue
+            if "child_main" in cmd and str(out) in cmd:
+                pids.append(int(proc))
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_killing_a_fanned_out_sweep_kills_its_runs(tmp_path):
+    out = tmp_path / "s"
+    proc = subprocess.Popen(_sweep_cmd(*FAST, "--limit", "300", "--reduce", "pca", "--dims", "10", "--seed", "0,1",
+                                       "--cache-dir", str(tmp_path / "cache"), "--output", str(out), "--jobs", "2"),
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(_children_of_sweep(out)) < 2:  # two seeds share nothing, so both start at once
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    children = _children_of_sweep(out)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while any(os.path.exists(f"/proc/{pid}") and _is_running(pid) for pid in children):
+        assert time.time() < deadline, "a run outlived its sweep"
+        time.sleep(0.05)
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sweep_on_a_dask_cluster_equals_the_in_process_sweep(grid2x2, tmp_path):
+    """--scheduler-address: each run is a task on a worker (here 2 local worker processes) and writes the same
+    table as the in-process sweep, reusing its store."""
+    pytest.importorskip("distributed")
+    from distributed import LocalCluster
+
+    seq, _, _ = grid2x2
+    out = tmp_path / "dask"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.WARNING) as cluster:
+        rc = main([*FAST, "--limit", str(N), "--reduce", "pca,umap", "--dims", "10", "--cluster",
+                   "kmeans,agglomerative", "--cache-dir", str(seq.parent / "cache"), "--output", str(out),
+                   "--scheduler-address", cluster.scheduler_address])
+    assert rc == 0
+    got, want = _rows(out), _rows(seq)
+    same = [c for c in want[0] if not c.endswith("_s") and c not in TIMING and c != "run_dir"]
+    assert "ami" in same and "silhouette_umap" in same
+    _same_rows(got, want, same)
+    assert all(int(r["rows_reused"]) == N for r in got)
+    assert all("reduce: reusing the stored" in (out / r["run_dir"] / "log.txt").read_text() for r in got)

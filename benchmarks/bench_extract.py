@@ -82,8 +82,11 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_tensors(enc: Encoder, device, precision: str, batch: int, n: int, plain: bool) -> float:
-    """Images/s of the forward pass alone over n images held in memory (rotating among 4 random input buffers)."""
+def time_tensors(enc: Encoder, device, precision: str, batch: int, n: int, plain: bool,
+                 compile_mode: str | None = None) -> float:
+    """Images/s of the forward pass alone over n images held in memory (rotating among 4 random input buffers);
+    with `compile_mode`, the model goes through torch.compile in that mode first (compile time not counted: the
+    warm-up steps trigger it)."""
     import torch
 
     from gpuclust.encode.extract import _Forward
@@ -102,14 +105,19 @@ def time_tensors(enc: Encoder, device, precision: str, batch: int, n: int, plain
         if any(p.ndim == 4 for p in model.parameters()):
             model = model.to(memory_format=torch.channels_last)
             inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
+        if compile_mode:
+            model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode, dynamic=False)
         fwd = _Forward(model, batch, precision, device.type)
 
         def step(x):
             with torch.inference_mode():
                 return fwd(x)
+    t_warm = time.perf_counter()
     for i in range(3):
         step(inputs[i % 4])
     sync(device)
+    if compile_mode:
+        print(f"  torch.compile({compile_mode}) and warm-up: {time.perf_counter() - t_warm:.1f}s", flush=True)
     steps = max(1, n // batch)
     t = time.perf_counter()
     for i in range(steps):
@@ -169,6 +177,10 @@ def main(argv=None) -> int:
     p.add_argument("--sources", nargs="+", default=["tensors", "files"],
                    choices=["tensors", "files", "device-jpeg"])
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for the file sources")
+    p.add_argument("--compile-modes", nargs="+", default=[],
+                   choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                   help="tensors source: also time the model after torch.compile in these modes (rows with path "
+                        "compile-MODE; reduce-overhead and max-autotune add CUDA graphs)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     p.add_argument("--out", default=None, help="CSV path (default: results/extract-<device>-<versions>.csv)")
     args = p.parse_args(argv)
@@ -193,35 +205,37 @@ def main(argv=None) -> int:
         make_jpegs(Path(tmp.name), args.files)
     for enc_name in args.encoders:
         for source in args.sources:
-            combos = [("fp32", 128, True)] if source == "tensors" else []
+            combos = [("fp32", 128, True, None)] if source == "tensors" else []
             precisions = args.precisions if source == "tensors" else (args.file_precisions or args.precisions)
             batches = args.batch_sizes if source == "tensors" else (args.file_batch_sizes or args.batch_sizes)
-            combos += [(pr, b, False) for pr in precisions for b in batches]
-            for precision, batch, plain in combos:
+            modes = [None] + (args.compile_modes if source == "tensors" else [])
+            combos += [(pr, b, False, m) for m in modes for pr in precisions for b in batches]
+            for precision, batch, plain, mode in combos:
                 enc = architecture(enc_name)  # fresh module each time: no state carried between settings
                 if source == "tensors":
-                    ips = time_tensors(enc, device, precision, batch, args.n, plain)
+                    ips = time_tensors(enc, device, precision, batch, args.n, plain, mode)
                 elif source == "files":
                     ips = time_files(enc, Path(tmp.name), "gpu" if on_gpu else "cpu", precision, batch, args.workers)
                 else:
                     ips = time_files(enc, Path(tmp.name), "gpu" if on_gpu else "cpu", precision, batch, args.workers,
                                      decode="device")
-                row = {"encoder": enc_name, "source": source, "path": "plain" if plain else "gpuclust",
+                path = "plain" if plain else (f"compile-{mode}" if mode else "gpuclust")
+                row = {"encoder": enc_name, "source": source, "path": path,
                        "precision": precision, "batch": batch, "img_per_s": ips, "device": name,
                        "workers": args.workers if source != "tensors" else 0}
                 rows.append(row)
                 save(out, rows)  # after every row: a run stopped at its time limit keeps what it measured
-                print(f"{enc_name:>18} {source:>11} {row['path']:>8} {precision:>5} b{batch:<4} {ips:10.1f} img/s",
+                print(f"{enc_name:>18} {source:>11} {row['path']:>14} {precision:>5} b{batch:<4} {ips:10.1f} img/s",
                       flush=True)
                 del enc
                 if on_gpu:
                     torch.cuda.empty_cache()
     tmp.cleanup()
     save(out, rows)
-    print(f"\n{'encoder':>18} {'source':>11} {'path':>8} {'prec':>5} {'batch':>5} {'img/s':>10} {'vs plain':>8}")
+    print(f"\n{'encoder':>18} {'source':>11} {'path':>14} {'prec':>5} {'batch':>5} {'img/s':>10} {'vs plain':>8}")
     for r in rows:
         vs = f"{r['vs_plain']:.2f}x" if "vs_plain" in r else ""
-        print(f"{r['encoder']:>18} {r['source']:>11} {r['path']:>8} {r['precision']:>5} {r['batch']:>5} "
+        print(f"{r['encoder']:>18} {r['source']:>11} {r['path']:>14} {r['precision']:>5} {r['batch']:>5} "
               f"{r['img_per_s']:>10.1f} {vs:>8}")
     print(f"saved {out}")
     return 0

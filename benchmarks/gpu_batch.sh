@@ -4,6 +4,7 @@
 # named with the GPU and the library versions.
 #   bash benchmarks/gpu_batch.sh tests      # pytest -m gpu
 #   bash benchmarks/gpu_batch.sh extract    # encoder throughput: ResNet-50, ViT-B/16, EfficientNet-Lite0
+#   bash benchmarks/gpu_batch.sh compile    # ResNet-50 and ViT-B/16 in bf16 after torch.compile (with CUDA graphs)
 #   bash benchmarks/gpu_batch.sh cluster    # pipeline stages at 20k-1M rows, AP at 50k, silhouette at 200k
 #   bash benchmarks/gpu_batch.sh scale      # bench_scale: 100k/1M/10M on the GPU, the CPU twin at 100k/1M
 #
@@ -37,6 +38,10 @@ for phase in "$@"; do
       --precisions fp32 bf16 fp16 --batch-sizes 256 512 --n 20000 --files 4000 --workers 14 \
       --file-precisions bf16 --file-batch-sizes 256 \
       --sources tensors files device-jpeg --out "$OUT/extract-$gpu-torch$torchv.csv" 2>&1 | tee "$OUT/bench-extract-$gpu.log" ;;
+  compile)
+    timeout 560 $PY benchmarks/bench_extract.py --encoders resnet50 vitb16 --precisions bf16 --batch-sizes 512 \
+      --n 20000 --sources tensors --compile-modes default reduce-overhead \
+      --out "$OUT/extract-compile-$gpu-torch$torchv.csv" 2>&1 | tee "$OUT/bench-extract-compile-$gpu.log" ;;
   cluster)
     timeout 170 $PY benchmarks/bench_metrics.py --ap-sizes 5000 20000 50000 --sil-sizes 5000 20000 200000 --cpu-max 5000 \
       --out "$OUT/metrics-$tag.csv" 2>&1 | tee "$OUT/bench-metrics-$tag.log"

@@ -98,3 +98,18 @@ def test_hdbscan_on_effnet_embeddings(tmp_path, cache_dir, effnet_run):
     assert m["n_clusters"] >= 4 and 0.0 <= m["noise_fraction"] < 0.5
     # Noise is kept as a cluster of its own for AMI, as in the study.
     assert m["ami"] >= 0.45, m
+
+
+def test_report_map_uses_the_two_principal_axes():
+    """The map's projection matches the top two principal axes of a full SVD (up to sign) on a wide space."""
+    from gpuclust.report.html import project_2d
+
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(1500, 600)).astype(np.float32) @ np.diag(np.r_[6.0, 3.0, np.ones(598)]).astype(np.float32)
+    P = project_2d(Z)
+    Zc = Z - Z.mean(axis=0)
+    _, _, vt = np.linalg.svd(Zc, full_matrices=False)
+    want = Zc @ vt[:2].T
+    for j in range(2):
+        assert abs(np.corrcoef(P[:, j], want[:, j])[0, 1]) > 0.999
+    assert project_2d(Z[:, :1]).shape == (1500, 2)

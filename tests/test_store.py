@@ -84,14 +84,14 @@ def test_kill_9_during_extraction_resumes(tmp_path):
 
 
 def test_float16_store_halves_the_shards_and_is_exact_on_reuse(tmp_path):
-    from gpuclust.config import ClusterConfig, DataConfig, EncodeConfig, ReduceConfig, RunConfig
+    from gpuclust.config import ClusterConfig, DataConfig, EncodeConfig, EvalConfig, ReduceConfig, RunConfig
     from gpuclust.pipeline import run_pipeline
 
     def cfg(dtype, out):
         return RunConfig(data=DataConfig("digits"), encode=EncodeConfig("pixels", cache_dir=str(tmp_path / "c"),
                                                                         store_dtype=dtype),
                          reduce=ReduceConfig("pca", 10), cluster=ClusterConfig("kmeans"), device="cpu",
-                         output=str(tmp_path / out))
+                         evaluate=EvalConfig(silhouette_umap=False), output=str(tmp_path / out))
 
     a = run_pipeline(cfg("float16", "run-a"), progress=False)
     b = run_pipeline(cfg("float16", "run-b"), progress=False)  # reuses the float16 shards
@@ -108,7 +108,7 @@ def test_float16_store_halves_the_shards_and_is_exact_on_reuse(tmp_path):
 def test_kill_9_during_reduction_then_rerun_equals_uninterrupted(tmp_path):
     def argv(cache, out):
         return [sys.executable, "-m", "gpuclust.run", "--dataset", "digits", "--encoder", "pixels", "--dims", "10",
-                "--cache-dir", str(cache), "--output", str(out), "-q"]
+                "--cache-dir", str(cache), "--output", str(out), "--no-silhouette-umap", "-q"]
 
     cache = tmp_path / "cache"
     proc = subprocess.Popen(argv(cache, tmp_path / "killed"), cwd=ROOT, stdout=subprocess.DEVNULL,

@@ -34,8 +34,12 @@ def project_2d(Z: np.ndarray) -> np.ndarray:
     Zc = Z - Z.mean(axis=0)
     if Zc.shape[1] <= 2:
         return np.pad(Zc, ((0, 0), (0, 2 - Zc.shape[1])))
-    _, _, vt = np.linalg.svd(Zc[: min(len(Zc), 5000)], full_matrices=False)
-    return Zc @ vt[:2].T
+    from sklearn.utils.extmath import randomized_svd
+
+    # Two components of a wide space (raw pixels: 3,072 columns) by a seeded randomized SVD: a full SVD of 5,000 rows
+    # took 20 s on two cores for the same picture.
+    _, _, vt = randomized_svd(Zc[: min(len(Zc), 5000)], 2, n_iter=4, random_state=0)
+    return Zc @ vt.T
 
 
 def _scatter(ax, P, labels, title):

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from gpuclust.backend import resolve_backend
-from gpuclust.config import ClusterConfig, DataConfig, EncodeConfig, ReduceConfig, RunConfig
+from gpuclust.config import ClusterConfig, DataConfig, EncodeConfig, EvalConfig, ReduceConfig, RunConfig
 from gpuclust.errors import UserError
 from gpuclust.pipeline import check_finite, memory_hint, run_pipeline
 from helpers import write_digit_images
@@ -18,6 +18,7 @@ def _cfg(tmp_path, spec, **kw):
     return RunConfig(data=DataConfig(spec), encode=EncodeConfig("pixels", cache_dir=str(tmp_path / "cache"),
                                                                 **kw.pop("encode", {})),
                      reduce=ReduceConfig(kw.pop("reduce", "pca"), 5), cluster=ClusterConfig("kmeans", k=kw.pop("k", 2)),
+                     evaluate=EvalConfig(silhouette_umap=kw.pop("silhouette_umap", False)),  # faults, not metrics
                      device="cpu", output=str(tmp_path / "run"))
 
 

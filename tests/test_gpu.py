@@ -330,3 +330,24 @@ def test_pipeline_on_an_existing_dask_cuda_cluster(tmp_path, cuda_client):
     assert result.twins["cluster"] == "gpu-dask"
     assert result.timings["rows_encoded"] == 1797
     assert result.metrics["ami"] > 0.5
+
+
+def test_sweep_fanned_out_over_the_gpus(tmp_path):
+    """`gpuclust.sweep --gpus N` with every GPU here: each run is a child that sees one GPU and runs the GPU twin."""
+    import csv
+
+    from gpuclust.sweep import main, visible_gpus
+
+    n = len(visible_gpus())
+    out = tmp_path / "s"
+    rc = main(["--dataset", "digits", "--encoder", "pixels", "--reduce", "pca", "--dims", "10", "--seed", "0,1",
+               "--device", "gpu", "--cache-dir", str(tmp_path / "cache"), "--output", str(out), "--gpus", str(n),
+               "-q"])
+    assert rc == 0
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert all("cluster=gpu" in r["twins"] and float(r["ami"]) > 0.5 for r in rows)
+    for r in rows:
+        log = (out / r["run_dir"] / "log.txt").read_text()
+        assert "backend: gpu twin" in log

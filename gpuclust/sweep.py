@@ -568,8 +568,9 @@ def _spawn(cmd: list[str], run_dir: Path, env: dict):
 
 
 def _dask_run(cmd: list[str], run_dir: str) -> int:
-    """A Dask task: one grid point in a child of the worker (which holds the worker's GPU in its environment)."""
-    proc = _spawn(cmd, Path(run_dir), _package_path_env(dict(os.environ)))
+    """A Dask task: one grid point in a child of the worker (which holds the worker's GPU in its environment). The
+    worker's own Python runs it: on another machine the client's interpreter path may not exist."""
+    proc = _spawn([sys.executable, *cmd[1:]], Path(run_dir), _package_path_env(dict(os.environ)))
     return proc.wait()
 
 

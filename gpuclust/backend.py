@@ -337,6 +337,17 @@ def _is_parameter_error(exc: Exception) -> bool:
     return isinstance(exc, InvalidParameterError)
 
 
+def planned_twin(name: str, backend: Backend, params: dict, warn: bool = False) -> str:
+    """The twin that `make_estimator` will build for these parameters: the backend's own, or the CPU twin standing
+    in for a GPU twin that lacks the algorithm or one of the parameters."""
+    if not backend.is_gpu:
+        return "cpu"
+    gap = ALGORITHMS[name].gpu_gap(params)  # gap checks apply sklearn's defaults themselves
+    if gap and warn:
+        log.warning("%s: the GPU twin lacks %s; this step runs on the CPU twin", name, gap)
+    return "cpu" if gap else "gpu"
+
+
 def make_estimator(name: str, backend: Backend, **params) -> Built:
     """Build `name` for `backend` from the twin table, translating parameters in one place.
 
@@ -344,12 +355,7 @@ def make_estimator(name: str, backend: Backend, **params) -> Built:
     `twin` says so; the caller moves data to the host for that step only.
     """
     algo = ALGORITHMS[name]
-    twin = backend.name
-    if twin == "gpu":
-        gap = algo.gpu_gap(params)  # gap checks apply sklearn's defaults themselves
-        if gap:
-            log.warning("%s: the GPU twin lacks %s; this step runs on the CPU twin", name, gap)
-            twin = "cpu"
+    twin = planned_twin(name, backend, params, warn=True)
     p = algo.translate(params, twin)
     path = algo.gpu if twin == "gpu" else algo.cpu
     target = _resolve(path, algo, twin)

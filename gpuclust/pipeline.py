@@ -271,12 +271,14 @@ def cached(store_dir: str | None, key: dict, backend: Backend, compute):
 
 
 def reduce_stage(X, cfg: RunConfig, backend: Backend, store_dir: str | None = None, rows=None, client=None):
-    from .reduce import reduce, reduce_streamed
+    from .reduce import KNN_AUTO_RULE, reduce, reduce_streamed
     from .stream import RowChunks
 
     r = cfg.reduce
     key = {"method": r.method, "dims": r.dims, "params": r.params, "zscore": r.zscore, "normalize": r.normalize,
            "seed": cfg.seed}
+    if r.method == "umap":
+        key["knn_auto"] = KNN_AUTO_RULE
     if isinstance(X, RowChunks):
         key["fit_sample"] = r.fit_sample
         return cached(store_dir, key, backend,
@@ -313,7 +315,7 @@ def umap_space(X, Z, cfg: RunConfig, backend: Backend, force: bool = False, stor
     """(space, rows) for `silhouette_umap`: the run's own UMAP output when it reduced with UMAP, else the study's
     UMAP; rows is None when the space holds every row, else the sample positions it holds (a streamed run scores
     the UMAP space of its fit sample rather than transforming every row a second time)."""
-    from .reduce import umap
+    from .reduce import KNN_AUTO_RULE, umap
     from .stream import RowChunks, sample_positions
 
     if not (cfg.evaluate.silhouette_umap or force):
@@ -321,7 +323,8 @@ def umap_space(X, Z, cfg: RunConfig, backend: Backend, force: bool = False, stor
     if cfg.reduce.method == "umap":
         return Z, None
     rows = None
-    key = {"method": "umap", "params": {}, "zscore": False, "normalize": "none", "seed": cfg.seed}
+    key = {"method": "umap", "params": {}, "zscore": False, "normalize": "none", "seed": cfg.seed,
+           "knn_auto": KNN_AUTO_RULE}
     if isinstance(X, RowChunks):
         rows = sample_positions(X.n_rows, cfg.reduce.fit_sample, cfg.seed)
         key["sample"] = cfg.reduce.fit_sample

@@ -195,9 +195,9 @@ def list_names(what: str) -> str:
 
         rows = [(n, h) for n, (_, h) in DATASETS.items()]
     elif what == "reducers":
-        from .reduce import REDUCERS
+        from .reduce import KNN, REDUCERS
 
-        rows = list(REDUCERS.items())
+        rows = list(REDUCERS.items()) + [(f"  knn={n}", f"(--reduce-param, UMAP) {h}") for n, h in KNN.items()]
     else:
         from .cluster import CLUSTERERS
 

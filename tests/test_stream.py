@@ -101,15 +101,18 @@ def test_streamed_pca_fitted_on_every_row_equals_in_memory_pca(tmp_path):
         assert abs(np.corrcoef(Z_mem[:, j], Z_str[:, j])[0, 1]) > 0.9999
 
 
-def test_streamed_umap_transform_finds_exact_neighbours(tmp_path):
+@pytest.mark.parametrize("knn", ["auto", "library"])
+def test_streamed_umap_transform_finds_exact_neighbours(tmp_path, knn):
     """Beyond 4,096 fitted rows umap-learn's transform searches an approximate index, which on 768-d blobs put about
-    a third of the new rows among another class; the stand-in exact index must place them in their own."""
+    a third of the new rows among another class; the stand-in exact index must place them in their own, both after
+    a fit on the exact graph (`auto` here) and after one on umap-learn's own (pynndescent)."""
     from gpuclust.reduce import reduce_streamed
     from gpuclust.stream import sample_positions
 
     X, y = blobs(9000, 768, 100, spread=0.87)  # classes close enough that approximate neighbours go astray
     fit = 4500
-    Z, _ = reduce_streamed(NpyRows_from(tmp_path, X), "umap", 10, {}, cpu_backend(), seed=0, fit_sample=fit)
+    Z, _ = reduce_streamed(NpyRows_from(tmp_path, X), "umap", 10, {"knn": knn}, cpu_backend(), seed=0,
+                           fit_sample=fit)
     fitted = np.zeros(len(y), bool)
     fitted[sample_positions(len(y), fit, 0)] = True
     centres = np.stack([Z[fitted & (y == c)].mean(axis=0) for c in range(100)])

@@ -7,8 +7,9 @@ study's spherical z-score).
 from __future__ import annotations
 
 import logging
+import warnings
 
-from ..backend import Backend, make_estimator
+from ..backend import Backend, make_estimator, planned_twin
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,26 @@ REDUCERS = {
     "pca": "PCA to --dims components, or to the variance kept when 0 < --dims < 1; z-scored first (sklearn / cuML)",
     "umap": "UMAP to --dims components, n_neighbors 30, min_dist 0 (umap-learn / cuML)",
 }
+# Where UMAP's k-nearest-neighbour graph comes from (`--reduce-param knn=...`).
+KNN = {
+    "auto": "CPU twin: an exact graph (faiss, else scikit-learn) for euclidean UMAP of more than 4,096 rows up to "
+            "rows^2 x dims = 1e12 (about 28,000 rows of 1,280 dims); the library's own search otherwise and on the GPU",
+    "library": "the UMAP library's own search: umap-learn's exact one up to 4,096 rows, pynndescent above; cuML's "
+               "build_algo",
+    "exact": "an exact graph: faiss for euclidean rows when it is installed, else scikit-learn's brute force",
+    "faiss": "an exact euclidean graph from faiss (on the GPU when the installed faiss has GPUs)",
+}
+# Why `auto` takes an exact graph on the CPU twin: umap-learn's own search above 4,096 rows is pynndescent, which numba
+# compiles on its first use in every process (not cached): 44-51 s on the 2-core CI machine before it searches
+# anything, where faiss-cpu searches 10,000 x 1,280 rows exactly in 3.8 s and 30,000 in 35 s (pynndescent itself,
+# once compiled: 1.7 s and 6.4 s). The exact search grows as rows^2 x dims, so past the budget below the compiled
+# approximate search wins even counting the compile. scikit-learn's brute force (float64 BLAS) is ~2.5x slower than
+# faiss, hence its smaller budget. benchmarks/bench_knn.py measures all three in fresh processes.
+EXACT_AUTO_ROWS = 4096  # umap-learn searches exactly itself up to here
+EXACT_AUTO_WORK = {"faiss": 1.0e12, "sklearn": 4.0e11}
+# Part of every stored UMAP space's key, so that spaces stored under another `auto` rule are not reused.
+KNN_AUTO_RULE = f"exact for {EXACT_AUTO_ROWS} < rows, rows^2 x dims <= {EXACT_AUTO_WORK}"
+
 NORMALIZE = {
     "none": "leave the reduced space as it is",
     "l2": "each row scaled to unit length",
@@ -99,7 +120,7 @@ def fit_pca(X, dims: int | float, params: dict, backend: Backend):
 
 
 def _umap_settings(n: int, dims, params: dict, seed: int) -> tuple[int, dict, str]:
-    """(dims, estimator parameters, knn choice) for UMAP of n rows, checked."""
+    """(dims, estimator parameters, knn choice as given) for UMAP of n rows, checked."""
     if dims != int(dims) or dims < 1:
         raise UserError(f"--dims {dims}: UMAP needs a whole number of dimensions, at least 1")
     dims = int(dims)
@@ -111,23 +132,66 @@ def _umap_settings(n: int, dims, params: dict, seed: int) -> tuple[int, dict, st
         p["n_neighbors"] = n - 1
     p.setdefault("random_state", seed)
     knn = p.pop("knn", "auto")
-    if knn not in ("auto", "faiss"):
-        raise UserError(f"--reduce-param knn={knn}: auto (the UMAP library's own) or faiss")
-    if knn == "faiss" and p.get("metric", "euclidean") != "euclidean":
+    if knn not in KNN:
+        raise UserError(f"--reduce-param knn={knn}: one of {', '.join(KNN)}")
+    if knn == "faiss" and p.get("metric", "euclidean") not in ("euclidean", "l2"):
         raise UserError(f"--reduce-param knn=faiss computes euclidean neighbours; metric {p['metric']} "
-                        "needs knn=auto")
+                        "needs knn=exact or knn=library")
     return dims, p, knn
+
+
+def knn_plan(knn: str, shape: tuple, metric: str, twin: str) -> str:
+    """What builds UMAP's neighbour graph for the twin that fits it: "library", "faiss" or "sklearn" (see KNN)."""
+    from .knn import has_faiss
+
+    n, d = shape
+    euclidean = metric in ("euclidean", "l2")
+    if knn == "library":
+        return "library"
+    if knn == "faiss":
+        return "faiss"
+    if knn == "exact":
+        return "faiss" if euclidean and has_faiss() else "sklearn"
+    if twin == "gpu" or not euclidean or n <= EXACT_AUTO_ROWS:  # auto
+        return "library"
+    search = "faiss" if has_faiss() else "sklearn"
+    return search if float(n) * n * d <= EXACT_AUTO_WORK[search] else "library"
+
+
+def _graph(X, knn: str, p: dict, backend: Backend) -> None:
+    """Put an exact graph of X's rows into the UMAP parameters `p` when `knn` asks for one. For the CPU twin the
+    graph comes with an exact query index (`ExactQueryIndex`), so the fitted model can still `transform` new rows
+    (umap-learn refuses to without an index)."""
+    from .knn import ExactQueryIndex, brute_knn, faiss_knn
+
+    twin = planned_twin("umap", backend, p)
+    metric = p.get("metric", "euclidean")
+    plan = knn_plan(knn, X.shape, metric, twin)
+    if plan == "library":
+        return
+    k = int(p["n_neighbors"])
+    idx, dist = faiss_knn(X, k, backend) if plan == "faiss" else brute_knn(X, k, backend, metric)
+    log.info("umap: exact %d-neighbour graph of %d rows from %s", k, X.shape[0],
+             "faiss" if plan == "faiss" else "scikit-learn")
+    if twin == "gpu":
+        p["precomputed_knn"] = (idx, dist)
+    else:
+        host = backend.to_host
+        p["precomputed_knn"] = (host(idx), host(dist), ExactQueryIndex(host(X), metric))
+
+
+def _fit_umap(est, method: str, backend: Backend, X):
+    with warnings.catch_warnings():
+        # umap-learn warns that a precomputed graph without a pynndescent index cannot transform; ours can
+        warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
+        return est.call(method, backend, X)
 
 
 def umap(X, dims: int, params: dict, backend: Backend, seed: int = 0):
     dims, p, knn = _umap_settings(X.shape[0], dims, params, seed)
-    if knn == "faiss":  # an exact kNN graph from faiss in place of the library's own (nn-descent or brute force)
-        from .knn import faiss_knn
-
-        idx, dist = faiss_knn(X, int(p["n_neighbors"]), backend)
-        p["precomputed_knn"] = (idx, dist) if backend.is_gpu else (backend.to_host(idx), backend.to_host(dist), None)
+    _graph(X, knn, p, backend)
     est = make_estimator("umap", backend, n_components=dims, **p)
-    Z = est.call("fit_transform", backend, X)
+    Z = _fit_umap(est, "fit_transform", backend, X)
     return backend.xp.asarray(Z, dtype=backend.xp.float32), est.twin
 
 
@@ -163,16 +227,20 @@ def reduce_streamed(matrix, method: str, dims, params: dict, backend: Backend, s
         keep = est.keep
     else:
         udims, p, knn = _umap_settings(len(pos), dims, params, seed)
-        if knn == "faiss":
-            raise UserError("--reduce-param knn=faiss cannot be combined with --fit-sample: UMAP transforms new rows "
-                            "with its own neighbour index; drop one of them")
+        if knn not in ("auto", "library") and planned_twin("umap", backend, p) == "gpu":
+            # cuML's transform after a fit on a precomputed graph has not been verified
+            raise UserError(f"--reduce-param knn={knn} cannot be combined with --fit-sample on the GPU: cuML "
+                            "transforms new rows with its own neighbour search; drop one of them")
+        _graph(S, knn, p, backend)
         est = make_estimator("umap", backend, n_components=udims, **p)
-        est.call("fit", backend, S)
-        if est.twin == "cpu" and getattr(est.obj, "_knn_search_index", None) is not None:
+        _fit_umap(est, "fit", backend, S)
+        index = getattr(est.obj, "_knn_search_index", None)
+        if est.twin == "cpu" and index is not None:
             from .knn import ExactQueryIndex
 
             # exact neighbours for the transformed rows (cuML's transform searches exactly already)
-            est.obj._knn_search_index = ExactQueryIndex(est.obj._raw_data, est.obj.metric)
+            if not isinstance(index, ExactQueryIndex):
+                est.obj._knn_search_index = ExactQueryIndex(est.obj._raw_data, est.obj.metric)
     model = est.obj
     stats = None if shift is None else (backend.to_host(shift), backend.to_host(scale))
     Z = _transform_all(matrix, model, est.twin, backend, stats, client)

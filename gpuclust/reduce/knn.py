@@ -1,8 +1,9 @@
-"""Exact k-nearest-neighbour graphs from faiss, in the layout UMAP takes as `precomputed_knn`.
+"""Exact k-nearest-neighbour graphs, in the layout UMAP takes as `precomputed_knn`.
 
 faiss (GPU index when the installed faiss has GPUs and the run is on the GPU twin, else faiss-cpu) searches the rows
-against themselves in blocks; each row's own index is put in column 0 with distance 0 (duplicates may otherwise
-come first), and faiss's squared L2 distances are square-rooted, as UMAP expects euclidean distances.
+against themselves in blocks; without faiss, or for metrics other than euclidean, scikit-learn's brute force does.
+Each row's own index is put in column 0 with distance 0 (duplicates may otherwise come first), and faiss's squared
+L2 distances are square-rooted, as UMAP expects the metric's own distances.
 """
 from __future__ import annotations
 
@@ -22,8 +23,7 @@ def faiss_knn(X, k: int, backend: Backend, block: int = 65536) -> tuple:
     """(indices int64 (n, k), distances float32 (n, k)) on the backend's array module; column 0 is each row itself."""
     faiss = require("faiss", "--reduce-param knn=faiss", FAISS_INSTALL)
     n, d = X.shape
-    if not 1 <= k <= n:
-        raise UserError(f"knn: k = {k} neighbours needs 1 <= k <= {n} rows")
+    _check_k(k, n)
     host = np.ascontiguousarray(backend.to_host(X), dtype=np.float32)
     index = faiss.IndexFlatL2(d)
     if backend.is_gpu and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
@@ -36,19 +36,60 @@ def faiss_knn(X, k: int, backend: Backend, block: int = 65536) -> tuple:
     idx = np.empty((n, kk), np.int64)
     for start in range(0, n, block):
         dist[start:start + block], idx[start:start + block] = index.search(host[start:start + block], kk)
-    rows = np.arange(n)
-    is_self = idx == rows[:, None]
-    # Rows whose own index is absent or not first: move it to column 0 (distance 0) and keep the others in order.
-    fix = ~is_self[:, 0]
-    if fix.any():
-        for r in np.flatnonzero(fix):
-            others = [j for j in range(kk) if idx[r, j] != r]
-            idx[r] = np.concatenate([[r], idx[r, others]])[:kk]
-            dist[r] = np.concatenate([[0.0], dist[r, others]])[:kk]
-    dist[:, 0] = 0.0
-    idx, dist = idx[:, :k], np.sqrt(np.maximum(dist[:, :k], 0))
+    idx, dist = _self_first(idx, np.sqrt(np.maximum(dist, 0)), k)  # faiss L2 distances are squared
     xp = backend.xp
     return xp.asarray(idx), xp.asarray(dist)
+
+
+def brute_knn(X, k: int, backend: Backend, metric: str = "euclidean") -> tuple:
+    """`faiss_knn`'s result from scikit-learn's brute-force search (BLAS, any metric sklearn knows); for machines
+    without faiss and for metrics other than euclidean. About 2.5x slower than faiss-cpu on euclidean rows."""
+    from sklearn.neighbors import NearestNeighbors
+
+    n = X.shape[0]
+    _check_k(k, n)
+    host = np.asarray(backend.to_host(X), dtype=np.float32)
+    kk = min(k + 1, n)
+    dist, idx = NearestNeighbors(n_neighbors=kk, algorithm="brute", metric=metric).fit(host).kneighbors(host)
+    idx, dist = _self_first(idx.astype(np.int64), dist.astype(np.float32), k)
+    xp = backend.xp
+    return xp.asarray(idx), xp.asarray(dist)
+
+
+def has_faiss() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def exact_knn(X, k: int, backend: Backend, metric: str = "euclidean") -> tuple:
+    """(indices, distances, what searched): faiss for euclidean rows when it is installed, else scikit-learn."""
+    if metric in ("euclidean", "l2") and has_faiss():
+        return (*faiss_knn(X, k, backend), "faiss")
+    return (*brute_knn(X, k, backend, metric), "sklearn brute force")
+
+
+def _check_k(k: int, n: int) -> None:
+    if not 1 <= k <= n:
+        raise UserError(f"knn: k = {k} neighbours needs 1 <= k <= {n} rows")
+
+
+def _self_first(idx, dist, k: int) -> tuple:
+    """Each row's own index in column 0 with distance 0, its other neighbours after it in order, k columns.
+
+    An exact search returns the row itself first unless an exact duplicate ties with it; UMAP (both libraries)
+    needs the row itself in column 0.
+    """
+    n, kk = idx.shape
+    rows = np.arange(n)
+    for r in np.flatnonzero(idx[:, 0] != rows):  # rows whose own index is absent or not first
+        others = idx[r] != r
+        idx[r] = np.concatenate([[r], idx[r, others]])[:kk]
+        dist[r] = np.concatenate([[0.0], dist[r, others]])[:kk]
+    dist[:, 0] = 0.0
+    return np.ascontiguousarray(idx[:, :k]), np.ascontiguousarray(dist[:, :k], dtype=np.float32)
 
 
 class ExactQueryIndex:

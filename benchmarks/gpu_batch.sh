@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_batch.sh tests      # pytest -m gpu
 #   bash benchmarks/gpu_batch.sh extract    # encoder throughput: ResNet-50, ViT-B/16, EfficientNet-Lite0
 #   bash benchmarks/gpu_batch.sh compile    # ResNet-50 and ViT-B/16 in bf16 after torch.compile (with CUDA graphs)
-#   bash benchmarks/gpu_batch.sh cluster    # pipeline stages at 20k-1M rows, AP at 50k, silhouette at 200k
+#   bash benchmarks/gpu_batch.sh cluster    # pipeline stages at 20k-1M rows, AP at 50k, silhouette at 200k, k-means at 1M x k 1000
 #   bash benchmarks/gpu_batch.sh scale      # bench_scale: 100k/1M/10M on the GPU, the CPU twin at 100k/1M
 #
 # Installing RAPIDS on the lent machine (what worked on 2026-11-23, H100, python 3.12, torch 2.11): the shared pack
@@ -43,10 +43,12 @@ for phase in "$@"; do
       --n 20000 --sources tensors --compile-modes default reduce-overhead \
       --out "$OUT/extract-compile-$gpu-torch$torchv.csv" 2>&1 | tee "$OUT/bench-extract-compile-$gpu.log" ;;
   cluster)
-    timeout 170 $PY benchmarks/bench_metrics.py --ap-sizes 5000 20000 50000 --sil-sizes 5000 20000 200000 --cpu-max 5000 \
+    timeout 160 $PY benchmarks/bench_metrics.py --ap-sizes 5000 20000 50000 --sil-sizes 5000 20000 200000 --cpu-max 5000 \
       --out "$OUT/metrics-$tag.csv" 2>&1 | tee "$OUT/bench-metrics-$tag.log"
-    timeout 330 $PY benchmarks/bench_pipeline.py --sizes 20000 100000 1000000 --cpu-max 20000 --dim 768 --k 100 \
-      --clusterers kmeans hdbscan --hdbscan-max 100000 --out "$OUT/pipeline-$tag.csv" 2>&1 | tee "$OUT/bench-pipeline-$tag.log" ;;
+    timeout 300 $PY benchmarks/bench_pipeline.py --sizes 20000 100000 1000000 --cpu-max 20000 --dim 768 --k 100 \
+      --clusterers kmeans hdbscan --hdbscan-max 100000 --out "$OUT/pipeline-$tag.csv" 2>&1 | tee "$OUT/bench-pipeline-$tag.log"
+    timeout 90 $PY benchmarks/bench_kmeans.py --sizes 1000000 --k 1000 --sklearn-max-work 1e8 \
+      --out "$OUT/kmeans-$tag.csv" 2>&1 | tee "$OUT/bench-kmeans-$tag.log" ;;
   scale)
     # the CPU twin's 1M row needs far longer than one call: give it its own call with --devices cpu --sizes 1000000
     timeout 560 $PY benchmarks/bench_scale.py --sizes 100000 1000000 10000000 --k 1000 --devices gpu --timeout 540 \

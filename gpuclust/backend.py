@@ -151,6 +151,18 @@ def _kmeans_params(params: dict, twin: str) -> dict:
     return p
 
 
+def _faiss_kmeans_params(params: dict, twin: str) -> dict:
+    p = dict(params)
+    p["gpu"] = twin == "gpu"
+    return p
+
+
+def _faiss_gpu_gap(p: dict) -> str | None:
+    from .cluster.faiss_kmeans import faiss_gpus
+
+    return None if faiss_gpus() > 0 else "a GPU build of faiss"
+
+
 def _agglomerative_params(params: dict, twin: str) -> dict:
     p = dict(params)
     p.setdefault("linkage", "ward")
@@ -245,6 +257,15 @@ ALGORITHMS: dict[str, Algorithm] = {
             cpu_install="pip install umap-learn",
         ),
         Algorithm("kmeans", "sklearn.cluster.KMeans", "cuml.cluster.KMeans", translate=_kmeans_params),
+        Algorithm(
+            "faiss_kmeans",
+            "gpuclust.cluster.faiss_kmeans.FaissKMeans",
+            "gpuclust.cluster.faiss_kmeans.FaissKMeans",
+            translate=_faiss_kmeans_params,
+            gpu_check=_faiss_gpu_gap,
+            notes="faiss k-means (sampled training, exact assignment); GPU twin with a GPU build of faiss",
+            cpu_install="pip install faiss-cpu",
+        ),
         Algorithm(
             "hdbscan",
             "sklearn.cluster.HDBSCAN",

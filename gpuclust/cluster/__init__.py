@@ -35,6 +35,19 @@ def _check_kmeans(p: dict) -> None:
     _check_range(p, "max_iter", 1, float("inf"), "must be at least 1")
 
 
+def _check_faiss_kmeans(p: dict) -> None:
+    from .faiss_kmeans import INITS
+
+    for key in ("n_init", "max_iter", "max_points_per_centroid"):  # faiss takes C ints and has no tolerance
+        _check_range(p, key, 1, 2**31, "must be a whole number from 1 to 2^31-1")
+        if key in p and p[key] is not None and p[key] != int(p[key]):
+            raise UserError(f"--cluster-param {key}={p[key]}: must be a whole number")
+    if p.get("init", "k-means++") not in INITS:
+        raise UserError(f"--cluster-param init={p['init']}: choose one of {', '.join(INITS)}")
+    if "gpu" in p:
+        raise UserError("--cluster-param gpu: the run's --device decides where faiss_kmeans runs")
+
+
 def _check_hdbscan(p: dict) -> None:
     _check_range(p, "min_cluster_size", 2, float("inf"), "must be at least 2")
     _check_range(p, "min_samples", 1, float("inf"), "must be at least 1")
@@ -82,6 +95,9 @@ class Clusterer:
 CLUSTERERS: dict[str, Clusterer] = {
     "kmeans": Clusterer("KMeans, --k clusters (default: number of classes); sklearn / cuML", True, True,
                         _check_kmeans),
+    "faiss_kmeans": Clusterer("k-means by faiss for millions of rows: trained on max_points_per_centroid=256 "
+                              "rows per cluster, every row then assigned; max_iter=25, init=k-means++; faiss-cpu / "
+                              "faiss GPU build", True, True, _check_faiss_kmeans),
     "hdbscan": Clusterer("HDBSCAN, finds k; noise -1; sklearn / cuML (euclidean)", False, False, _check_hdbscan),
     "agglomerative": Clusterer("Agglomerative, --k clusters or distance_threshold=T; linkage ward/average/complete/"
                                "single; sklearn / cuML (single linkage)", True, False, _check_agglomerative),

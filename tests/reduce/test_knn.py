@@ -62,6 +62,8 @@ def test_brute_force_graph_agrees_with_faiss(digits):
     assert i_b.shape == (len(X), 12) and i_b.dtype == np.int64 and d_b.dtype == np.float32
     assert np.array_equal(i_b[:, 0], np.arange(len(X))) and np.all(d_b[:, 0] == 0)
     np.testing.assert_allclose(d_b, d_f, rtol=1e-4, atol=1e-3)  # ties among integer pixels may order rows apart
+    overlap = np.mean([len(set(a) & set(b)) / 12 for a, b in zip(i_f, i_b)])
+    assert overlap > 0.97, overlap  # the same neighbours but for ties at the 12th distance
     i_c, d_c = brute_knn(X, 12, be, metric="cosine")
     assert np.array_equal(i_c[:, 0], np.arange(len(X))) and d_c.max() <= 2.0 + 1e-6
 

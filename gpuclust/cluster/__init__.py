@@ -42,7 +42,7 @@ def _check_faiss_kmeans(p: dict) -> None:
         _check_range(p, key, 1, 2**31, "must be a whole number from 1 to 2^31-1")
         if key in p and p[key] is not None and p[key] != int(p[key]):
             raise UserError(f"--cluster-param {key}={p[key]}: must be a whole number")
-    if p.get("init", "k-means++") not in INITS:
+    if p.get("init") is not None and p["init"] not in INITS:
         raise UserError(f"--cluster-param init={p['init']}: choose one of {', '.join(INITS)}")
     if "gpu" in p:
         raise UserError("--cluster-param gpu: the run's --device decides where faiss_kmeans runs")

@@ -30,11 +30,12 @@ def faiss_gpus() -> int:
 
 class FaissKMeans:
     """k-means (Lloyd's) from faiss: `n_clusters`, `n_init` (faiss `nredo`, best objective kept), `max_iter` (faiss
-    `niter`, a fixed count: faiss has no tolerance), `random_state`, `init` (k-means++, random or afk-mc2),
+    `niter`, a fixed count: faiss has no tolerance), `random_state`, `init` (k-means++, the default where faiss
+    has it; random; afk-mc2),
     `max_points_per_centroid` (training sample per cluster), `spherical` (unit-length centroids, for cosine)."""
 
     def __init__(self, n_clusters: int = 8, n_init: int = 1, max_iter: int = 25, random_state: int | None = None,
-                 init: str = "k-means++", max_points_per_centroid: int = 256, spherical: bool = False,
+                 init: str | None = None, max_points_per_centroid: int = 256, spherical: bool = False,
                  gpu: bool = False):
         self.n_clusters, self.n_init, self.max_iter, self.random_state = n_clusters, n_init, max_iter, random_state
         self.init, self.max_points_per_centroid, self.spherical, self.gpu = (
@@ -44,16 +45,14 @@ class FaissKMeans:
         faiss = require("faiss", "--cluster faiss_kmeans", FAISS_INSTALL)
         X = _host_rows(X)
         n, d = X.shape
-        if self.init not in INITS:
-            raise UserError(f"--cluster-param init={self.init}: choose one of {', '.join(INITS)}")
+        init_kw = _init_method(faiss, self.init)
         if not 1 <= self.n_clusters <= n:
             raise UserError(f"faiss_kmeans: {self.n_clusters} clusters need 1 to {n} rows")
         seed = 1234 if self.random_state is None else int(self.random_state) % (2**31)
         km = faiss.Kmeans(d, int(self.n_clusters), niter=int(self.max_iter), nredo=int(self.n_init), seed=seed,
                           max_points_per_centroid=int(self.max_points_per_centroid),
                           min_points_per_centroid=1,  # faiss only prints a warning below its 39; our checks are above
-                          spherical=bool(self.spherical), init_method=getattr(faiss, INITS[self.init]),
-                          gpu=bool(self.gpu), verbose=False)
+                          spherical=bool(self.spherical), gpu=bool(self.gpu), verbose=False, **init_kw)
         km.train(X)
         self.cluster_centers_ = np.asarray(km.centroids, dtype=np.float32)
         self._index = km.index
@@ -83,6 +82,23 @@ class FaissKMeans:
             C = self.cluster_centers_
             self._index = faiss.IndexFlatIP(C.shape[1]) if self.spherical else faiss.IndexFlatL2(C.shape[1])
             self._index.add(C)
+
+
+def _init_method(faiss, init: str | None) -> dict:
+    """faiss's `init_method` keyword for `init`. faiss added k-means++ and AFK-MC2 seeding late in 2025; with an
+    older faiss the default (None: k-means++ where available) falls back to its random seeding, and asking for
+    the others by name is an error naming the upgrade."""
+    if init is not None and init not in INITS:
+        raise UserError(f"--cluster-param init={init}: choose one of {', '.join(INITS)}")
+    have = hasattr(faiss, INITS["k-means++"])
+    if init is None:
+        return {"init_method": getattr(faiss, INITS["k-means++"])} if have else {}
+    if not have:
+        if init == "random":
+            return {}
+        raise UserError(f"--cluster-param init={init} needs a faiss with k-means++ seeding (this one is "
+                        f"{getattr(faiss, '__version__', '?')}): pip install -U faiss-cpu, or init=random")
+    return {"init_method": getattr(faiss, INITS[init])}
 
 
 def _host_rows(X) -> np.ndarray:

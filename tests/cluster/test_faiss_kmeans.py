@@ -73,6 +73,21 @@ def test_bad_parameters(params, msg):
         cluster(X, "faiss_kmeans", 3, params, cpu_backend())
 
 
+def test_faiss_without_kmeans_plus_plus_seeds_randomly(monkeypatch):
+    """faiss before its k-means++ seeding (late 2025): the default falls back to random seeding; asking for
+    k-means++ by name is one line naming the upgrade."""
+    import faiss
+
+    X, _ = load_digits(return_X_y=True)
+    X = X.astype(np.float32)
+    monkeypatch.delattr(faiss, "ClusteringInitMethod_KMEANS_PLUS_PLUS")
+    labels, _, _ = cluster(X, "faiss_kmeans", 10, {}, cpu_backend(), seed=0)
+    assert len(np.unique(labels)) == 10
+    cluster(X, "faiss_kmeans", 10, {"init": "random"}, cpu_backend(), seed=0)
+    with pytest.raises(UserError, match="pip install -U faiss-cpu"):
+        cluster(X, "faiss_kmeans", 10, {"init": "k-means++"}, cpu_backend(), seed=0)
+
+
 def test_missing_faiss_names_the_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)
     X = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)

@@ -242,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("distributed").setLevel(logging.WARNING)  # the scheduler's chatter, not the run's stages
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader's INFO lines read like an import failure
     try:
         cfg = config_from_args(args)
         from .pipeline import run_pipeline

@@ -31,8 +31,8 @@ def faiss_gpus() -> int:
 class FaissKMeans:
     """k-means (Lloyd's) from faiss: `n_clusters`, `n_init` (faiss `nredo`, best objective kept), `max_iter` (faiss
     `niter`, a fixed count: faiss has no tolerance), `random_state`, `init` (k-means++, the default where faiss
-    has it; random; afk-mc2),
-    `max_points_per_centroid` (training sample per cluster), `spherical` (unit-length centroids, for cosine)."""
+    has it; random; afk-mc2), `max_points_per_centroid` (training sample per cluster), `spherical` (unit-length
+    centroids, for cosine)."""
 
     def __init__(self, n_clusters: int = 8, n_init: int = 1, max_iter: int = 25, random_state: int | None = None,
                  init: str | None = None, max_points_per_centroid: int = 256, spherical: bool = False,

@@ -33,9 +33,9 @@ KNN = {
     "faiss": "an exact euclidean graph from faiss (on the GPU when the installed faiss has GPUs)",
 }
 # Why `auto` takes an exact graph on the CPU twin: umap-learn's own search above 4,096 rows is pynndescent, which numba
-# compiles on its first use in every process (not cached): 44-51 s on the 2-core CI machine before it searches
-# anything, where faiss-cpu searches 10,000 x 1,280 rows exactly in 3.8 s and 30,000 in 35 s (pynndescent itself,
-# once compiled: 1.7 s and 6.4 s). The exact search grows as rows^2 x dims, so past the budget below the compiled
+# compiles on its first use in every process (not cached): 55-58 s of its first call on the 2-core CI machine,
+# where faiss-cpu searches 10,000 x 1,280 rows exactly in 4.4 s and 30,000 in 36.9 s (pynndescent's second call in
+# the same process: 2.2 s and 8.8 s). The exact search grows as rows^2 x dims, so past the budget below the compiled
 # approximate search wins even counting the compile. scikit-learn's brute force (float64 BLAS) is ~2.5x slower than
 # faiss, hence its smaller budget. benchmarks/bench_knn.py measures all three in fresh processes.
 EXACT_AUTO_ROWS = 4096  # umap-learn searches exactly itself up to here

@@ -35,15 +35,11 @@ def _check_kmeans(p: dict) -> None:
     _check_range(p, "max_iter", 1, float("inf"), "must be at least 1")
 
 
-def _check_faiss_kmeans(p: dict) -> None:
-    from .faiss_kmeans import INITS
-
+def _check_faiss_kmeans(p: dict) -> None:  # `init` is checked by FaissKMeans itself, against the installed faiss
     for key in ("n_init", "max_iter", "max_points_per_centroid"):  # faiss takes C ints and has no tolerance
         _check_range(p, key, 1, 2**31, "must be a whole number from 1 to 2^31-1")
         if key in p and p[key] is not None and p[key] != int(p[key]):
             raise UserError(f"--cluster-param {key}={p[key]}: must be a whole number")
-    if p.get("init") is not None and p["init"] not in INITS:
-        raise UserError(f"--cluster-param init={p['init']}: choose one of {', '.join(INITS)}")
     if "gpu" in p:
         raise UserError("--cluster-param gpu: the run's --device decides where faiss_kmeans runs")
 

@@ -691,16 +691,9 @@ class DaskWorkers:
     workers hold one GPU each). The sweep directory must be on a filesystem every worker sees."""
 
     def __init__(self, address: str):
-        from .distributed import DASK_INSTALL
-        from .errors import require
+        from .distributed import connect
 
-        require("distributed", "--scheduler-address", DASK_INSTALL)
-        from distributed import Client
-
-        try:
-            self.client = Client(address, timeout="20s")
-        except (OSError, TimeoutError) as exc:
-            raise UserError(f"--scheduler-address {address}: cannot connect ({exc})") from None
+        self.client = connect(address)
         self.capacity = max(1, sum(self.client.nthreads().values()))
         self.where = f"{self.capacity} Dask worker thread(s) at {address}"
         self._futures: dict = {}

@@ -402,3 +402,11 @@ def test_sweep_on_a_dask_cluster_equals_the_in_process_sweep(grid2x2, tmp_path):
     _same_rows(got, want, same)
     assert all(int(r["rows_reused"]) == N for r in got)
     assert all("reduce: reusing the stored" in (out / r["run_dir"] / "log.txt").read_text() for r in got)
+
+
+def test_an_unreachable_scheduler_is_one_line_exit_2(tmp_path, capsys):
+    pytest.importorskip("distributed")
+    rc = main([*FAST, "--limit", "50", "--reduce", "pca", "--dims", "5", "--output", str(tmp_path / "s"),
+               "--scheduler-address", "tcp://127.0.0.1:1"])
+    assert rc == 2
+    _stderr_one_line(capsys.readouterr().err, "--scheduler-address tcp://127.0.0.1:1: cannot connect")

@@ -29,19 +29,29 @@ def wants_cluster(cfg) -> bool:
     return bool(cfg.workers) or bool(cfg.scheduler_address) or cfg.gpus > 1
 
 
+def connect(address: str):
+    """A Client of the Dask scheduler at `address`; an unreachable one is the user's error (exit 2), not a crash."""
+    from ..errors import UserError, require
+
+    require("distributed", "--scheduler-address", DASK_INSTALL)
+    from distributed import Client
+
+    try:
+        return Client(address, timeout="20s")
+    except (OSError, TimeoutError) as exc:
+        raise UserError(f"--scheduler-address {address}: cannot connect ({exc})") from None
+
+
 @contextmanager
 def open_client(cfg):
     """A dask.distributed Client for the run's executor settings (the cluster is closed on exit if we made it)."""
-    from ..errors import UserError, require
+    from ..errors import require
 
     require("distributed", "--workers/--gpus/--scheduler-address", DASK_INSTALL)
     from distributed import Client, LocalCluster
 
     if cfg.scheduler_address:
-        try:
-            client = Client(cfg.scheduler_address, timeout="20s")
-        except (OSError, TimeoutError) as exc:
-            raise UserError(f"--scheduler-address {cfg.scheduler_address}: cannot connect ({exc})") from None
+        client = connect(cfg.scheduler_address)
         try:
             yield client
         finally:

@@ -123,3 +123,30 @@ def test_exact_graph_with_another_metric(digits):
     Z, _ = reduce(X, "umap", 10, {"n_neighbors": 15, "knn": "exact", "metric": "cosine"}, cpu_backend(), seed=0)
     ami = adjusted_mutual_info_score(y, KMeans(10, n_init=3, random_state=0).fit_predict(Z))
     assert ami > 0.8, ami
+
+
+@pytest.mark.parametrize("metric,faiss_there", [("euclidean", True), ("euclidean", False), ("cosine", True)])
+def test_exact_query_index_answers_like_brute_force(digits, monkeypatch, metric, faiss_there):
+    """The stand-in for umap-learn's transform index: faiss for euclidean rows, scikit-learn otherwise or without
+    faiss; same neighbours and (unsquared) distances either way, and it still answers after a pickle round trip."""
+    import pickle
+
+    import faiss
+    from sklearn.neighbors import NearestNeighbors
+
+    import gpuclust.reduce.knn as knn_mod
+
+    calls = []
+    monkeypatch.setattr(knn_mod, "has_faiss", lambda: faiss_there)
+    monkeypatch.setattr(faiss, "IndexFlatL2", lambda d, real=faiss.IndexFlatL2: calls.append(d) or real(d))
+    X, _ = digits
+    data, queries = X[:1200], X[1200:1500] + 0.25
+    index = pickle.loads(pickle.dumps(knn_mod.ExactQueryIndex(data, metric)))
+    idx, dist = index.query(queries, 7, epsilon=0.1)
+    assert idx.dtype == np.int32 and dist.dtype == np.float32 and idx.shape == (300, 7)
+    assert calls == ([64] if metric == "euclidean" and faiss_there else [])
+    want_dist, want_idx = NearestNeighbors(n_neighbors=7, metric=metric, algorithm="brute").fit(data).kneighbors(
+        queries)
+    np.testing.assert_allclose(dist, want_dist, rtol=1e-4, atol=1e-4)
+    assert (idx == want_idx).mean() > 0.99  # ties between equal distances may order differently
+    assert pickle.loads(pickle.dumps(index))._search is None  # the built search is not shipped

@@ -210,7 +210,7 @@ def print_summary(result, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or Console(markup=False)  # plain text: "[s]" and a path's brackets are not rich markup
     m, t = result.metrics, result.timings
     table = Table(title=f"gpuclust: {result.output}", show_header=True)
     table.add_column("metric")

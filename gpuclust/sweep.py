@@ -796,12 +796,13 @@ def print_table(rows: list[dict], runs: dict[str, Run], varied: list[str], rank_
     for i, r in enumerate(order[:top], 1):
         table.add_row(str(i), r["run"], runs[r["run"]].label(varied), *(_fmt(r.get(m)) for m in shown),
                       f"{r['total_s']:.1f}" if isinstance(r.get("total_s"), (int, float)) else "-")
-    console = Console(width=None if sys.stdout.isatty() else 160)  # a log file gets the whole table
+    # markup off: labels and errors are the user's text; a log file gets the whole table
+    console = Console(width=None if sys.stdout.isatty() else 160, markup=False)
     console.print(table)
     for r in rows:
         if r["status"] != "ok":
             console.print(f"run {r['run']} ({runs[r['run']].label(varied)}): {r['status']}: {r['error']}",
-                          markup=False, highlight=False)
+                          highlight=False)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -116,3 +116,14 @@ def test_every_clusterer_from_the_cli(cluster, shared_cache, tmp_path):
     for key in ("ari", "nmi", "homogeneity", "completeness", "v_measure", "fowlkes_mallows", "ami_clustered",
                 "silhouette", "silhouette_umap", "calinski_harabasz", "davies_bouldin", "noise_fraction"):
         assert key in m, key
+
+
+def test_printed_table_keeps_units_and_brackets(tmp_path):
+    """The summary is plain text: rich would read "[s]" as its strike-through tag and drop it."""
+    out = tmp_path / "run [a]"
+    proc = run_cli("--dataset", "digits", "--encoder", "pixels", "--reduce", "pca", "--dims", "5",
+                   "--no-silhouette-umap", "-q", "--output", str(out), "--cache-dir", str(tmp_path / "cache"),
+                   env={"COLUMNS": "300"})
+    assert proc.returncode == 0, proc.stderr
+    for label in ("encode [s]", "total [s]", "encode images/s", str(out)):
+        assert label in proc.stdout, (label, proc.stdout)

@@ -244,15 +244,27 @@ def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: b
 
         # torch's caching allocator owned extraction; hand its free blocks back before cuML/RMM allocate.
         torch.cuda.empty_cache()
-    if emb.skipped:
-        log.warning("encode: skipped %d image(s) that could not be decoded (listed in skipped.csv)", len(emb.skipped))
-    if emb.X.shape[0] == 0:
-        raise UserError(f"{ds.spec}: none of the {len(ds)} images could be decoded")
     emb.rows_computed += computed_elsewhere  # the workers encoded these; this process read them back
     emb.rows_reused -= computed_elsewhere
     if not streamed(cfg, len(ds)):  # streamed rows are checked in the reducer's statistics pass
         check_finite(backend, emb.X, emb.rows)
     return emb, {"encoder": enc.name, "dim": enc.dim, "store": str(store.dir)}
+
+
+def report_skipped(skipped: list, ds: ImageDataset, out: Path) -> None:
+    """Skipped rows are a warning; all of them skipped is the user's error, with the first reason and the list."""
+    if not skipped:
+        return
+    from .report import write_skipped
+
+    write_skipped(out / "skipped.csv", skipped, ds.paths)
+    if len(skipped) >= len(ds):
+        row, reason = skipped[0]
+        where = ds.paths[row] if ds.paths is not None else f"row {row}"
+        raise UserError(f"{ds.spec}: none of the {len(ds)} images could be read (the first, {where}: {reason}); "
+                        f"every row is listed in {out / 'skipped.csv'}")
+    log.warning("encode: skipped %d image(s) that could not be read (listed in %s)", len(skipped),
+                out / "skipped.csv")
 
 
 def cached(store_dir: str | None, key: dict, backend: Backend, compute):
@@ -352,7 +364,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
 def _run(cfg: RunConfig, backend: Backend, client, progress: bool) -> RunResult:
     from .data.embeddings import embedding_source
     from .evaluate import evaluate
-    from .report import make_run_dir, write_run
+    from .report import run_dir, write_run
     from .stream import RowChunks, sample_positions
 
     timer = StageTimer(backend)
@@ -365,67 +377,68 @@ def _run(cfg: RunConfig, backend: Backend, client, progress: bool) -> RunResult:
             ds = load_dataset(cfg.data.spec, cfg.data.limit, cfg.data.root, cfg.data.subsample, cfg.seed,
                               cfg.data.download)
     check_against_data(cfg, ds)
-    out = make_run_dir(cfg.output, ds.spec, "precomputed" if precomputed else cfg.encode.spec, cfg.reduce.method,
-                       cfg.cluster.method)
-    with timer("encode", rows=len(ds)):
-        if precomputed:
-            emb, enc_info = precomputed_stage(ds, cfg, backend)
-        else:
-            emb, enc_info = encode_stage(ds, cfg, backend, progress, client)
-    is_streamed = isinstance(emb.X, RowChunks)
-    if is_streamed:
-        log.info("embeddings: %d x %d read from disk in chunks; %s fitted on %d rows", emb.X.n_rows, emb.X.dim,
-                 cfg.reduce.method, cfg.reduce.fit_sample)
-    xp = backend.xp
-    labels_true = None if ds.labels is None else xp.asarray(ds.labels[emb.rows])
-    n = emb.X.shape[0]
-    with timer("reduce", rows=n), memory_hint("reduce"):
-        Z, reduce_twin = reduce_stage(emb.X, cfg, backend, enc_info["store"], emb.rows, client)
-    n_classes = None if labels_true is None else int(xp.unique(labels_true).shape[0])
-    Z_umap = umap_rows = None
-    if cfg.cluster.k == "auto":  # k is chosen in the UMAP space, so it is needed first
-        with timer("umap_space", rows=n):
-            Z_umap, umap_rows = umap_space(emb.X, Z, cfg, backend, force=True, store_dir=enc_info["store"])
-    with timer("cluster", rows=n), memory_hint("cluster"):
-        labels_pred, cluster_twin, cluster_params = cluster_stage(Z, cfg, backend, n_classes, Z_umap, client)
-    with timer("evaluate", rows=n), memory_hint("evaluate"):
-        if Z_umap is None:
-            Z_umap, umap_rows = umap_space(emb.X, Z, cfg, backend, store_dir=enc_info["store"])
-        X_eval = X_rows = None
-        if cfg.evaluate.silhouette_original:
-            X_eval = emb.X
-            if is_streamed:  # the original space of the fit sample: the full matrix is never held
-                X_rows = sample_positions(n, cfg.reduce.fit_sample, cfg.seed)
-                X_eval = backend.asarray(emb.X.take(X_rows))
-        metrics = evaluate(backend, Z, labels_pred, labels_true, Z_umap, cfg.seed, X=X_eval,
-                           silhouette_metrics=tuple(cfg.evaluate.silhouette_metrics), umap_rows=umap_rows,
-                           X_rows=X_rows)
-    twins = {"encode": "none" if precomputed else backend.name, "reduce": reduce_twin, "cluster": cluster_twin,
-             "evaluate": backend.name}
-    metrics["twins"] = twins
-    if "k_auto" in cluster_params:
-        metrics["k_auto"] = cluster_params["k_auto"]
-    metrics["n_skipped"] = len(emb.skipped)
-    timings = dict(timer.seconds)
-    enc_s = timings["encode"]
-    timings.update({
-        "rows_encoded": emb.rows_computed,
-        "rows_reused": emb.rows_reused,
-        "images_per_s": round(emb.rows_computed / enc_s, 2) if emb.rows_computed and enc_s > 0 else None,
-        "streamed": is_streamed,
-    })
-    timings["peak_host_rss_bytes"] = peak_rss_bytes()
-    timings["peak_host_rss_after"] = dict(timer.peak_rss)
-    if backend.is_gpu:
-        import torch
+    with run_dir(cfg.output, ds.spec, "precomputed" if precomputed else cfg.encode.spec, cfg.reduce.method,
+                 cfg.cluster.method) as out:
+        with timer("encode", rows=len(ds)):
+            if precomputed:
+                emb, enc_info = precomputed_stage(ds, cfg, backend)
+            else:
+                emb, enc_info = encode_stage(ds, cfg, backend, progress, client)
+        report_skipped(emb.skipped, ds, out)
+        is_streamed = isinstance(emb.X, RowChunks)
+        if is_streamed:
+            log.info("embeddings: %d x %d read from disk in chunks; %s fitted on %d rows", emb.X.n_rows, emb.X.dim,
+                     cfg.reduce.method, cfg.reduce.fit_sample)
+        xp = backend.xp
+        labels_true = None if ds.labels is None else xp.asarray(ds.labels[emb.rows])
+        n = emb.X.shape[0]
+        with timer("reduce", rows=n), memory_hint("reduce"):
+            Z, reduce_twin = reduce_stage(emb.X, cfg, backend, enc_info["store"], emb.rows, client)
+        n_classes = None if labels_true is None else int(xp.unique(labels_true).shape[0])
+        Z_umap = umap_rows = None
+        if cfg.cluster.k == "auto":  # k is chosen in the UMAP space, so it is needed first
+            with timer("umap_space", rows=n):
+                Z_umap, umap_rows = umap_space(emb.X, Z, cfg, backend, force=True, store_dir=enc_info["store"])
+        with timer("cluster", rows=n), memory_hint("cluster"):
+            labels_pred, cluster_twin, cluster_params = cluster_stage(Z, cfg, backend, n_classes, Z_umap, client)
+        with timer("evaluate", rows=n), memory_hint("evaluate"):
+            if Z_umap is None:
+                Z_umap, umap_rows = umap_space(emb.X, Z, cfg, backend, store_dir=enc_info["store"])
+            X_eval = X_rows = None
+            if cfg.evaluate.silhouette_original:
+                X_eval = emb.X
+                if is_streamed:  # the original space of the fit sample: the full matrix is never held
+                    X_rows = sample_positions(n, cfg.reduce.fit_sample, cfg.seed)
+                    X_eval = backend.asarray(emb.X.take(X_rows))
+            metrics = evaluate(backend, Z, labels_pred, labels_true, Z_umap, cfg.seed, X=X_eval,
+                               silhouette_metrics=tuple(cfg.evaluate.silhouette_metrics), umap_rows=umap_rows,
+                               X_rows=X_rows)
+        twins = {"encode": "none" if precomputed else backend.name, "reduce": reduce_twin, "cluster": cluster_twin,
+                 "evaluate": backend.name}
+        metrics["twins"] = twins
+        if "k_auto" in cluster_params:
+            metrics["k_auto"] = cluster_params["k_auto"]
+        metrics["n_skipped"] = len(emb.skipped)
+        timings = dict(timer.seconds)
+        enc_s = timings["encode"]
+        timings.update({
+            "rows_encoded": emb.rows_computed,
+            "rows_reused": emb.rows_reused,
+            "images_per_s": round(emb.rows_computed / enc_s, 2) if emb.rows_computed and enc_s > 0 else None,
+            "streamed": is_streamed,
+        })
+        timings["peak_host_rss_bytes"] = peak_rss_bytes()
+        timings["peak_host_rss_after"] = dict(timer.peak_rss)
+        if backend.is_gpu:
+            import torch
 
-        timings["peak_gpu_mem_torch_bytes"] = int(torch.cuda.max_memory_allocated())
-    config = {**cfg.to_dict(), "resolved": {**enc_info, "cluster_params": cluster_params, "dataset_rows": len(ds)}}
-    with timer("report"):
-        write_run(out, backend=backend, config=config, metrics=metrics, timings=timings, rows=emb.rows,
-                  paths=ds.paths, labels_true=labels_true, labels_pred=labels_pred, skipped=emb.skipped, Z=Z,
-                  classes=ds.classes, seed=cfg.seed)
-    timings["report"] = timer.seconds["report"]
-    timings["total"] = round(time.perf_counter() - t_start, 4)
-    atomic_write_json(out / "timings.json", timings)
-    return RunResult(metrics, timings, out, twins, len(emb.skipped))
+            timings["peak_gpu_mem_torch_bytes"] = int(torch.cuda.max_memory_allocated())
+        config = {**cfg.to_dict(), "resolved": {**enc_info, "cluster_params": cluster_params, "dataset_rows": len(ds)}}
+        with timer("report"):
+            write_run(out, backend=backend, config=config, metrics=metrics, timings=timings, rows=emb.rows,
+                      paths=ds.paths, labels_true=labels_true, labels_pred=labels_pred, skipped=emb.skipped, Z=Z,
+                      classes=ds.classes, seed=cfg.seed)
+        timings["report"] = timer.seconds["report"]
+        timings["total"] = round(time.perf_counter() - t_start, 4)
+        atomic_write_json(out / "timings.json", timings)
+        return RunResult(metrics, timings, out, twins, len(emb.skipped))

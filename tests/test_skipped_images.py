@@ -37,3 +37,34 @@ def test_unlabelled_folder_has_label_free_metrics_only(tmp_path):
     m = run_pipeline(cfg, progress=False).metrics
     assert "ami" not in m and "nmi" not in m
     assert m["n_clusters"] == 2 and m["silhouette"] > 0 and m["silhouette_umap"] is not None
+
+
+def test_a_list_whose_every_file_is_missing_is_one_line_and_lists_them(tmp_path):
+    """Every row skipped is the user's error: one line naming the first file and why, and skipped.csv is written."""
+    from helpers import run_cli
+
+    lst = tmp_path / "list.csv"
+    lst.write_text("path,label\n" + "".join(f"img/{i}.png,{i % 2}\n" for i in range(6)))
+    out = tmp_path / "run"
+    r = run_cli("--dataset", f"csv:{lst}", "--encoder", "pixels", "--reduce", "none", "-q", "--output", str(out),
+                "--cache-dir", str(tmp_path / "c"))
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "none of the 6 images could be read" in err[0] and str(tmp_path / "img" / "0.png") in err[0], err[0]
+    with open(out / "skipped.csv") as f:
+        assert [int(row["row"]) for row in csv.DictReader(f)] == list(range(6))
+
+
+def test_a_setting_refused_after_loading_leaves_no_empty_run_directory(tmp_path):
+    from helpers import run_cli
+
+    out = tmp_path / "run"
+    r = run_cli("--dataset", "digits", "--encoder", "pixels", "--reduce", "pca", "--dims", "5", "--cluster-param",
+                "no_such_param=1", "-q", "--output", str(out), "--cache-dir", str(tmp_path / "c"))
+    assert r.returncode == 2 and "no_such_param" in r.stderr, r.stderr
+    assert not out.exists()
+    existing = tmp_path / "mine"
+    existing.mkdir()  # a directory the user made is left in place
+    r = run_cli("--dataset", "digits", "--encoder", "pixels", "--reduce", "pca", "--dims", "5", "--cluster-param",
+                "no_such_param=1", "-q", "--output", str(existing), "--cache-dir", str(tmp_path / "c"))
+    assert r.returncode == 2 and existing.is_dir()

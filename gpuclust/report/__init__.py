@@ -7,6 +7,7 @@ import platform
 import re
 import sys
 import time
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -44,11 +45,15 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:40] or "run"
 
 
-def make_run_dir(output: str | None, dataset: str, encoder: str, reduce: str, cluster: str) -> Path:
+@contextmanager
+def run_dir(output: str | None, dataset: str, encoder: str, reduce: str, cluster: str):
+    """The run directory, made and probed before the long stages; a run that fails before writing anything there
+    removes the directory it made, so a bad setting found late leaves no empty run behind."""
     if output is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         output = str(Path("runs") / f"{stamp}-{_slug(dataset.split('/')[-1])}-{_slug(encoder)}-{reduce}-{cluster}")
     out = Path(output).expanduser()
+    fresh = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -56,7 +61,12 @@ def make_run_dir(output: str | None, dataset: str, encoder: str, reduce: str, cl
         probe.unlink()
     except OSError as exc:
         raise UserError(f"--output {output}: cannot write there ({exc.strerror or exc})") from None
-    return out
+    try:
+        yield out
+    except BaseException:
+        if fresh and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
 
 
 def write_labels(path: Path, rows: np.ndarray, paths, labels_true, labels_pred) -> None:

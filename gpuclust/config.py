@@ -84,6 +84,29 @@ _SECTIONS = {"data": DataConfig, "encode": EncodeConfig, "reduce": ReduceConfig,
              "evaluate": EvalConfig}
 
 
+# The annotations' type names, as YAML values may take them (a YAML list stands for a tuple).
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,),
+          "tuple": (tuple, list), "None": (type(None),)}
+_SAY = {"int": "an integer", "float": "a number", "str": "text", "bool": "true or false", "dict": "a mapping",
+        "tuple": "a list", "None": "null"}
+
+
+def _check_types(cls, values: dict, where: str) -> None:
+    """YAML lets any type through: `dims: abc` or `limit: "100"` must fail here, in one line, not deep in a stage
+    after the encoder ran."""
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        names = [t.strip() for t in str(f.type).split("|")]
+        value = values[f.name]
+        ok = isinstance(value, tuple(t for n in names for t in _TYPES[n]))
+        if ok and isinstance(value, bool) and "bool" not in names:  # True is an int to Python, not to a user
+            ok = False
+        if not ok:
+            wanted = " or ".join(_SAY[n] for n in names if not (n == "int" and "float" in names))
+            raise UserError(f"{where}.{f.name} {value!r}: expected {wanted}")
+
+
 def _merge_section(cls, current, values: dict, where: str):
     if not isinstance(values, dict):
         raise UserError(f"{where}: expected a mapping, got {type(values).__name__}")
@@ -91,6 +114,7 @@ def _merge_section(cls, current, values: dict, where: str):
     unknown = sorted(set(values) - names)
     if unknown:
         raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    _check_types(cls, values, where)
     return dataclasses.replace(current, **values)
 
 
@@ -106,6 +130,7 @@ def merge(cfg: RunConfig, values: dict, where: str = "config") -> RunConfig:
             changes[key] = _merge_section(_SECTIONS[key], getattr(cfg, key), val, f"{where}.{key}")
         else:
             changes[key] = val
+    _check_types(RunConfig, {k: v for k, v in values.items() if k not in _SECTIONS}, where)
     return dataclasses.replace(cfg, **changes)
 
 
@@ -113,10 +138,16 @@ def load_yaml(path: str) -> dict:
     import yaml
 
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"--config {path}: a directory; give the YAML file")
     if not p.is_file():
         raise UserError(f"--config {path}: no such file")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise UserError(f"--config {path}: not UTF-8 text (is it the YAML file?)") from None
+    except OSError as exc:
+        raise UserError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
         raise UserError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):

@@ -1,6 +1,8 @@
 """Errors that the CLI turns into exit code 2 with one line on stderr."""
 from __future__ import annotations
 
+import argparse
+
 
 class UserError(Exception):
     """Bad input, bad usage or a missing optional dependency: exit 2, one line, no traceback."""
@@ -25,3 +27,15 @@ def require(module: str, purpose: str, install: str):
         if getattr(exc, "name", None) not in (module, top):
             raise
         raise MissingDependency(f"{purpose} needs {top}, which is not installed: {install}") from None
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line like every other user error (argparse would print the whole usage
+    block first); `name` is the line's prefix, e.g. "gpuclust"."""
+
+    def __init__(self, *args, name: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.name = name
+
+    def error(self, message: str):
+        self.exit(2, f"{self.name}: error: {message} (see --help)\n")

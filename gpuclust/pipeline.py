@@ -104,6 +104,29 @@ def check_executor(cfg: RunConfig) -> None:
         require("distributed", "--workers/--scheduler-address", DASK_INSTALL)
 
 
+def check_values(cfg: RunConfig) -> None:
+    """Ranges of the numbers and choices of the words (their types were checked when the config was merged)."""
+    from .reduce import NORMALIZE
+
+    k, dims, limit = cfg.cluster.k, cfg.reduce.dims, cfg.data.limit
+    if not (k is None or k == "auto" or (isinstance(k, int) and not isinstance(k, bool) and k >= 1)):
+        raise UserError(f"--k {k!r}: a positive integer or auto")
+    if isinstance(dims, bool) or not isinstance(dims, (int, float)) or dims <= 0:
+        raise UserError(f"--dims {dims!r}: a positive number")
+    if cfg.reduce.method == "umap" and dims != int(dims):
+        raise UserError(f"--dims {dims}: UMAP needs a whole number of dimensions (a share of variance is for pca)")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise UserError(f"--limit {limit!r}: a positive integer")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
+        raise UserError(f"--seed {cfg.seed!r}: an integer from 0 to 2**32 - 1")
+    if cfg.reduce.normalize not in NORMALIZE:
+        raise UserError(f"--normalize {cfg.reduce.normalize!r}: choose one of {', '.join(NORMALIZE)}")
+    if cfg.data.subsample not in ("first", "stratified"):
+        raise UserError(f"--subsample {cfg.data.subsample!r}: first or stratified")
+    if not isinstance(cfg.cluster.params, dict) or not isinstance(cfg.reduce.params, dict):
+        raise UserError("params: expected a mapping of NAME: value")
+
+
 def check_config(cfg: RunConfig) -> None:
     """Names and flags that can be checked before any work, so a typo costs no time and leaves no run directory."""
     from .cluster import CLUSTERERS
@@ -111,6 +134,7 @@ def check_config(cfg: RunConfig) -> None:
     from .encode import check_encoder_spec
     from .reduce import REDUCERS
 
+    check_values(cfg)
     check_executor(cfg)
     name = cfg.data.spec.partition(":")[0]
     if name not in DATASETS:

@@ -8,7 +8,7 @@ import argparse
 import logging
 import sys
 
-from .errors import UserError
+from .errors import OneLineParser, UserError
 
 EXAMPLE = """examples:
   python -m gpuclust.run        # Fashion-MNIST test split, EfficientNet-Lite0, UMAP to 50-d, KMeans (k = 10)
@@ -44,7 +44,8 @@ def _k_range(text: str):
 
 def get_args_parser() -> argparse.ArgumentParser:
     from .cluster import CLUSTERERS
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
+        name="gpuclust",
         prog="python -m gpuclust.run",
         description="Cluster an image dataset zero-shot with a pretrained encoder and score the result.",
         epilog=EXAMPLE,
@@ -55,7 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="YAML", help="a YAML file of settings (flags override it)")
     p.add_argument("--dataset", default=S, metavar="SPEC", help="fashion-mnist[:train], mnist5k, digits, "
                    "imagefolder:PATH, folder:PATH, csv:PATH, parquet:PATH, torchvision:NAME:ROOT[:SPLIT], "
-                   "webdataset:SHARDS (default fashion-mnist; see --list datasets)")
+                   "webdataset:SHARDS, embeddings:PATH (default fashion-mnist; see --list datasets)")
     p.add_argument("--limit", type=int, default=S, metavar="N", help="use N images (the first N; see --subsample)")
     p.add_argument("--subsample", default=S, choices=["first", "stratified"],
                    help="with --limit: the first N images, or a seeded draw keeping each class's share")

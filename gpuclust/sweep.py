@@ -35,7 +35,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from .errors import OneLineParser, UserError
 
 log = logging.getLogger("gpuclust.sweep")
 
@@ -243,30 +243,14 @@ def varied_keys(runs: list[Run]) -> list[str]:
 
 def check_run(cfg) -> None:
     """Everything about one grid point that can be known without its data; `check_config` plus the clusterer's own
-    parameter check and the value types YAML lets through (a string k, a negative dims)."""
+    parameter check."""
     from .cluster import CLUSTERERS
     from .pipeline import check_config
-    from .reduce import NORMALIZE
     from .run import _validate
 
     check_config(cfg)
     _validate(cfg)
     CLUSTERERS[cfg.cluster.method].check(dict(cfg.cluster.params))
-    k, dims, limit = cfg.cluster.k, cfg.reduce.dims, cfg.data.limit
-    if not (k is None or k == "auto" or (isinstance(k, int) and not isinstance(k, bool) and k >= 1)):
-        raise UserError(f"k {k!r}: a positive integer or auto")
-    if isinstance(dims, bool) or not isinstance(dims, (int, float)) or dims <= 0:
-        raise UserError(f"dims {dims!r}: a positive number")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise UserError(f"limit {limit!r}: a positive integer")
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
-        raise UserError(f"seed {cfg.seed!r}: an integer")
-    if cfg.reduce.normalize not in NORMALIZE:
-        raise UserError(f"normalize {cfg.reduce.normalize!r}: choose one of {', '.join(NORMALIZE)}")
-    if cfg.data.subsample not in ("first", "stratified"):
-        raise UserError(f"subsample {cfg.data.subsample!r}: first or stratified")
-    if not isinstance(cfg.cluster.params, dict) or not isinstance(cfg.reduce.params, dict):
-        raise UserError("params: expected a mapping of NAME: value")
 
 
 def plan(args: argparse.Namespace) -> tuple[list[Run], list[tuple[str, list]]]:
@@ -806,7 +790,8 @@ def print_table(rows: list[dict], runs: dict[str, Run], varied: list[str], rank_
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
+        name="gpuclust.sweep",
         prog="python -m gpuclust.sweep",
         description="Run a grid of gpuclust configurations (datasets x encoders x reducers x clusterers x "
                     "parameters) into one results table; rerun the same command to resume.",

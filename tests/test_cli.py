@@ -60,7 +60,44 @@ def test_bad_input_exits_2_with_one_line(args, needles, tmp_path):
 
 def test_bad_flag_value_is_argparse_usage_error():
     proc = run_cli("--reduce", "tsne")
-    assert proc.returncode == 2 and "invalid choice" in proc.stderr and "Traceback" not in proc.stderr
+    _one_line_error(proc, "invalid choice", "--help")
+    proc = run_cli("--dims", "abc")
+    _one_line_error(proc, "--dims", "expected a number")
+
+
+@pytest.mark.parametrize("yaml_text,needles", [
+    ('reduce: {method: pca, dims: "abc"}', ["reduce.dims 'abc'", "a number"]),
+    ('data: {spec: digits, limit: "100"}', ["data.limit '100'", "an integer"]),
+    ("data: {spec: 5}", ["data.spec 5", "text"]),
+    ("cluster: {k: abc}", ["k 'abc'", "positive integer or auto"]),
+    ("reduce: {params: [1, 2]}", ["reduce.params", "a mapping"]),
+    ("encode: {batch_size: x}", ["encode.batch_size 'x'"]),
+    ("seed: -1", ["seed -1"]),
+    ("seed: true", ["seed True", "an integer"]),
+    ("reduce: {method: umap, dims: 0.9}", ["UMAP needs a whole number"]),
+])
+def test_config_values_of_the_wrong_type_are_one_line_before_any_work(yaml_text, needles, tmp_path, capsys):
+    """YAML lets any type through; each is refused up front, before data is loaded or a run directory made."""
+    from gpuclust.run import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml_text + "\n")
+    assert main(["--config", str(cfg), "-q", "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gpuclust: error: "), err
+    for needle in needles:
+        assert needle in err[0], err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_that_is_a_folder_or_not_text(tmp_path, capsys):
+    from gpuclust.run import main
+
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00bad")
+    for path, needle in [(tmp_path, "a directory"), (tmp_path / "binary.yaml", "not UTF-8 text")]:
+        assert main(["--config", str(path), "-q"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
 
 
 def test_unknown_config_key_is_an_error(tmp_path):

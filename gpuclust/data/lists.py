@@ -14,8 +14,15 @@ from .base import FileDataset, encode_labels
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[str] | None]:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    except UnicodeDecodeError as exc:  # a Latin-1 list, or a binary file such as a parquet list
+        hint = "; for a parquet list use parquet:PATH" if _is_parquet(path) else ""
+        raise UserError(f"csv:{path}: cannot read it (not UTF-8 text: byte {exc.object[exc.start]:#04x}); "
+                        f"save the list as UTF-8{hint}") from None
+    except csv.Error as exc:  # e.g. a field over csv's size limit, as in a binary file that happens to decode
+        raise UserError(f"csv:{path}: cannot read it ({exc})") from None
     if not rows:
         raise UserError(f"csv:{path}: the list is empty")
     head = [c.strip().lower() for c in rows[0]]
@@ -28,6 +35,11 @@ def _read_csv(path: Path) -> tuple[list[str], list[str] | None]:
     paths = [r[col].strip() if len(r) > col else "" for r in rows]
     labels = None if lab is None else [r[lab].strip() if len(r) > lab else "" for r in rows]
     return paths, labels
+
+
+def _is_parquet(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PAR1"
 
 
 def _read_parquet(path: Path) -> tuple[list[str], list[str] | None]:

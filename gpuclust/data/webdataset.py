@@ -2,6 +2,11 @@
 (`shards/train-{000000..000099}.tar`). Members are grouped by key (the name up to the first dot after the last
 slash): an image member (.jpg/.jpeg/.png/.webp/...) and optionally a .cls member holding the integer label.
 
+A dataset is labelled when at least half its samples have a .cls member; a sample without one then stays a row,
+skipped as "row has no label" (as file lists do), so a lost .cls (a truncated last shard) is counted, not silent;
+with fewer than half the labels are ignored, with a warning.
+Each row's path is `SHARD:MEMBER` (the shard file, then the image member's name), for skipped.csv and labels.parquet.
+
 The shards are indexed once (tar headers only: an uncompressed tar seeks over member data), and each image is read
 by seeking to its offset, so DataLoader workers read rows in any order without unpacking anything. The `webdataset`
 package streams shards sequentially and cannot do this random access, hence this small reader.
@@ -11,6 +16,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import io
+import logging
 import re
 import tarfile
 from dataclasses import dataclass, field
@@ -20,6 +26,8 @@ import numpy as np
 
 from ..errors import UserError
 from .base import IMAGE_EXTENSIONS, ImageDataset, SkipImage
+
+log = logging.getLogger(__name__)
 
 
 def expand_shards(pattern: str) -> list[Path]:
@@ -37,17 +45,20 @@ def expand_shards(pattern: str) -> list[Path]:
 
 @dataclass
 class WebDataset(ImageDataset):
-    """Rows are (shard, offset, size) of image members; labels from .cls members when every sample has one."""
+    """Rows are (shard, offset, size) of image members; labels from .cls members (see the module's note)."""
 
     shards: list[str] = field(default_factory=list)
     index: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))  # shard, offset, size
     keys: list[str] = field(default_factory=list)
     ident: str = ""
+    bad: dict = field(default_factory=dict)  # row -> reason, for samples that cannot be used (no label)
 
     def __len__(self) -> int:
         return len(self.index)
 
     def read_bytes(self, i: int) -> bytes:
+        if i in self.bad:
+            raise SkipImage(self.bad[i])
         shard, offset, size = (int(v) for v in self.index[i])
         try:
             with open(self.shards[shard], "rb") as f:
@@ -76,8 +87,25 @@ class WebDataset(ImageDataset):
     def take(self, rows) -> "WebDataset":
         rows = np.asarray(rows, dtype=np.int64)
         return WebDataset(spec=self.spec, labels=None if self.labels is None else self.labels[rows],
-                          classes=self.classes, description=self.description, shards=self.shards,
-                          index=self.index[rows], keys=[self.keys[i] for i in rows], ident=self.ident)
+                          classes=self.classes, paths=[self.paths[i] for i in rows], description=self.description,
+                          shards=self.shards, index=self.index[rows], keys=[self.keys[i] for i in rows],
+                          ident=self.ident,
+                          bad={j: self.bad[i] for j, i in enumerate(rows.tolist()) if i in self.bad})
+
+
+def _labels(arg: str, keys: list[str], cls: dict) -> tuple[np.ndarray | None, dict]:
+    """(labels, bad rows): labels when at least half the samples have a .cls, with -1 and a skip for the others."""
+    have = [k in cls for k in keys]
+    if 2 * sum(have) < len(keys):
+        if cls:
+            log.warning("webdataset: only %d of %d samples have a .cls label; the dataset is taken as unlabelled",
+                        sum(have), len(keys))
+        return None, {}
+    try:
+        labels = np.array([int(cls[k]) if h else -1 for k, h in zip(keys, have)], dtype=np.int64)
+    except ValueError:
+        raise UserError(f"webdataset:{arg}: .cls members must hold integer labels") from None
+    return labels, {i: "row has no label (no .cls member)" for i, h in enumerate(have) if not h}
 
 
 def webdataset(arg: str) -> WebDataset:
@@ -89,11 +117,12 @@ def webdataset(arg: str) -> WebDataset:
     missing = [s for s in shards if not s.is_file()]
     if missing:
         raise UserError(f"webdataset:{arg}: shard {missing[0]} does not exist ({len(missing)} missing)")
-    rows, keys, cls = [], [], {}
+    rows, keys, paths, cls = [], [], [], {}
     ident = hashlib.sha256()
     for si, shard in enumerate(shards):
         st = shard.stat()
-        ident.update(f"{shard.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        where = shard.resolve()
+        ident.update(f"{where}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         try:
             with tarfile.open(shard, "r:") as tar:  # uncompressed only: compressed tars cannot be seeked into
                 for m in tar:
@@ -105,6 +134,7 @@ def webdataset(arg: str) -> WebDataset:
                     if dot and "." + ext.lower() in IMAGE_EXTENSIONS:
                         rows.append((si, m.offset_data, m.size))
                         keys.append(f"{si}:{key}")
+                        paths.append(f"{where}:{m.name}")
                     elif ext == "cls":
                         f = tar.extractfile(m)
                         cls[f"{si}:{key}"] = f.read().decode(errors="replace").strip() if f else ""
@@ -112,13 +142,9 @@ def webdataset(arg: str) -> WebDataset:
             raise UserError(f"webdataset: {shard} is not an uncompressed tar ({exc})") from None
     if not rows:
         raise UserError(f"webdataset:{arg}: the shards hold no image members")
-    labels = classes = None
-    if cls and all(k in cls for k in keys):
-        try:
-            labels = np.array([int(cls[k]) for k in keys], dtype=np.int64)
-        except ValueError:
-            raise UserError(f"webdataset:{arg}: .cls members must hold integer labels") from None
-        classes = [str(c) for c in np.unique(labels)]
-    return WebDataset(spec=f"webdataset:{arg}", labels=labels, classes=classes,
+    labels, bad = _labels(arg, keys, cls)
+    # No class names: the .cls integers name themselves (`classes` is indexed by label value, which need not
+    # run 0..n-1 here).
+    return WebDataset(spec=f"webdataset:{arg}", labels=labels, classes=None, paths=paths,
                       description=f"{len(rows)} images in {len(shards)} tar shard(s)", shards=[str(s) for s in shards],
-                      index=np.array(rows, dtype=np.int64), keys=keys, ident=ident.hexdigest())
+                      index=np.array(rows, dtype=np.int64), keys=keys, ident=ident.hexdigest(), bad=bad)

@@ -77,6 +77,20 @@ def test_bad_lists_are_user_errors(tmp_path):
         load_dataset(f"parquet:{tmp_path / 'x.parquet'}")
 
 
+def test_csv_that_is_not_utf8_text_is_a_user_error(images):
+    root, rel = images
+    rows = "path,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rel) + "caf\xe9.png,class_0\n"
+    (root / "latin1.csv").write_bytes(rows.encode("latin-1"))  # a list saved by a tool that does not write UTF-8
+    with pytest.raises(UserError, match=r"cannot read it \(not UTF-8 text: byte 0xe9\); save the list as UTF-8$"):
+        load_dataset(f"csv:{root / 'latin1.csv'}")
+    pq.write_table(pa.table({"path": rel, "label": [r.split("/")[0] for r in rel]}), root / "list.parquet")
+    with pytest.raises(UserError, match="not UTF-8 text.*use parquet:PATH"):
+        load_dataset(f"csv:{root / 'list.parquet'}")
+    (root / "utf8.csv").write_bytes(rows.encode("utf-8"))  # the same list in UTF-8 reads, its missing file skipped
+    with pytest.raises(SkipImage):
+        load_dataset(f"csv:{root / 'utf8.csv'}").load(12)
+
+
 def test_csv_run_skips_and_lists_bad_rows(images, tmp_path):
     root, rel = images
     _write_csv(root / "list.csv", [(r, r.split("/")[0]) for r in rel] + [("../../etc/passwd", "class_0")])

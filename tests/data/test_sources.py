@@ -7,6 +7,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from gpuclust.data import load_dataset, stratified_rows
@@ -153,3 +154,63 @@ def test_webdataset_run_end_to_end(shards, tmp_path):
     assert m["ami"] > 0.5
     skipped = (out / "skipped.csv").read_text().splitlines()
     assert len(skipped) == 2 and "broken" not in skipped[0]  # header + the one corrupt member
+    # Each row names its shard and member, so the corrupt one can be found.
+    assert skipped[1].startswith(f"400,{folder.resolve() / 'digits-001.tar'}:broken000001.jpg,"), skipped[1]
+    paths = pd.read_parquet(out / "labels.parquet")["path"]
+    assert len(paths) == 600 and paths[0] == f"{folder.resolve() / 'digits-000.tar'}:sample000000.png"
+
+
+def _digit_shard(path, rows, no_cls=()):
+    """A shard of real digit images with .cls labels, except for the samples in `no_cls`. Returns the labels."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    with tarfile.open(path, "w") as tar:
+        for i in rows:
+            _add(tar, f"sample{i:06d}.png", _png((d.images[i] * 255 / 16).astype(np.uint8)))
+            if i not in no_cls:
+                _add(tar, f"sample{i:06d}.cls", str(int(d.target[i])).encode())
+    return d.target[list(rows)]
+
+
+def test_webdataset_samples_without_cls_are_counted_skips(tmp_path):
+    from gpuclust.config import ClusterConfig, DataConfig, EncodeConfig, ReduceConfig, RunConfig
+    from gpuclust.data import SkipImage
+    from gpuclust.pipeline import run_pipeline
+
+    y = _digit_shard(tmp_path / "mixed-000.tar", range(60), no_cls=(5, 40))
+    ds = load_dataset(f"webdataset:{tmp_path}")
+    assert ds.labels is not None and len(ds) == 60 and sorted(ds.bad) == [5, 40]
+    assert np.array_equal(np.delete(ds.labels, [5, 40]), np.delete(y, [5, 40])) and ds.classes is None
+    with pytest.raises(SkipImage, match="no label"):
+        ds.load(40)
+    part = ds.take(np.array([40, 0]))  # --limit/--subsample keep the skips and the paths
+    assert part.bad == {0: ds.bad[40]} and part.paths == [ds.paths[40], ds.paths[0]]
+    cfg = RunConfig(data=DataConfig(f"webdataset:{tmp_path}"),
+                    encode=EncodeConfig("pixels", cache_dir=str(tmp_path / "c")), reduce=ReduceConfig("pca", 10),
+                    cluster=ClusterConfig("kmeans"), device="cpu", output=str(tmp_path / "run"))
+    r = run_pipeline(cfg, progress=False)
+    assert r.n_skipped == 2 and r.metrics["n_rows"] == 58
+    skipped = (r.output / "skipped.csv").read_text().splitlines()
+    assert skipped[1] == f"5,{tmp_path.resolve() / 'mixed-000.tar'}:sample000005.png,row has no label (no .cls member)"
+
+
+def test_webdataset_truncated_last_shard_keeps_the_labels(tmp_path):
+    _digit_shard(tmp_path / "t-000.tar", range(30))
+    y = _digit_shard(tmp_path / "t-001.tar", range(30, 60))
+    with tarfile.open(tmp_path / "t-001.tar") as tar:
+        cut = tar.getmember("sample000059.cls").offset  # the copy stopped before the last sample's label
+    with open(tmp_path / "t-001.tar", "r+b") as f:
+        f.truncate(cut)
+    ds = load_dataset(f"webdataset:{tmp_path}")
+    assert len(ds) == 60 and ds.labels is not None and ds.bad == {59: "row has no label (no .cls member)"}
+    assert np.array_equal(ds.labels[30:59], y[:29]) and ds.load(58).mode == "RGB"
+
+
+def test_webdataset_without_most_cls_is_unlabelled(tmp_path, caplog):
+    _digit_shard(tmp_path / "u-000.tar", range(20), no_cls=range(20))
+    ds = load_dataset(f"webdataset:{tmp_path}")
+    assert ds.labels is None and ds.classes is None and not ds.bad and not caplog.records
+    _digit_shard(tmp_path / "u-000.tar", range(20), no_cls=range(3, 20))  # 3 of 20: taken as unlabelled, said so
+    ds = load_dataset(f"webdataset:{tmp_path}")
+    assert ds.labels is None and not ds.bad and "only 3 of 20 samples have a .cls label" in caplog.text

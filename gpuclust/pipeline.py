@@ -434,9 +434,11 @@ def _run(cfg: RunConfig, backend: Backend, client, progress: bool) -> RunResult:
                 if is_streamed:  # the original space of the fit sample: the full matrix is never held
                     X_rows = sample_positions(n, cfg.reduce.fit_sample, cfg.seed)
                     X_eval = backend.asarray(emb.X.take(X_rows))
+            # euclidean always: `silhouette` and `silhouette_umap` (the label-free proxy sweeps rank by) are keys
+            # every run has; other distances come on top.
+            distances = tuple(dict.fromkeys(("euclidean", *cfg.evaluate.silhouette_metrics)))
             metrics = evaluate(backend, Z, labels_pred, labels_true, Z_umap, cfg.seed, X=X_eval,
-                               silhouette_metrics=tuple(cfg.evaluate.silhouette_metrics), umap_rows=umap_rows,
-                               X_rows=X_rows)
+                               silhouette_metrics=distances, umap_rows=umap_rows, X_rows=X_rows)
         twins = {"encode": "none" if precomputed else backend.name, "reduce": reduce_twin, "cluster": cluster_twin,
                  "evaluate": backend.name}
         metrics["twins"] = twins

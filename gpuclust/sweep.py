@@ -738,13 +738,18 @@ def open_slots(args: argparse.Namespace, runs: list[Run]):
     return LocalProcesses(jobs, gpus) if fanned else InProcess()
 
 
-def _share_keys(run: Run) -> tuple[str, str]:
-    """What a run shares with others through the store: its embeddings (and their UMAP space) and its reduction."""
-    def pick(prefixes):
-        return json.dumps({k: v for k, v in run.flat.items() if k.startswith(prefixes) or k in ("seed", "device")},
+def _share_keys(run: Run) -> tuple[str, str, str]:
+    """What a run shares with others through the store: its embeddings, their (seeded) UMAP space, its reduction.
+    The seed picks the rows only for a stratified --limit draw; otherwise runs of every seed share the embeddings."""
+    def pick(prefixes, seeded):
+        return json.dumps({k: v for k, v in run.flat.items()
+                           if k.startswith(prefixes) or k == "device" or (k == "seed" and seeded)},
                           sort_keys=True, default=str)
 
-    return pick(("data.", "encode.")), pick(("data.", "encode.", "reduce."))
+    data = run.cfg.data
+    drawn = data.subsample == "stratified" and data.limit is not None
+    return (pick(("data.", "encode."), drawn), pick(("data.", "encode."), True),
+            pick(("data.", "encode.", "reduce."), True))
 
 
 def next_ready(pending: list[Run], running: list[Run], shared: set[str]) -> Run | None:

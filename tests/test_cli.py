@@ -1,5 +1,7 @@
 """The CLI as a user meets it: help, lists, and one-line exit-2 errors for bad input."""
 
+import json
+
 import pytest
 
 from gpuclust.run import main
@@ -164,3 +166,13 @@ def test_printed_table_keeps_units_and_brackets(tmp_path):
     assert proc.returncode == 0, proc.stderr
     for label in ("encode [s]", "total [s]", "encode images/s", str(out)):
         assert label in proc.stdout, (label, proc.stdout)
+
+
+def test_other_silhouette_distances_come_on_top_of_euclidean(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("--dataset", "digits", "--encoder", "pixels", "--limit", "200", "--reduce", "pca", "--dims", "5",
+                   "--silhouette-metrics", "cosine", "-q", "--output", str(out), "--cache-dir", str(tmp_path / "c"))
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("silhouette", "silhouette_umap", "silhouette_cosine", "silhouette_umap_cosine"):
+        assert -1 <= m[key] <= 1, key

@@ -57,6 +57,7 @@ def test_run_directory(effnet_run):
     config = json.loads((out / "config.json").read_text())
     assert config["encode"]["spec"] == "efficientnet_lite0" and config["reduce"]["dims"] == 50
     assert config["device"]["backend"] == "cpu" and "torch" in config["versions"]
+    assert config["device"]["memory_bytes"] > 2**30 and config["device"]["cpu_count"] >= 1 and config["device"]["cpu"]
     timings = json.loads((out / "timings.json").read_text())
     for stage in ("data", "encode", "reduce", "cluster", "evaluate", "report", "total"):
         assert timings[stage] >= 0

@@ -271,7 +271,7 @@ def test_yaml_grid_orders_axes_and_keeps_params_with_their_clusterer(tmp_path, c
 # ------------------------------------------------------------------------------------------------------ fan-out
 
 
-def test_fanned_out_runs_wait_for_what_they_share():
+def test_fanned_out_runs_wait_for_what_they_share(tmp_path):
     """The first run of a (dataset, encoder) encodes alone; runs needing the same reduction wait for its fit."""
     from gpuclust.sweep import get_args_parser, next_ready, plan
 
@@ -281,8 +281,13 @@ def test_fanned_out_runs_wait_for_what_they_share():
         (0, "pca", "kmeans"), (0, "pca", "agglomerative"), (0, "umap", "kmeans"), (0, "umap", "agglomerative")]
     pending, shared = list(runs), set()
     assert next_ready(pending, [], shared) is runs[0]
-    # While run 1 encodes seed 0, every seed-0 run waits; seed 1 (another stratified draw, another store) may go.
-    assert next_ready(pending[1:], [runs[0]], shared) is runs[4]
+    # While run 1 encodes, every run of that (dataset, encoder) waits, whatever its seed: the seed does not change
+    # which rows are encoded.
+    assert next_ready(pending[1:], [runs[0]], shared) is None
+    (tmp_path / "drawn.yaml").write_text("base:\n  data: {subsample: stratified}\n")
+    drawn, _ = plan(get_args_parser().parse_args(
+        [*FAST, "--config", str(tmp_path / "drawn.yaml"), "--limit", "100", "--reduce", "pca", "--seed", "0,1"]))
+    assert next_ready(drawn[1:], [drawn[0]], set()) is drawn[1]  # a stratified draw per seed: another store
     from gpuclust.sweep import _share_keys
 
     shared.update(_share_keys(runs[0]))  # run 1 finished: embeddings and its PCA are stored

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import platform
 import re
 import sys
@@ -31,7 +32,8 @@ def versions() -> dict:
 
 
 def device_description(backend) -> dict:
-    info = {"backend": backend.name, "platform": platform.platform(), "cpu": platform.processor() or platform.machine()}
+    info = {"backend": backend.name, "platform": platform.platform(), "cpu": _cpu_name(),
+            "cpu_count": os.cpu_count(), "memory_bytes": _memory_bytes()}
     if backend.is_gpu:
         import cupy
 
@@ -39,6 +41,25 @@ def device_description(backend) -> dict:
         info["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         info["gpu_memory_bytes"] = int(props["totalGlobalMem"])
     return info
+
+
+def _cpu_name() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo); `platform.processor()` is often empty or just "x86_64"."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _slug(text: str) -> str:

@@ -79,12 +79,23 @@ def _split(values: list[str] | None, flag: str, conv=str, commas: bool = True) -
     out = []
     for v in values:
         for part in (v.split(",") if commas else [v]):
-            if part.strip():
-                try:
-                    out.append(conv(part.strip()))
-                except argparse.ArgumentTypeError as exc:
-                    raise UserError(f"--{flag} {part}: {exc}") from None
+            if not part.strip():  # `--reduce ""` or `pca,,umap`: a slip, not a request for the default
+                raise UserError(f"--{flag} {v!r}: an empty value; give names separated by commas")
+            try:
+                out.append(conv(part.strip()))
+            except argparse.ArgumentTypeError as exc:
+                raise UserError(f"--{flag} {part}: {exc}") from None
     return out
+
+
+def _at_least_1(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: at least 1")
+    return n
 
 
 def _check_key(key: str) -> None:
@@ -824,7 +835,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="discard the results of another grid in --output")
     p.add_argument("--rank-by", default=None, metavar="METRIC",
                    help="metric to rank by (default ami with labels, else silhouette_umap)")
-    p.add_argument("--top", type=int, default=20, metavar="N", help="rows of the ranked table to print (20)")
+    p.add_argument("--top", type=_at_least_1, default=20, metavar="N", help="rows of the ranked table to print (20)")
     p.add_argument("--dry-run", action="store_true", help="check the grid and list its runs; run nothing")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     p.add_argument("-v", "--verbose", action="store_true", help="also each run's stage log")

@@ -187,6 +187,11 @@ def _same_rows(got, want, columns):
     ("grid:\n  cluster.metod: [kmeans]\n", [], ["unknown grid key 'cluster.metod'"]),
     ("grid:\n  cluster:\n    - kmeans\n    - {method: hdbscan, params: {min_cluster_size: 1}}\n", [],
      ["grid point 2 of 2", "min_cluster_size=1"]),
+    (None, ["--reduce", "pca,,umap"], ["--reduce 'pca,,umap'", "an empty value"]),
+    (None, ["--reduce", "umap", "--dims", "0.9"], ["grid point 1 of 1", "UMAP needs a whole number"]),
+    (None, ["--seed", "-1"], ["--seed -1"]),
+    (None, ["--top", "-1"], ["--top", "at least 1"]),
+    ("base:\n  reduce: {dims: abc}\n", [], ["base.reduce.dims 'abc'", "a number"]),
 ])
 def test_bad_grid_exits_2_and_runs_nothing(yaml_text, args, needles, tmp_path):
     extra = []

@@ -157,22 +157,21 @@ def test_every_clusterer_from_the_cli(cluster, shared_cache, tmp_path):
         assert key in m, key
 
 
-def test_printed_table_keeps_units_and_brackets(tmp_path):
+def test_printed_table_keeps_units_and_brackets(tmp_path, monkeypatch, capsys):
     """The summary is plain text: rich would read "[s]" as its strike-through tag and drop it."""
+    monkeypatch.setenv("COLUMNS", "300")  # the whole path on one line
     out = tmp_path / "run [a]"
-    proc = run_cli("--dataset", "digits", "--encoder", "pixels", "--reduce", "pca", "--dims", "5",
-                   "--no-silhouette-umap", "-q", "--output", str(out), "--cache-dir", str(tmp_path / "cache"),
-                   env={"COLUMNS": "300"})
-    assert proc.returncode == 0, proc.stderr
+    assert main(["--dataset", "digits", "--encoder", "pixels", "--reduce", "pca", "--dims", "5",
+                 "--no-silhouette-umap", "-q", "--output", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    printed = capsys.readouterr().out
     for label in ("encode [s]", "total [s]", "encode images/s", str(out)):
-        assert label in proc.stdout, (label, proc.stdout)
+        assert label in printed, (label, printed)
 
 
 def test_other_silhouette_distances_come_on_top_of_euclidean(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli("--dataset", "digits", "--encoder", "pixels", "--limit", "200", "--reduce", "pca", "--dims", "5",
-                   "--silhouette-metrics", "cosine", "-q", "--output", str(out), "--cache-dir", str(tmp_path / "c"))
-    assert proc.returncode == 0, proc.stderr
+    assert main(["--dataset", "digits", "--encoder", "pixels", "--limit", "200", "--reduce", "pca", "--dims", "5",
+                 "--silhouette-metrics", "cosine", "-q", "--output", str(out), "--cache-dir", str(tmp_path / "c")]) == 0
     m = json.loads((out / "metrics.json").read_text())
     for key in ("silhouette", "silhouette_umap", "silhouette_cosine", "silhouette_umap_cosine"):
         assert -1 <= m[key] <= 1, key

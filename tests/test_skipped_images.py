@@ -55,16 +55,15 @@ def test_a_list_whose_every_file_is_missing_is_one_line_and_lists_them(tmp_path)
         assert [int(row["row"]) for row in csv.DictReader(f)] == list(range(6))
 
 
-def test_a_setting_refused_after_loading_leaves_no_empty_run_directory(tmp_path):
-    from helpers import run_cli
+def test_a_setting_refused_after_loading_leaves_no_empty_run_directory(tmp_path, capsys):
+    from gpuclust.run import main
 
+    args = ["--dataset", "digits", "--encoder", "pixels", "--reduce", "pca", "--dims", "5", "--cluster-param",
+            "no_such_param=1", "-q", "--cache-dir", str(tmp_path / "c"), "--output"]
     out = tmp_path / "run"
-    r = run_cli("--dataset", "digits", "--encoder", "pixels", "--reduce", "pca", "--dims", "5", "--cluster-param",
-                "no_such_param=1", "-q", "--output", str(out), "--cache-dir", str(tmp_path / "c"))
-    assert r.returncode == 2 and "no_such_param" in r.stderr, r.stderr
+    assert main([*args, str(out)]) == 2
+    assert "no_such_param" in capsys.readouterr().err
     assert not out.exists()
     existing = tmp_path / "mine"
     existing.mkdir()  # a directory the user made is left in place
-    r = run_cli("--dataset", "digits", "--encoder", "pixels", "--reduce", "pca", "--dims", "5", "--cluster-param",
-                "no_such_param=1", "-q", "--output", str(existing), "--cache-dir", str(tmp_path / "c"))
-    assert r.returncode == 2 and existing.is_dir()
+    assert main([*args, str(existing)]) == 2 and existing.is_dir()

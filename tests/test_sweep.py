@@ -369,11 +369,13 @@ def _children_of_sweep(out) -> list[int]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_killing_a_fanned_out_sweep_kills_its_runs(tmp_path):
     out = tmp_path / "s"
-    proc = subprocess.Popen(_sweep_cmd(*FAST, "--limit", "300", "--reduce", "pca", "--dims", "10", "--seed", "0,1",
-                                       "--cache-dir", str(tmp_path / "cache"), "--output", str(out), "--jobs", "2"),
+    (tmp_path / "drawn.yaml").write_text("base:\n  data: {subsample: stratified}\n")
+    proc = subprocess.Popen(_sweep_cmd(*FAST, "--config", str(tmp_path / "drawn.yaml"), "--limit", "300", "--reduce",
+                                       "pca", "--dims", "10", "--seed", "0,1", "--cache-dir", str(tmp_path / "cache"),
+                                       "--output", str(out), "--jobs", "2"),
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while len(_children_of_sweep(out)) < 2:  # two seeds share nothing, so both start at once
+    while len(_children_of_sweep(out)) < 2:  # two seeded stratified draws share nothing, so both start at once
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.05)
     children = _children_of_sweep(out)

@@ -39,3 +39,8 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.name}: error: {message} (see --help)\n")
+
+
+def one_line(text: object) -> str:
+    """A message as one printable line: characters that break or hide a line (a file name may hold any) are escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))

@@ -8,7 +8,7 @@ import argparse
 import logging
 import sys
 
-from .errors import OneLineParser, UserError
+from .errors import OneLineParser, UserError, one_line
 
 EXAMPLE = """examples:
   python -m gpuclust.run        # Fashion-MNIST test split, EfficientNet-Lite0, UMAP to 50-d, KMeans (k = 10)
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
 
         result = run_pipeline(cfg, progress=not args.quiet)
     except UserError as exc:
-        print(f"gpuclust: error: {exc}", file=sys.stderr)
+        print(f"gpuclust: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gpuclust: interrupted; stored embedding shards are kept and a rerun resumes", file=sys.stderr)

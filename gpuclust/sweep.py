@@ -35,7 +35,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import OneLineParser, UserError
+from .errors import OneLineParser, UserError, one_line
 
 log = logging.getLogger("gpuclust.sweep")
 
@@ -942,7 +942,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return sweep(args)
     except UserError as exc:
-        print(f"gpuclust.sweep: error: {exc}", file=sys.stderr)
+        print(f"gpuclust.sweep: error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

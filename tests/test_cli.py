@@ -175,3 +175,13 @@ def test_other_silhouette_distances_come_on_top_of_euclidean(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     for key in ("silhouette", "silhouette_umap", "silhouette_cosine", "silhouette_umap_cosine"):
         assert -1 <= m[key] <= 1, key
+
+
+def test_an_error_naming_a_file_with_control_characters_stays_one_line(tmp_path, capsys):
+    """A file name may hold any character; \x1e and \n would split the line on stderr, so they are escaped."""
+    lst = tmp_path / "list.csv"
+    lst.write_text("path,label\n\"a\x1eb.png\",0\n\"c\nd.png\",1\n")
+    assert main(["--dataset", f"csv:{lst}", "--encoder", "pixels", "--reduce", "none", "--k", "2", "-q",
+                 "--output", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "none of the 2 images" in err and "\\x1e" in err, err

@@ -416,8 +416,11 @@ def test_sweep_on_a_dask_cluster_equals_the_in_process_sweep(grid2x2, tmp_path):
     assert all("reduce: reusing the stored" in (out / r["run_dir"] / "log.txt").read_text() for r in got)
 
 
-def test_an_unreachable_scheduler_is_one_line_exit_2(tmp_path, capsys):
+def test_an_unreachable_scheduler_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     pytest.importorskip("distributed")
+    import gpuclust.distributed
+
+    monkeypatch.setattr(gpuclust.distributed, "CONNECT_TIMEOUT", "2s")  # refused connections are retried until then
     rc = main([*FAST, "--limit", "50", "--reduce", "pca", "--dims", "5", "--output", str(tmp_path / "s"),
                "--scheduler-address", "tcp://127.0.0.1:1"])
     assert rc == 2

@@ -29,6 +29,9 @@ def wants_cluster(cfg) -> bool:
     return bool(cfg.workers) or bool(cfg.scheduler_address) or cfg.gpus > 1
 
 
+CONNECT_TIMEOUT = "20s"  # a refused connection is retried until then
+
+
 def connect(address: str):
     """A Client of the Dask scheduler at `address`; an unreachable one is the user's error (exit 2), not a crash."""
     from ..errors import UserError, require
@@ -37,7 +40,7 @@ def connect(address: str):
     from distributed import Client
 
     try:
-        return Client(address, timeout="20s")
+        return Client(address, timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError) as exc:
         raise UserError(f"--scheduler-address {address}: cannot connect ({exc})") from None
 

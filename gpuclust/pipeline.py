@@ -462,7 +462,7 @@ def _run(cfg: RunConfig, backend: Backend, client, progress: bool) -> RunResult:
         config = {**cfg.to_dict(), "resolved": {**enc_info, "cluster_params": cluster_params, "dataset_rows": len(ds)}}
         with timer("report"):
             write_run(out, backend=backend, config=config, metrics=metrics, timings=timings, rows=emb.rows,
-                      paths=ds.paths, labels_true=labels_true, labels_pred=labels_pred, skipped=emb.skipped, Z=Z,
+                      paths=ds.paths, labels_true=labels_true, labels_pred=labels_pred, Z=Z,
                       classes=ds.classes, seed=cfg.seed)
         timings["report"] = timer.seconds["report"]
         timings["total"] = round(time.perf_counter() - t_start, 4)

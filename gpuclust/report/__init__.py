@@ -115,9 +115,9 @@ def write_skipped(path: Path, skipped: list[tuple[int, str]], paths) -> None:
 
 
 def write_run(out: Path, *, backend, config: dict, metrics: dict, timings: dict, rows, paths, labels_true,
-              labels_pred, skipped, Z=None, classes=None, seed: int = 0) -> None:
-    """Write config.json, metrics.json, labels.parquet, report.html with its plots (and skipped.csv when images
-    were skipped); timings.json is written last by the caller, once the report itself is timed."""
+              labels_pred, Z=None, classes=None, seed: int = 0) -> None:
+    """Write config.json, metrics.json, labels.parquet, report.html with its plots; skipped.csv is written when the
+    encode stage ends, and timings.json last by the caller, once the report itself is timed."""
     from .html import sample_rows, write_html
 
     labels_pred = np.asarray(backend.to_host(labels_pred))
@@ -125,8 +125,6 @@ def write_run(out: Path, *, backend, config: dict, metrics: dict, timings: dict,
     atomic_write_json(out / "config.json", {**config, "versions": versions(), "device": device_description(backend)})
     atomic_write_json(out / "metrics.json", metrics)
     write_labels(out / "labels.parquet", rows, paths, labels_true, labels_pred)
-    if skipped:
-        write_skipped(out / "skipped.csv", skipped, paths)
     if Z is not None:
         idx = sample_rows(len(labels_pred), seed)
         Z_sample = backend.to_host(Z[backend.asarray(idx)])  # only the drawn rows leave the device

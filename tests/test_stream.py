@@ -222,3 +222,29 @@ def test_run_larger_than_its_memory_budget_completes(tmp_path):
     assert t["streamed"] is True and m["n_rows"] == n
     assert t["peak_host_rss_bytes"] < budget, t["peak_host_rss_after"]
     assert m["ami"] > 0.99
+
+
+def test_small_fit_transforms_through_the_exact_index_with_the_same_result():
+    """umap-learn fitted on its own small-set search (under 4,096 rows) transforms by one Python call per distance;
+    `_exact_transform` swaps in the exact index, which must find the same neighbours, so that the transformed rows
+    come out as umap-learn's own did (float32 distances instead of float64 move a few rows of the seeded layout)."""
+    import umap
+    from sklearn.metrics import pairwise_distances
+
+    from gpuclust.reduce import _exact_transform
+    from gpuclust.reduce.knn import ExactQueryIndex
+
+    X, _ = blobs(700, 16, 4)
+    model = umap.UMAP(n_components=2, n_neighbors=10, random_state=0).fit(X[:400])
+    assert model._small_data
+    own = model.transform(X[400:])
+    _exact_transform(model)
+    assert not model._small_data and isinstance(model._knn_search_index, ExactQueryIndex)
+    idx, dist = model._knn_search_index.query(X[400:], 10)
+    D = pairwise_distances(X[400:], X[:400])
+    np.testing.assert_array_equal(np.sort(idx, axis=1), np.sort(np.argsort(D, axis=1)[:, :10], axis=1))
+    np.testing.assert_allclose(dist, np.sort(D, axis=1)[:, :10], atol=1e-4)
+    swapped = model.transform(X[400:])
+    assert np.median(np.abs(swapped - own)) < 1e-3
+    for j in range(2):
+        assert np.corrcoef(swapped[:, j], own[:, j])[0, 1] > 0.999

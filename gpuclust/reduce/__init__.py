@@ -25,23 +25,28 @@ REDUCERS = {
 }
 # Where UMAP's k-nearest-neighbour graph comes from (`--reduce-param knn=...`).
 KNN = {
-    "auto": "CPU twin: an exact graph (faiss, else scikit-learn) for euclidean UMAP of more than 4,096 rows up to "
-            "rows^2 x dims = 1e12 (about 28,000 rows of 1,280 dims); the library's own search otherwise and on the GPU",
+    "auto": "CPU twin: an exact graph (faiss for euclidean rows, else scikit-learn) for euclidean, cosine or "
+            "manhattan UMAP up to rows^2 x dims = 1e12 (about 28,000 rows of 1,280 dims); the library's own search "
+            "otherwise and on the GPU",
     "library": "the UMAP library's own search: umap-learn's exact one up to 4,096 rows, pynndescent above; cuML's "
                "build_algo",
     "exact": "an exact graph: faiss for euclidean rows when it is installed, else scikit-learn's brute force",
     "faiss": "an exact euclidean graph from faiss (on the GPU when the installed faiss has GPUs)",
 }
-# Why `auto` takes an exact graph on the CPU twin: umap-learn's own search above 4,096 rows is pynndescent, which numba
-# compiles on its first use in every process (not cached): 55-58 s of its first call on the 2-core CI machine,
-# where faiss-cpu searches 10,000 x 1,280 rows exactly in 4.4 s and 30,000 in 36.9 s (pynndescent's second call in
-# the same process: 2.2 s and 8.8 s). The exact search grows as rows^2 x dims, so past the budget below the compiled
+# Why `auto` takes an exact graph on the CPU twin. Up to 4,096 rows umap-learn searches exactly itself, but through
+# scikit-learn's `pairwise_distances` with its numba metric as a Python callable, one call per pair: 3.6 us a pair
+# on the 2-core CI machine, so a 3,000-row fit spent ~17 s on its distances (46 s in all, against 10 s on faiss's
+# graph), and transforming 20,000 rows against those 3,000 spent ~220 s. Above 4,096 rows its search is
+# pynndescent, which numba compiles on its first use in every process (not cached): 55-58 s of its first call, where
+# faiss-cpu searches 10,000 x 1,280 rows exactly in 4.4 s and 30,000 in 36.9 s (pynndescent's second call in the
+# same process: 2.2 s and 8.8 s). The exact search grows as rows^2 x dims, so past the budget below the compiled
 # approximate search wins even counting the compile. scikit-learn's brute force (float64 BLAS) is ~2.5x slower than
 # faiss, hence its smaller budget. benchmarks/bench_knn.py measures all three in fresh processes.
-EXACT_AUTO_ROWS = 4096  # umap-learn searches exactly itself up to here
 EXACT_AUTO_WORK = {"faiss": 1.0e12, "sklearn": 4.0e11}
+# Metrics whose exact graph `auto` takes from scikit-learn (same definitions in umap-learn and scikit-learn).
+EXACT_AUTO_METRICS = ("euclidean", "l2", "cosine", "manhattan")
 # Part of every stored UMAP space's key, so that spaces stored under another `auto` rule are not reused.
-KNN_AUTO_RULE = f"exact for {EXACT_AUTO_ROWS} < rows, rows^2 x dims <= {EXACT_AUTO_WORK}"
+KNN_AUTO_RULE = f"exact for {EXACT_AUTO_METRICS}, rows^2 x dims <= {EXACT_AUTO_WORK}"
 
 NORMALIZE = {
     "none": "leave the reduced space as it is",
@@ -152,9 +157,9 @@ def knn_plan(knn: str, shape: tuple, metric: str, twin: str) -> str:
         return "faiss"
     if knn == "exact":
         return "faiss" if euclidean and has_faiss() else "sklearn"
-    if twin == "gpu" or not euclidean or n <= EXACT_AUTO_ROWS:  # auto
+    if twin == "gpu" or metric not in EXACT_AUTO_METRICS:  # auto
         return "library"
-    search = "faiss" if has_faiss() else "sklearn"
+    search = "faiss" if euclidean and has_faiss() else "sklearn"
     return search if float(n) * n * d <= EXACT_AUTO_WORK[search] else "library"
 
 
@@ -234,13 +239,8 @@ def reduce_streamed(matrix, method: str, dims, params: dict, backend: Backend, s
         _graph(S, knn, p, backend)
         est = make_estimator("umap", backend, n_components=udims, **p)
         _fit_umap(est, "fit", backend, S)
-        index = getattr(est.obj, "_knn_search_index", None)
-        if est.twin == "cpu" and index is not None:
-            from .knn import ExactQueryIndex
-
-            # exact neighbours for the transformed rows (cuML's transform searches exactly already)
-            if not isinstance(index, ExactQueryIndex):
-                est.obj._knn_search_index = ExactQueryIndex(est.obj._raw_data, est.obj.metric)
+        if est.twin == "cpu":
+            _exact_transform(est.obj)
     model = est.obj
     stats = None if shift is None else (backend.to_host(shift), backend.to_host(scale))
     Z = _transform_all(matrix, model, est.twin, backend, stats, client)
@@ -251,6 +251,19 @@ def reduce_streamed(matrix, method: str, dims, params: dict, backend: Backend, s
     log.info("%s: fitted on %d of %d rows, transformed the rest in %d chunk(s)", method, len(pos), n,
              len(matrix.chunk_ids()))
     return normalize(backend, Z, post), est.twin
+
+
+def _exact_transform(model) -> None:
+    """Exact neighbours for the rows a fitted umap-learn model transforms (cuML's transform searches exactly
+    already): our `ExactQueryIndex` in place of pynndescent's approximate index, and in place of umap-learn's
+    small-data search (fits under 4,096 rows on its own graph), which computes each distance by a Python call
+    (see the note above EXACT_AUTO_WORK)."""
+    from .knn import ExactQueryIndex
+
+    index = getattr(model, "_knn_search_index", None)
+    if getattr(model, "_small_data", False) or (index is not None and not isinstance(index, ExactQueryIndex)):
+        model._small_data = False  # umap-learn's transform then asks the index
+        model._knn_search_index = ExactQueryIndex(model._raw_data, model.metric)
 
 
 def _standardise(xp, B, shift, scale):

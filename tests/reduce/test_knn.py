@@ -69,13 +69,16 @@ def test_brute_force_graph_agrees_with_faiss(digits):
 
 
 def test_auto_rule():
-    # umap-learn's own search is exact up to 4,096 rows; past them an exact graph while rows^2 x dims <= 1e12
-    assert knn_plan("auto", (4096, 1280), "euclidean", "cpu") == "library"
+    # an exact graph while rows^2 x dims <= 1e12, small sets included (umap-learn's own small-set search is slow)
+    assert knn_plan("auto", (300, 1280), "euclidean", "cpu") == "faiss"
+    assert knn_plan("auto", (4096, 1280), "euclidean", "cpu") == "faiss"
     assert knn_plan("auto", (10_000, 1280), "euclidean", "cpu") == "faiss"
     assert knn_plan("auto", (27_000, 1280), "euclidean", "cpu") == "faiss"
     assert knn_plan("auto", (29_000, 1280), "euclidean", "cpu") == "library"
     assert knn_plan("auto", (40_000, 384), "euclidean", "cpu") == "faiss"
-    assert knn_plan("auto", (10_000, 1280), "cosine", "cpu") == "library"
+    assert knn_plan("auto", (10_000, 1280), "cosine", "cpu") == "sklearn"
+    assert knn_plan("auto", (20_000, 1280), "cosine", "cpu") == "library"  # past scikit-learn's budget
+    assert knn_plan("auto", (1000, 64), "hamming", "cpu") == "library"
     assert knn_plan("auto", (10_000, 1280), "euclidean", "gpu") == "library"  # cuML's own search on the GPU
     assert knn_plan("exact", (10, 4), "cosine", "cpu") == "sklearn"
     assert knn_plan("library", (10_000, 1280), "euclidean", "cpu") == "library"
@@ -150,3 +153,28 @@ def test_exact_query_index_answers_like_brute_force(digits, monkeypatch, metric,
     np.testing.assert_allclose(dist, want_dist, rtol=1e-4, atol=1e-4)
     assert (idx == want_idx).mean() > 0.99  # ties between equal distances may order differently
     assert pickle.loads(pickle.dumps(index))._search is None  # the built search is not shipped
+
+
+def test_exact_query_index_answers_the_same_in_any_thread_count():
+    """Dask workers search with one thread, the main process with several; the transform's neighbours and
+    distances must not depend on it (faiss's own distances differ in their last bits between 1 and 2 threads)."""
+    faiss = pytest.importorskip("faiss")
+    from sklearn.metrics import pairwise_distances
+
+    from gpuclust.reduce.knn import ExactQueryIndex
+
+    rng = np.random.default_rng(0)
+    data, queries = (rng.standard_normal((600, 3072)).astype(np.float32) for _ in range(2))
+    threads = faiss.omp_get_max_threads()
+    answers = []
+    try:
+        for t in (1, 2):
+            faiss.omp_set_num_threads(t)
+            answers.append(ExactQueryIndex(data).query(queries, 30))
+    finally:
+        faiss.omp_set_num_threads(threads)
+    np.testing.assert_array_equal(answers[0][0], answers[1][0])
+    np.testing.assert_array_equal(answers[0][1], answers[1][1])
+    D = pairwise_distances(queries.astype(np.float64), data.astype(np.float64))
+    np.testing.assert_array_equal(answers[0][0], np.argsort(D, axis=1, kind="stable")[:, :30])
+    np.testing.assert_allclose(answers[0][1], np.sort(D, axis=1)[:, :30], rtol=1e-6)

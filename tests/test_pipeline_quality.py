@@ -63,12 +63,15 @@ def test_run_directory(effnet_run):
         assert timings[stage] >= 0
     assert 100e6 < timings["peak_host_rss_bytes"] < 24e9  # torch alone is a few hundred MB
     table = pq.read_table(out / "labels.parquet").to_pandas()
-    assert list(table.columns) == ["row", "path", "label_true", "label_pred"]
+    assert list(table.columns) == ["row", "path", "label_true", "class_true", "label_pred"]
     assert len(table) == N and table["row"].is_unique
     from gpuclust.data import load_dataset
 
     truth = load_dataset("fashion-mnist", limit=N).labels
     np.testing.assert_array_equal(table["label_true"].to_numpy(), truth[table["row"].to_numpy()])
+    from gpuclust.data.packaged import FASHION_MNIST_CLASSES
+
+    assert list(table["class_true"]) == [FASHION_MNIST_CLASSES[t] for t in table["label_true"]]
     page = (out / "report.html").read_text()
     for png in ("map.png", "contingency.png", "sizes.png"):
         assert f'src="{png}"' in page and (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

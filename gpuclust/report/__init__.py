@@ -90,14 +90,21 @@ def run_dir(output: str | None, dataset: str, encoder: str, reduce: str, cluster
         raise
 
 
-def write_labels(path: Path, rows: np.ndarray, paths, labels_true, labels_pred) -> None:
+def write_labels(path: Path, rows: np.ndarray, paths, labels_true, labels_pred, classes=None) -> None:
+    """labels.parquet: `class_true` is the source's own name for `label_true` (the folder, the csv label, the
+    dataset's class), so renumbered labels can be mapped back; null where the source has no names."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    n = len(rows)
+    names = [None] * n
+    if labels_true is not None and classes is not None:
+        names = [classes[t] if 0 <= t < len(classes) else None for t in np.asarray(labels_true).tolist()]
     table = pa.table({
         "row": pa.array(rows, pa.int64()),
-        "path": pa.array([paths[r] for r in rows] if paths is not None else [None] * len(rows), pa.string()),
-        "label_true": pa.array(labels_true, pa.int64()) if labels_true is not None else pa.nulls(len(rows), pa.int64()),
+        "path": pa.array([paths[r] for r in rows] if paths is not None else [None] * n, pa.string()),
+        "label_true": pa.array(labels_true, pa.int64()) if labels_true is not None else pa.nulls(n, pa.int64()),
+        "class_true": pa.array([None if c is None else str(c) for c in names], pa.string()),
         "label_pred": pa.array(labels_pred, pa.int64()),
     })
     buf = pa.BufferOutputStream()
@@ -124,7 +131,7 @@ def write_run(out: Path, *, backend, config: dict, metrics: dict, timings: dict,
     labels_true = None if labels_true is None else np.asarray(backend.to_host(labels_true))
     atomic_write_json(out / "config.json", {**config, "versions": versions(), "device": device_description(backend)})
     atomic_write_json(out / "metrics.json", metrics)
-    write_labels(out / "labels.parquet", rows, paths, labels_true, labels_pred)
+    write_labels(out / "labels.parquet", rows, paths, labels_true, labels_pred, classes)
     if Z is not None:
         idx = sample_rows(len(labels_pred), seed)
         Z_sample = backend.to_host(Z[backend.asarray(idx)])  # only the drawn rows leave the device

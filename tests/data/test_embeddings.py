@@ -65,3 +65,31 @@ def test_cli_reads_labels_npy_beside_one_file_and_rejects_extra_labels(emb, tmp_
     np.save(folder / "labels.npy", np.concatenate([y, y]))
     r = run_cli(*args, "--output", str(tmp_path / "run2"))
     assert r.returncode == 2 and "one label per row" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_folder_takes_per_shard_labels_and_never_reads_them_as_rows(emb):
+    folder, y = emb
+    X = np.load(folder / "blobs.npy")
+    (folder / "blobs.npy").unlink()
+    np.save(folder / "a.npy", X[:120])
+    np.save(folder / "b.npy", X[120:])
+    np.save(folder / "a.labels.npy", y[:120])
+    np.save(folder / "b.labels.npy", y[120:])
+    src = embedding_source(f"embeddings:{folder}")
+    assert src.matrix.shape == (200, 64)  # the label files are not shards
+    np.testing.assert_array_equal(src.labels, y)
+    np.save(folder / "labels.npy", 9 - y)  # the folder's labels.npy wins
+    np.testing.assert_array_equal(embedding_source(f"embeddings:{folder}").labels, 9 - y)
+    (folder / "labels.npy").unlink()
+    (folder / "b.labels.npy").unlink()
+    with pytest.raises(UserError, match=r"b\.npy has none"):
+        embedding_source(f"embeddings:{folder}")
+
+
+def test_string_labels_become_ids_with_their_names_kept(emb):
+    folder, y = emb
+    names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
+    np.save(folder / "blobs.labels.npy", names[y])
+    src = embedding_source(f"embeddings:{folder / 'blobs.npy'}")
+    assert src.classes == sorted(set(names[y]))
+    assert [src.classes[i] for i in src.labels] == list(names[y])

@@ -125,6 +125,17 @@ def check_values(cfg: RunConfig) -> None:
         raise UserError(f"--subsample {cfg.data.subsample!r}: first or stratified")
     if not isinstance(cfg.cluster.params, dict) or not isinstance(cfg.reduce.params, dict):
         raise UserError("params: expected a mapping of NAME: value")
+    if cfg.encode.batch_size < 1:
+        raise UserError(f"--batch-size {cfg.encode.batch_size}: must be at least 1")
+    if cfg.encode.num_workers < 0:
+        raise UserError(f"--num-workers {cfg.encode.num_workers}: must be 0 or more")
+    from .evaluate.silhouette import METRICS
+
+    bad = [m for m in cfg.evaluate.silhouette_metrics if m not in METRICS]
+    if bad or not cfg.evaluate.silhouette_metrics:
+        raise UserError(f"silhouette metrics {','.join(bad) or '(none)'}: choose from {', '.join(METRICS)}")
+    if cfg.device not in ("auto", "cpu", "gpu"):
+        raise UserError(f"device {cfg.device!r}: choose auto, cpu or gpu")
 
 
 def check_config(cfg: RunConfig) -> None:
@@ -144,6 +155,7 @@ def check_config(cfg: RunConfig) -> None:
         raise UserError(f"unknown reducer {cfg.reduce.method!r}; known: {', '.join(REDUCERS)}")
     if cfg.cluster.method not in CLUSTERERS:
         raise UserError(f"unknown clusterer {cfg.cluster.method!r}; known: {', '.join(CLUSTERERS)}")
+    CLUSTERERS[cfg.cluster.method].check(dict(cfg.cluster.params))  # before any work, not after the encode
     if cfg.encode.store_dtype not in ("float32", "float16"):
         raise UserError(f"store dtype {cfg.encode.store_dtype!r}: float32 or float16")
     if cfg.encode.preprocess not in ("default", "study"):

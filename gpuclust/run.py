@@ -165,22 +165,10 @@ def config_from_args(args: argparse.Namespace):
     if hasattr(args, "silhouette_metrics"):
         ev["silhouette_metrics"] = tuple(m.strip() for m in args.silhouette_metrics.split(",") if m.strip())
     cfg = merge(cfg, values, where="flags")
-    _validate(cfg)
+    from .pipeline import check_values
+
+    check_values(cfg)
     return cfg
-
-
-def _validate(cfg) -> None:
-    if cfg.encode.batch_size < 1:
-        raise UserError(f"--batch-size {cfg.encode.batch_size}: must be at least 1")
-    if cfg.encode.num_workers < 0:
-        raise UserError(f"--num-workers {cfg.encode.num_workers}: must be 0 or more")
-    from .evaluate.silhouette import METRICS
-
-    bad = [m for m in cfg.evaluate.silhouette_metrics if m not in METRICS]
-    if bad or not cfg.evaluate.silhouette_metrics:
-        raise UserError(f"silhouette metrics {','.join(bad) or '(none)'}: choose from {', '.join(METRICS)}")
-    if cfg.device not in ("auto", "cpu", "gpu"):
-        raise UserError(f"device {cfg.device!r}: choose auto, cpu or gpu")
 
 
 def list_names(what: str) -> str:

@@ -226,7 +226,8 @@ class Run:
     def label(self, varied: list[str]) -> str:
         """The log line's name for this run: dataset encoder reduction clusterer, then any other varied setting."""
         shown = {"data.spec", "encode.spec", "reduce.method", "reduce.dims", "cluster.method"}
-        extra = [f"{k.split('.')[-1]}={_cell(self.flat.get(k))}" for k in varied if k not in shown]
+        extra = [f"{k.split('.')[-1]}={_cell(self.flat.get(k))}" for k in varied if k not in shown
+                 and not (".params." in k and self.flat.get(k) is None)]  # a parameter this run's method lacks
         return " ".join(self.main_parts() + extra)
 
 
@@ -253,15 +254,10 @@ def varied_keys(runs: list[Run]) -> list[str]:
 
 
 def check_run(cfg) -> None:
-    """Everything about one grid point that can be known without its data; `check_config` plus the clusterer's own
-    parameter check."""
-    from .cluster import CLUSTERERS
+    """Everything about one grid point that can be known without its data (`check_config`)."""
     from .pipeline import check_config
-    from .run import _validate
 
     check_config(cfg)
-    _validate(cfg)
-    CLUSTERERS[cfg.cluster.method].check(dict(cfg.cluster.params))
 
 
 def plan(args: argparse.Namespace) -> tuple[list[Run], list[tuple[str, list]]]:

@@ -77,10 +77,17 @@ def test_bad_flag_value_is_argparse_usage_error():
     ("seed: -1", ["seed -1"]),
     ("seed: true", ["seed True", "an integer"]),
     ("reduce: {method: umap, dims: 0.9}", ["UMAP needs a whole number"]),
+    ("cluster: {method: kmeans, params: {n_init: abc}}", ["n_init=abc", "not a number"]),
+    ("cluster: {method: hdbscan, params: {min_cluster_size: 1}}", ["min_cluster_size=1", "at least 2"]),
+    ("evaluate: {silhouette_metrics: [hamming]}", ["silhouette metrics hamming"]),
 ])
-def test_config_values_of_the_wrong_type_are_one_line_before_any_work(yaml_text, needles, tmp_path, capsys):
+def test_config_values_of_the_wrong_type_are_one_line_before_any_work(yaml_text, needles, tmp_path, capsys,
+                                                                      monkeypatch):
     """YAML lets any type through; each is refused up front, before data is loaded or a run directory made."""
+    import gpuclust.pipeline
     from gpuclust.run import main
+
+    monkeypatch.setattr(gpuclust.pipeline, "_run", lambda *a, **k: pytest.fail("the run started"))
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml_text + "\n")

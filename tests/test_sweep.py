@@ -267,6 +267,7 @@ def test_yaml_grid_orders_axes_and_keeps_params_with_their_clusterer(tmp_path, c
     varied = varied_keys(runs)
     assert varied == ["data.spec", "reduce.dims", "cluster.method", "cluster.k", "cluster.params.min_cluster_size"]
     assert runs[1].label(varied) == "digits pixels pca5 hdbscan k=None min_cluster_size=5"
+    assert runs[0].label(varied) == "digits pixels pca5 kmeans k=10"  # no min_cluster_size=None: kmeans lacks it
     assert runs[1].dir == "runs/0002-digits-pixels-pca5-hdbscan"
     assert main([*argv, "--dry-run"]) == 0
     assert capsys.readouterr().out.count("\n") == 12

@@ -21,7 +21,9 @@ METRICS = ("euclidean", "l1", "manhattan", "cityblock", "chebyshev", "cosine", "
 def _check_range(params: dict, key: str, lo: float, hi: float, text: str) -> None:
     if key in params and params[key] is not None:
         v = params[key]
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v < hi:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise UserError(f"--cluster-param {key}={v}: not a number ({text[0].lower() + text[1:]})")
+        if not lo <= v < hi:
             raise UserError(f"--cluster-param {key}={v}: {text}")
 
 

@@ -198,6 +198,54 @@ def pixels(weights: str | None = None) -> Encoder:
     return _finish("pixels", model, transform, cfg, "none")
 
 
+# -- the Hugging Face hub ----------------------------------------------------------------------------------------------
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host answers a TCP connection. huggingface_hub retries a failed lookup five times with
+    back-off (about 25 s and 10 warning lines per file, 58 s for one timm model here), so an unreachable hub is
+    found out once, first. Behind a proxy the host is not dialled directly, so the library is left to try."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def hub_create(timm, model_name: str, what: str, offline: bool = False, **kwargs):
+    """`timm.create_model(model_name, pretrained=True)`, its weights from the hub or, when offline (asked for, or the
+    hub unreachable), from the local hub cache alone; one-line errors. `what` names the encoder in them."""
+    from huggingface_hub import constants
+
+    cache_only = offline or not _hub_reachable()
+    if cache_only and not offline:
+        log.warning("%s: %s is unreachable; looking for the weights in the local hub cache", what,
+                    constants.ENDPOINT)
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = cache_only or saved  # read at call time by huggingface_hub: no requests, cache only
+    try:
+        return timm.create_model(model_name, pretrained=True, **kwargs)
+    except Exception as exc:  # hub, network and cache errors come in many types
+        if cache_only:
+            why = "offline" if offline else f"{constants.ENDPOINT} is unreachable"
+            raise UserError(f"{what}: {why} and {model_name} is not in the local hub cache; pass --weights PATH "
+                            "with its weights") from None
+        raise UserError(f"{what}: could not fetch {model_name} ({type(exc).__name__}); offline, pass --weights PATH"
+                        ) from None
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
 # -- timm:NAME ------------------------------------------------------------------------------------------------------
 
 
@@ -208,12 +256,12 @@ def timm_encoder(name: str, weights: str | None = None) -> Encoder:
         raise UserError("timm:NAME needs a model name, e.g. timm:resnet50 (see timm.list_models())")
     if not timm.is_model(name.split(".")[0]):
         raise UserError(f"timm:{name}: timm has no such model (timm.list_models('*{name[:6]}*') lists similar ones)")
-    try:
-        model = timm.create_model(name, pretrained=weights is None, num_classes=0)
-    except Exception as exc:  # network, hub or cache errors surface as many types
-        raise UserError(
-            f"timm:{name}: could not fetch pretrained weights ({type(exc).__name__}); offline, pass --weights PATH"
-        ) from None
+    if weights is None:
+        from .zoo import offline
+
+        model = hub_create(timm, name, f"timm:{name}", offline(), num_classes=0)
+    else:
+        model = timm.create_model(name, pretrained=False, num_classes=0)
     ident = f"hub:{name}"
     if weights is not None:
         sd = load_state_dict(weights)

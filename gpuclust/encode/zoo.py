@@ -206,14 +206,10 @@ def build_zoo(name: str, weights: str | None = None):
             raise UserError(f"{name} is randomly initialised; drop --weights (or use checkpoint:PATH --arch ...)")
         model, ident = build_arch(e.arch, seed=0, **kwargs), "random-seed0"
     elif e.source.startswith("timm:") and weights is None:
+        from .models import hub_create
+
         timm = require("timm", "timm encoders", "pip install timm")
-        if offline():
-            raise UserError(f"{name}: offline; pass --weights PATH with the {e.source[5:]} weights")
-        try:
-            model = timm.create_model(e.source[5:], pretrained=True, **kwargs)
-        except Exception as exc:  # hub and network errors come in many types
-            raise UserError(f"{name}: could not fetch {e.source[5:]} ({type(exc).__name__}); "
-                            "offline, pass --weights PATH") from None
+        model = hub_create(timm, e.source[5:], name, offline(), **kwargs)
         ident = f"hub:{e.source[5:]}"
     else:
         model = build_arch(e.arch, **kwargs)

@@ -76,6 +76,9 @@ def _timm_mobilenet_file(tmp_path) -> Path:
 def test_timm_hub_weights_go_through_timm_download(monkeypatch, tmp_path):
     import timm.models._hub as hub
 
+    import gpuclust.encode.models as models
+
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: True)
     weights = _timm_mobilenet_file(tmp_path)
     asked = []
 
@@ -100,6 +103,58 @@ def test_timm_local_weights_never_download(monkeypatch, tmp_path):
     monkeypatch.setattr(hub, "hf_hub_download", no_network)
     enc = build_encoder("timm:mobilenetv2_100", weights=str(_timm_mobilenet_file(tmp_path)))
     assert torch.equal(enc.model.state_dict()["conv_stem.weight"], _packaged_mobilenet()["features.0.0.weight"])
+
+
+def test_unreachable_hub_reads_the_local_cache_without_asking_the_network(monkeypatch, tmp_path, caplog):
+    """With the hub unreachable, huggingface_hub is put in offline mode for the call (it otherwise retries each file
+    five times, ~25 s and 10 warning lines): a model in the local cache loads, one that is not is one line."""
+    import timm.models._hub as hub
+    from huggingface_hub import constants
+
+    import gpuclust.encode.models as models
+
+    weights = _timm_mobilenet_file(tmp_path)
+    modes = []
+
+    def cache_only(repo_id, filename, **kw):
+        modes.append(constants.is_offline_mode())
+        if not constants.is_offline_mode():
+            raise AssertionError("the network was asked")
+        return str(weights)
+
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "hf_hub_download", cache_only)
+    enc = build_encoder("timm:mobilenetv2_100")
+    assert modes and all(modes) and not constants.is_offline_mode()  # offline for the call only
+    assert torch.equal(enc.model.state_dict()["conv_stem.weight"], _packaged_mobilenet()["features.0.0.weight"])
+    assert "unreachable" in caplog.text
+
+    def not_cached(repo_id, filename, **kw):
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        raise LocalEntryNotFoundError("not in the cache")
+
+    monkeypatch.setattr(hub, "hf_hub_download", not_cached)
+    with pytest.raises(UserError, match=r"unreachable and mobilenetv2_100 is not in the local hub cache; pass "
+                                        r"--weights PATH"):
+        build_encoder("timm:mobilenetv2_100")
+    assert not constants.is_offline_mode()
+
+
+def test_hub_probe_is_skipped_behind_a_proxy(monkeypatch):
+    import socket
+
+    from gpuclust.encode.models import _hub_reachable
+
+    def refuse(*a, **k):
+        raise OSError("no route")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    assert _hub_reachable() is False
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert _hub_reachable() is True
 
 
 def test_timm_offline_without_weights_is_a_user_error(monkeypatch):

@@ -1,6 +1,10 @@
 """The data stage: a dataset spec -> an ImageDataset (images + labels when the source has them)."""
 from __future__ import annotations
 
+import logging
+
+import numpy as np
+
 from ..errors import UserError
 from .base import ArrayDataset, FileDataset, ImageDataset, SkipImage, stratified_rows
 from .folders import image_folder, plain_folder
@@ -10,6 +14,8 @@ from .tvdatasets import torchvision_dataset
 from .webdataset import webdataset
 
 __all__ = ["ImageDataset", "ArrayDataset", "FileDataset", "SkipImage", "load_dataset", "DATASETS"]
+
+log = logging.getLogger(__name__)
 
 # name -> (builder taking the text after "name:", help line)
 DATASETS = {
@@ -55,5 +61,17 @@ def load_dataset(spec: str, limit: int | None = None, root: str | None = None, s
         if subsample == "stratified":
             ds = ds.take(stratified_rows(ds.labels, len(ds), limit, seed))
         else:
+            full = ds.labels
             ds = ds.subset(limit)
+            _warn_missing_classes(full, ds.labels, limit)
     return ds
+
+
+def _warn_missing_classes(full, kept, limit: int) -> None:
+    """A first-N cut of a set sorted by class (mnist5k, many folders) can hold one class; say so."""
+    if full is None or kept is None or len(kept) == len(full):
+        return
+    n_full, n_kept = len(np.unique(full)), len(np.unique(kept))
+    if n_kept < n_full:
+        log.warning("--limit %d takes the first %d rows, which hold %d of the %d classes; --subsample stratified "
+                    "draws rows from every class", limit, len(kept), n_kept, n_full)

@@ -39,6 +39,19 @@ def test_stratified_limit_on_fashion_mnist_is_balanced():
     assert strat.fingerprint() == load_dataset("fashion-mnist", limit=1000, subsample="stratified").fingerprint()
 
 
+def test_a_first_n_cut_missing_classes_is_warned(caplog):
+    """mnist5k is sorted by digit: its first 500 rows are all zeros, which the user should hear about."""
+    with caplog.at_level("WARNING", logger="gpuclust.data"):
+        ds = load_dataset("mnist5k", limit=500)
+    assert len(np.unique(ds.labels)) == 1
+    assert "hold 1 of the 10 classes" in caplog.text and "--subsample stratified" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gpuclust.data"):
+        load_dataset("mnist5k", limit=500, subsample="stratified")
+        load_dataset("digits", limit=500)  # digits cycles through its classes
+    assert "classes" not in caplog.text
+
+
 @pytest.fixture(scope="module")
 def fmnist_root(tmp_path_factory):
     """The Debian Fashion-MNIST files laid out as torchvision expects (ROOT/FashionMNIST/raw, uncompressed)."""

@@ -83,3 +83,21 @@ def test_empty_folders_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="not a folder"):
         (tmp_path / "f.txt").write_text("x")
         load_dataset(f"folder:{tmp_path / 'f.txt'}")
+
+
+def test_imagefolder_run_names_each_row_by_its_folder(tmp_path):
+    """labels.parquet maps the renumbered labels back: class_true is the row's own folder name."""
+    import pandas as pd
+
+    from helpers import run_cli
+
+    write_digit_images(tmp_path / "img", n_per_class=15, classes=(3, 8, 9))
+    out = tmp_path / "run"
+    r = run_cli("-q", "--dataset", f"imagefolder:{tmp_path / 'img'}", "--encoder", "pixels", "--reduce", "pca",
+                "--dims", "5", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--no-silhouette-umap",
+                "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    t = pd.read_parquet(out / "labels.parquet")
+    assert len(t) == 45 and list(t["label_true"].unique()) == [0, 1, 2]
+    assert list(t["class_true"]) == [p.split("/")[-2] for p in t["path"]]
+    assert sorted(t["class_true"].unique()) == ["class_3", "class_8", "class_9"]

@@ -169,8 +169,10 @@ def test_webdataset_run_end_to_end(shards, tmp_path):
     assert len(skipped) == 2 and "broken" not in skipped[0]  # header + the one corrupt member
     # Each row names its shard and member, so the corrupt one can be found.
     assert skipped[1].startswith(f"400,{folder.resolve() / 'digits-001.tar'}:broken000001.jpg,"), skipped[1]
-    paths = pd.read_parquet(out / "labels.parquet")["path"]
+    table = pd.read_parquet(out / "labels.parquet")
+    paths = table["path"]
     assert len(paths) == 600 and paths[0] == f"{folder.resolve() / 'digits-000.tar'}:sample000000.png"
+    assert table["class_true"].isna().all() and table["label_true"].notna().all()  # .cls integers have no names
 
 
 def _digit_shard(path, rows, no_cls=()):

@@ -8,7 +8,7 @@ adjacent.
 
 The sweep directory holds `sweep.json` (the resolved runs, which a rerun must match to resume), `results.csv` and
 `results.parquet` (one row per finished run, rewritten atomically after each run), `best.json` (the best run by AMI
-and by the label-free `silhouette_umap`) and `runs/NNNN-<slug>/`. A rerun skips every run recorded `ok` whose
+by the label-free `silhouette_umap`, and by --rank-by: without labels `silhouette_umap_all`) and `runs/NNNN-<slug>/`. A rerun skips every run recorded `ok` whose
 directory has its metrics.json, so a killed sweep (even SIGKILL) resumes where it was; runs are seeded, so the final
 table equals an uninterrupted sweep's.
 
@@ -407,6 +407,12 @@ def _score(row: dict, metric: str) -> float | None:
     if row.get("status") != "ok" or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         return None
     return -v if metric in LOWER_IS_BETTER else v
+
+
+def default_rank(rows) -> str:
+    """AMI when the data has labels; else the UMAP-space silhouette over every row with noise scored 0, so that a
+    run leaving most rows as noise cannot win on the few it clusters."""
+    return "ami" if any(r.get("ami") is not None for r in rows) else "silhouette_umap_all"
 
 
 def ranked(rows: list[dict], metric: str) -> list[dict]:
@@ -830,7 +836,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="DIR", help="sweep directory (default sweeps/<time>); the same DIR resumes")
     p.add_argument("--force", action="store_true", help="discard the results of another grid in --output")
     p.add_argument("--rank-by", default=None, metavar="METRIC",
-                   help="metric to rank by (default ami with labels, else silhouette_umap)")
+                   help="metric to rank by (default ami with labels, else silhouette_umap_all)")
     p.add_argument("--top", type=_at_least_1, default=20, metavar="N", help="rows of the ranked table to print (20)")
     p.add_argument("--dry-run", action="store_true", help="check the grid and list its runs; run nothing")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
@@ -895,8 +901,7 @@ def sweep(args: argparse.Namespace) -> int:
                 _, t_run = running.pop(run.id)
                 shared.update(_share_keys(run))
                 rows[run.id] = make_row(run, varied, status, error, out / run.dir)
-                rank = rank_by or ("ami" if any(r.get("ami") is not None for r in rows.values())
-                                   else "silhouette_umap")
+                rank = rank_by or default_rank(rows.values())
                 write_outputs(out, rows, by_id, varied, rank)
                 say(f"[{run.index}/{len(runs)}] {run.label(varied)}  {_result_text(rows[run.id])} "
                     f"({time.perf_counter() - t_run:.1f}s)")
@@ -906,7 +911,7 @@ def sweep(args: argparse.Namespace) -> int:
               "rerun the same command to resume", file=sys.stderr)
         return 130
     slots.stop()
-    rank_by = rank_by or ("ami" if any(r.get("ami") is not None for r in rows.values()) else "silhouette_umap")
+    rank_by = rank_by or default_rank(rows.values())
     table = write_outputs(out, rows, by_id, varied, rank_by)
     lock.close()
     counts = {s: sum(r["status"] == s for r in table) for s in ("ok", "error", "internal_error")}

@@ -2,6 +2,7 @@
 resumption after SIGKILL (a real subprocess), and bad grids or bad runs failing the way the docs say."""
 import csv
 import json
+from types import SimpleNamespace
 import logging
 import os
 import signal
@@ -90,6 +91,24 @@ def test_grid_table_matches_run_dirs_and_best(grid2x2):
     assert [t["ami"] for t in table] == [float(r["ami"]) for r in rows]
     recorded = json.loads((out / "sweep.json").read_text())["runs"]
     assert [r["config"]["output"] for r in recorded] == [r["run_dir"] for r in rows]
+
+
+def test_label_free_ranking_does_not_reward_leaving_rows_as_noise():
+    """Without labels the default rank is the UMAP silhouette over every row (noise 0): a run that clusters a tenth of
+    the rows tightly and leaves the rest as noise must not beat one that clusters them all well."""
+    from gpuclust.sweep import best_doc, default_rank
+
+    rows = [{"run": "0001", "status": "ok", "silhouette_umap": 0.91, "noise_fraction": 0.9,
+             "silhouette_umap_all": 0.91 * 0.1},
+            {"run": "0002", "status": "ok", "silhouette_umap": 0.62, "noise_fraction": 0.0,
+             "silhouette_umap_all": 0.62}]
+    rank = default_rank(rows)
+    assert rank == "silhouette_umap_all"
+    cfg = SimpleNamespace(to_dict=lambda: {"seed": 0}, data=SimpleNamespace(spec="folder:photos"))
+    runs = {r["run"]: SimpleNamespace(cfg=cfg, label=lambda varied: "x", dir=f"runs/{r['run']}") for r in rows}
+    picks = best_doc(rows, runs, [], rank)["best"]
+    assert picks["silhouette_umap_all"]["run"] == "0002" and picks["silhouette_umap"]["run"] == "0001"
+    assert default_rank([{**rows[0], "ami": 0.5}]) == "ami"
 
 
 def test_encoder_runs_once_and_reductions_are_reused(grid2x2):

@@ -47,7 +47,7 @@ def evaluate(backend: Backend, Z, labels_pred, labels_true=None, Z_umap=None, se
     embeddings (silhouette there is optional: it is the costliest). `umap_rows` / `X_rows`: the row positions
     those spaces hold when they cover a sample of the rows (a streamed run), else None. Noise counts as one cluster
     in the label metrics (as in the study) and again without it under `*_clustered`; silhouettes, CH and DB use
-    clustered rows.
+    clustered rows, and `silhouette_all` / `silhouette_umap_all` count every row, noise as 0.
     """
     xp = backend.xp
     noise = labels_pred < 0
@@ -69,6 +69,11 @@ def evaluate(backend: Backend, Z, labels_pred, labels_true=None, Z_umap=None, se
     if X is not None:
         spaces["original"] = (X, X_rows)
     m.update(_silhouettes(backend, spaces, labels_pred, list(silhouette_metrics), seed))
+    for key in ("silhouette", "silhouette_umap"):
+        # Over every row, a noise row scoring 0: a run that leaves most rows as noise can have a high silhouette on
+        # the few it clusters, and would otherwise win a label-free ranking.
+        if m.get(key) is not None:
+            m[f"{key}_all"] = m[key] * (1.0 - m["noise_fraction"])
     m["calinski_harabasz"] = calinski_harabasz(backend, Z[clustered], labels_pred[clustered])
     m["davies_bouldin"] = davies_bouldin(backend, Z[clustered], labels_pred[clustered])
     return m

@@ -132,3 +132,6 @@ def test_evaluate_reports_noise_and_clusters(backend, digits_space):
                                                    rel=1e-5)
     assert m["calinski_harabasz"] == pytest.approx(skm.calinski_harabasz_score(X[keep], pred[keep]), rel=1e-6)
     assert "silhouette_umap" not in m  # no UMAP space given
+    # over every row, noise scoring 0: the clustered rows' silhouette times their share
+    assert m["silhouette_all"] == pytest.approx(skm.silhouette_score(X[keep], pred[keep]) * keep.mean(), rel=1e-5)
+    assert "silhouette_umap_all" not in m

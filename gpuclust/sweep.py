@@ -7,10 +7,10 @@ one PCA/UMAP fit per reduction). The grid is ordered so that runs sharing a data
 adjacent.
 
 The sweep directory holds `sweep.json` (the resolved runs, which a rerun must match to resume), `results.csv` and
-`results.parquet` (one row per finished run, rewritten atomically after each run), `best.json` (the best run by AMI
-by the label-free `silhouette_umap`, and by --rank-by: without labels `silhouette_umap_all`) and `runs/NNNN-<slug>/`. A rerun skips every run recorded `ok` whose
-directory has its metrics.json, so a killed sweep (even SIGKILL) resumes where it was; runs are seeded, so the final
-table equals an uninterrupted sweep's.
+`results.parquet` (one row per finished run, rewritten atomically after each run), `best.json` (the best run by AMI,
+by the label-free `silhouette_umap`, and by --rank-by: without labels `silhouette_umap_all`) and `runs/NNNN-<slug>/`.
+A rerun skips every run recorded `ok` whose directory has its metrics.json, so a killed sweep (even SIGKILL) resumes
+where it was; runs are seeded, so the final table equals an uninterrupted sweep's.
 
 Exit codes: 0 every run ok; 2 bad input before anything ran (one line on stderr), or some runs failed on their own
 settings (recorded as `error` rows; the others ran); 1 some run failed with an internal error (`internal_error` rows,

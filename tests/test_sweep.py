@@ -2,13 +2,13 @@
 resumption after SIGKILL (a real subprocess), and bad grids or bad runs failing the way the docs say."""
 import csv
 import json
-from types import SimpleNamespace
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 

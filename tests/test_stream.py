@@ -248,3 +248,15 @@ def test_small_fit_transforms_through_the_exact_index_with_the_same_result():
     assert np.median(np.abs(swapped - own)) < 1e-3
     for j in range(2):
         assert np.corrcoef(swapped[:, j], own[:, j])[0, 1] > 0.999
+
+
+def test_a_metric_only_umap_learn_knows_keeps_its_own_transform():
+    import umap
+
+    from gpuclust.reduce import _exact_transform
+
+    X, _ = blobs(300, 8, 3)
+    model = umap.UMAP(n_components=2, n_neighbors=10, metric="hellinger", random_state=0).fit(np.abs(X[:200]))
+    _exact_transform(model)
+    assert model._small_data  # scikit-learn has no hellinger: umap-learn's own search stays
+    assert model.transform(np.abs(X[200:])).shape == (100, 2)

@@ -45,6 +45,9 @@ KNN = {
 EXACT_AUTO_WORK = {"faiss": 1.0e12, "sklearn": 4.0e11}
 # Metrics whose exact graph `auto` takes from scikit-learn (same definitions in umap-learn and scikit-learn).
 EXACT_AUTO_METRICS = ("euclidean", "l2", "cosine", "manhattan")
+# Metrics `ExactQueryIndex` answers for a fitted model's transform: defined alike in umap-learn and scikit-learn.
+EXACT_QUERY_METRICS = ("euclidean", "l2", "cosine", "manhattan", "l1", "cityblock", "chebyshev", "correlation",
+                       "braycurtis", "canberra")
 # Part of every stored UMAP space's key, so that spaces stored under another `auto` rule are not reused.
 KNN_AUTO_RULE = f"exact for {EXACT_AUTO_METRICS}, rows^2 x dims <= {EXACT_AUTO_WORK}"
 
@@ -139,6 +142,9 @@ def _umap_settings(n: int, dims, params: dict, seed: int) -> tuple[int, dict, st
     knn = p.pop("knn", "auto")
     if knn not in KNN:
         raise UserError(f"--reduce-param knn={knn}: one of {', '.join(KNN)}")
+    if knn == "exact" and p.get("metric", "euclidean") not in EXACT_QUERY_METRICS:
+        raise UserError(f"--reduce-param knn=exact: scikit-learn's exact search has no metric {p['metric']!r} as "
+                        f"umap-learn defines it (it has {', '.join(EXACT_QUERY_METRICS)}); use knn=library")
     if knn == "faiss" and p.get("metric", "euclidean") not in ("euclidean", "l2"):
         raise UserError(f"--reduce-param knn=faiss computes euclidean neighbours; metric {p['metric']} "
                         "needs knn=exact or knn=library")
@@ -260,6 +266,8 @@ def _exact_transform(model) -> None:
     (see the note above EXACT_AUTO_WORK)."""
     from .knn import ExactQueryIndex
 
+    if model.metric not in EXACT_QUERY_METRICS or getattr(model, "metric_kwds", None):
+        return  # a metric only umap-learn computes (or one with parameters) keeps its own search
     index = getattr(model, "_knn_search_index", None)
     if getattr(model, "_small_data", False) or (index is not None and not isinstance(index, ExactQueryIndex)):
         model._small_data = False  # umap-learn's transform then asks the index

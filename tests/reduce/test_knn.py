@@ -123,6 +123,8 @@ def test_exact_graph_with_another_metric(digits):
     from sklearn.metrics import adjusted_mutual_info_score
 
     X, y = digits
+    with pytest.raises(UserError, match="no metric 'hellinger'.*use knn=library"):
+        reduce(X, "umap", 10, {"knn": "exact", "metric": "hellinger"}, cpu_backend(), seed=0)
     Z, _ = reduce(X, "umap", 10, {"n_neighbors": 15, "knn": "exact", "metric": "cosine"}, cpu_backend(), seed=0)
     ami = adjusted_mutual_info_score(y, KMeans(10, n_init=3, random_state=0).fit_predict(Z))
     assert ami > 0.8, ami

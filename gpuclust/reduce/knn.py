@@ -56,6 +56,24 @@ def brute_knn(X, k: int, backend: Backend, metric: str = "euclidean") -> tuple:
     return xp.asarray(idx), xp.asarray(dist)
 
 
+# Metrics whose distances `ExactQueryIndex` recomputes directly (`_direct`), the same in any process.
+DIRECT_METRICS = ("euclidean", "l2", "cosine", "manhattan", "l1", "cityblock", "chebyshev")
+
+
+def _direct(metric: str, X, Y):
+    """Distances between rows X (n, 1, d) and their candidates Y (n, c, d), float64, without BLAS: (n, c)."""
+    if metric in ("euclidean", "l2"):
+        diff = X - Y
+        return np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+    if metric == "cosine":  # as scikit-learn: a zero row is at distance 1 from everything
+        norms = np.sqrt(np.einsum("ijk,ijk->ij", X, X)) * np.sqrt(np.einsum("ijk,ijk->ij", Y, Y))
+        cos = np.einsum("ijk,ijk->ij", np.broadcast_to(X, Y.shape), Y) / np.where(norms > 0, norms, 1.0)
+        return np.clip(1.0 - cos, 0.0, 2.0)
+    if metric == "chebyshev":
+        return np.abs(X - Y).max(axis=2)
+    return np.abs(X - Y).sum(axis=2)  # manhattan, l1, cityblock
+
+
 def has_faiss() -> bool:
     try:
         import faiss  # noqa: F401
@@ -125,7 +143,7 @@ class ExactQueryIndex:
         from sklearn.neighbors import NearestNeighbors
 
         nn = NearestNeighbors(algorithm="brute", metric=self.metric).fit(self.data)
-        if self.metric in ("euclidean", "l2"):
+        if self.metric in DIRECT_METRICS:
             return lambda X, k: self._exact_distances(X, nn.kneighbors(X, n_neighbors=self._spare(k),
                                                                        return_distance=False), k)
         return lambda X, k: nn.kneighbors(X, n_neighbors=k)[::-1]
@@ -135,16 +153,16 @@ class ExactQueryIndex:
 
     def _exact_distances(self, X, idx, k: int, block: int = 256):
         """(idx, distances) of the k nearest among the candidates `idx` (a few more than k, so that the k-th is
-        decided by the direct distance too), each candidate's euclidean distance computed again, directly, and
-        sorted by it (then by index). faiss (and scikit-learn) compute |x|^2 + |y|^2 - 2 x.y, whose last
-        bits depend on the BLAS blocking and thread count: 7.6e-6 apart between 1 and 2 threads on 3,072-d rows.
-        Dask workers run one thread, the main process several, and UMAP's transform draws its random numbers in
-        sequence over all rows, so one changed bit moved ~7% of a chunk's rows. The direct distance is the same in
-        any process."""
+        decided by the direct distance too), each candidate's distance computed again, directly (`_direct`), and
+        sorted by it (then by index). faiss and scikit-learn compute |x|^2 + |y|^2 - 2 x.y (and cosines) with BLAS,
+        whose last bits depend on its blocking and thread count: 7.6e-6 apart between 1 and 2 threads on 3,072-d
+        rows. Dask workers run one thread, the main process several, and UMAP's transform draws its random numbers
+        in sequence over all rows, so one changed bit moved ~7% of a chunk's rows. The direct distance is the same
+        in any process."""
         dist = np.empty(idx.shape, np.float64)
         for a in range(0, len(X), block):
-            diff = X[a:a + block, None, :].astype(np.float64) - self.data[idx[a:a + block]]
-            dist[a:a + block] = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+            dist[a:a + block] = _direct(self.metric, X[a:a + block, None, :].astype(np.float64),
+                                        self.data[idx[a:a + block]].astype(np.float64))
         order = np.lexsort((idx, dist), axis=-1)[:, :k]
         return np.take_along_axis(idx, order, axis=1), np.take_along_axis(dist, order, axis=1)
 

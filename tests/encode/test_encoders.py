@@ -141,6 +141,31 @@ def test_unreachable_hub_reads_the_local_cache_without_asking_the_network(monkey
     assert not constants.is_offline_mode()
 
 
+def test_weights_in_the_real_hub_cache_load_offline(monkeypatch, tmp_path):
+    """huggingface_hub's own cache lookup, not a stand-in: the packaged MobileNetV2 weights laid out as the hub
+    caches timm/mobilenetv2_100.ra_in1k load with the hub unreachable, and with GPUCLUST_OFFLINE=1 (no probe)."""
+    from huggingface_hub import constants
+
+    import gpuclust.encode.models as models
+
+    repo = tmp_path / "hub" / "models--timm--mobilenetv2_100.ra_in1k"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    _timm_mobilenet_file(tmp_path).rename(repo / "snapshots" / commit / "model.safetensors")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    want = _packaged_mobilenet()["features.0.0.weight"]
+
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    assert torch.equal(build_encoder("timm:mobilenetv2_100").model.state_dict()["conv_stem.weight"], want)
+
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: pytest.fail("probed while offline"))
+    monkeypatch.setenv("GPUCLUST_OFFLINE", "1")
+    assert torch.equal(build_encoder("timm:mobilenetv2_100").model.state_dict()["conv_stem.weight"], want)
+    assert not constants.is_offline_mode()
+
+
 def test_hub_probe_is_skipped_behind_a_proxy(monkeypatch):
     import socket
 

@@ -239,7 +239,7 @@ def hub_create(timm, model_name: str, what: str, offline: bool = False, **kwargs
         if cache_only:
             why = "offline" if offline else f"{constants.ENDPOINT} is unreachable"
             raise UserError(f"{what}: {why} and {model_name} is not in the local hub cache; pass --weights PATH "
-                            "with its weights") from None
+                            f"with its weights ({type(exc).__name__})") from None
         raise UserError(f"{what}: could not fetch {model_name} ({type(exc).__name__}); offline, pass --weights PATH"
                         ) from None
     finally:

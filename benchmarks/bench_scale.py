@@ -5,7 +5,9 @@ CPU twin on that machine gets the same rows) go through the run's own stage code
 all rows up to --fit-sample, beyond that on a seeded sample with the rest transformed chunk by chunk, exactly as
 `gpuclust.run --fit-sample` does), KMeans on the UMAP output, and the evaluation (AMI, sampled silhouette). Each
 (device, N) runs in a fresh process so its peak memory is its own. Prints a table, saves a CSV named with the device
-and library versions and a log-log plot of seconds against N under benchmarks/results/.
+and library versions and a log-log plot of seconds against N under benchmarks/results/. Rows already in that CSV
+for other (device, N, dim, k, fit sample) stay, so one size can be measured again without the rest (--replace drops
+them).
 
     python benchmarks/bench_scale.py --sizes 20000 100000 --k 100 --devices cpu               # what 2 cores manage
     python benchmarks/bench_scale.py --sizes 100000 1000000 10000000 --k 1000 --devices gpu   # on a GPU machine
@@ -123,6 +125,38 @@ def run_isolated(args, device: str, n: int) -> dict | None:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+ROW_KEY = ("device", "n", "dim", "k", "fit_sample", "umap_seeded")  # what makes two rows the same measurement
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of an earlier CSV, numbers as numbers (csv gives strings), or [] when there is none."""
+    if not path.exists():
+        return []
+
+    def value(text: str):
+        if text in ("", "None"):
+            return None
+        if text in ("True", "False"):
+            return text == "True"
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
+
+    with open(path, newline="") as f:
+        return [{key: value(v) for key, v in r.items()} for r in csv.DictReader(f)]
+
+
+def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """Earlier rows that this run did not measure again, then this run's rows: re-running one size keeps the others
+    (a 1M-row CPU row costs half an hour). Sorted by device and N."""
+    fresh = {tuple(r.get(c) for c in ROW_KEY) for r in new}
+    kept = [r for r in old if tuple(r.get(c) for c in ROW_KEY) not in fresh]
+    return sorted(kept + new, key=lambda r: (str(r["device"]), int(r["n"])))
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -157,6 +191,8 @@ def main() -> int:
     ap.add_argument("--seeded", action="store_true", help="seed UMAP too (repeatable, much slower at large N)")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds allowed per (device, N)")
     ap.add_argument("--out-dir", default=str(RESULTS), help="where the CSV and plot go")
+    ap.add_argument("--replace", action="store_true",
+                    help="write only this run's rows (default: keep an existing CSV's rows for other sizes)")
     ap.add_argument("--one", nargs=2, metavar=("DEVICE", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -190,6 +226,8 @@ def main() -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"scale-{tag}"
+    if not args.replace:
+        rows = merge_rows(read_rows(Path(f"{stem}.csv")), rows)
     fields = sorted({key for r in rows for key in r}, key=lambda c: (c not in ("device", "n", "dim", "k"), c))
     with open(f"{stem}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)

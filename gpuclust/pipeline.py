@@ -48,7 +48,7 @@ class StageTimer:
         dt = time.perf_counter() - t0
         self.seconds[stage] = round(dt, 4)
         self.peak_rss[stage] = peak_rss_bytes()  # the high-water mark so far: where it jumps, this stage raised it
-        rate = f" ({rows / dt:,.0f} rows/s)" if rows and dt > 0 else ""
+        rate = f" ({rows / dt:,.0f} images/s)" if rows and dt > 0 else ""
         log.info("%s: done in %.2fs%s", stage, dt, rate)
 
 

@@ -201,7 +201,7 @@ def print_summary(result, console=None) -> None:
 
     console = console or Console(markup=False)  # plain text: "[s]" and a path's brackets are not rich markup
     m, t = result.metrics, result.timings
-    table = Table(title=f"gpuclust: {result.output}", show_header=True)
+    table = Table(title="gpuclust", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("ami", "ari", "nmi", "silhouette", "silhouette_umap", "n_clusters", "noise_fraction", "n_rows",
@@ -220,6 +220,8 @@ def print_summary(result, console=None) -> None:
         table.add_row("encode", f"reused {t['rows_reused']} stored rows")
     table.add_row("twins", ", ".join(f"{k}={v}" for k, v in result.twins.items()))
     console.print(table)
+    # Its own line, never wrapped: a path broken across a table title's lines cannot be copied.
+    console.print(f"run directory: {result.output}", soft_wrap=True, highlight=False)
 
 
 def main(argv: list[str] | None = None) -> int:

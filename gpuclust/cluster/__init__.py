@@ -154,6 +154,9 @@ def choose_k(Z, Z_score, method: str, params: dict, backend: Backend, seed: int 
     lo, hi = int(k_range[0]), min(int(k_range[1]), Z.shape[0] - 1)
     if not 2 <= lo <= hi:
         raise UserError(f"--k-range {k_range[0]}:{k_range[1]}: need 2 <= min <= max < number of images")
+    if hi < int(k_range[1]):
+        log.warning("--k-range %d:%d: %d images allow k up to %d; trying %d:%d", lo, int(k_range[1]), Z.shape[0], hi,
+                    lo, hi)
     scores = {}
     for k in range(lo, hi + 1):
         labels, _, _ = cluster(Z, method, k, params, backend, seed)

@@ -28,6 +28,13 @@ def test_auto_k_rejects_clusterers_that_choose_k():
         choose_k(X, X, "kmeans", {}, resolve_backend("cpu"), k_range=(1, 5))
 
 
+def test_k_range_beyond_the_rows_is_cut_to_them_and_says_so(caplog):
+    X, _ = make_blobs(n_samples=8, centers=2, n_features=3, cluster_std=0.1, random_state=0)
+    k, scores = choose_k(X.astype(np.float32), X, "kmeans", {}, resolve_backend("cpu"), k_range=(2, 100))
+    assert sorted(scores) == list(range(2, 8)) and k == 2
+    assert "--k-range 2:100: 8 images allow k up to 7; trying 2:7" in caplog.text
+
+
 def test_cli_k_auto_on_digits(tmp_path):
     proc = run_cli("--dataset", "digits", "--encoder", "pixels", "--reduce", "pca", "--dims", "20", "--k", "auto",
                    "--k-range", "5:14", "--output", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "c"), "-q")

@@ -61,6 +61,28 @@ def test_pixels_encoder(fashion_images):
     assert -2.2 < float(v.min()) < float(v.max()) < 2.7 and float(v.max()) > 1.0
 
 
+def test_pixels_transform_equals_torchvisions_to_the_bit(fashion_images):
+    """The pixels encoder's own transform gives exactly what torchvision's Resize + ToTensor + Normalize give, on
+    real images of several sizes and modes (Fashion-MNIST's 28x28, a photo-sized upscale, a palette image)."""
+    import pickle
+
+    import torchvision.transforms as T
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    enc = build_encoder("pixels")
+    mean, std = enc.key["preprocess"]["mean"], enc.key["preprocess"]["std"]
+    tv = T.Compose([T.Resize((32, 32), interpolation=T.InterpolationMode.BILINEAR), T.ToTensor(),
+                    T.Normalize(mean, std)])
+    photo = Image.fromarray(load_sample_image("china.jpg"))  # 427 x 640 RGB
+    images = [*fashion_images, photo, photo.crop((10, 20, 301, 150)), photo.quantize(64)]
+    for im in images:
+        a, b = enc.transform(im), tv(im.convert("RGB"))
+        assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b), im.size
+    again = pickle.loads(pickle.dumps(enc.transform))  # DataLoader and Dask workers get a pickled copy
+    assert torch.equal(again(photo), tv(photo))
+
+
 def _timm_mobilenet_file(tmp_path) -> Path:
     """Packaged torchvision MobileNetV2 weights, rewritten under timm's mobilenetv2_100 names (a real state dict)."""
     import timm

@@ -34,10 +34,34 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs two or more GPUs"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def default_store(tmp_path_factory) -> Path:
+    """Runs that name no --cache-dir (and the CLI subprocesses they start) write to a store of this session, not to
+    the user's ~/.cache/gpuclust, and parallel test workers (`-n 2`) each have their own."""
+    import os
+
+    path = tmp_path_factory.mktemp("default-store")
+    old = os.environ.get("GPUCLUST_CACHE")
+    os.environ["GPUCLUST_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("GPUCLUST_CACHE", None)
+    else:
+        os.environ["GPUCLUST_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
-    """One embedding store for the whole session, so each real encoding happens once."""
-    return tmp_path_factory.mktemp("store")
+    """One embedding store for the whole session, so each real encoding happens once; with `-n 2` the workers share
+    it (fixtures that encode into it hold `helpers.store_lock`, so one worker encodes and the other reuses)."""
+    import os
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # pytest-N/, above each worker's popen-gwK/
+    path = base / "store"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.fixture(params=["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])

@@ -1,6 +1,7 @@
 """Helpers shared by the tests (importable from every test folder: pytest's pythonpath includes tests/)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -9,6 +10,20 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def store_lock(store: Path):
+    """Held while a fixture fills the shared test store: parallel test workers (`-n 2`) wait for one another's
+    encoding and then reuse it, rather than encoding the same images twice at once."""
+    import fcntl
+
+    with open(Path(store) / ".test-lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from gpuclust.config import ClusterConfig, DataConfig, EncodeConfig, ReduceConfig, RunConfig
+from helpers import store_lock
 
 pytestmark = pytest.mark.gpu
 N = 2000
@@ -113,8 +114,9 @@ def fashion_space(cache_dir):
     cfg = RunConfig(data=DataConfig("fashion-mnist", limit=N), encode=EncodeConfig(cache_dir=str(cache_dir)),
                     device="cpu")
     ds = load_dataset("fashion-mnist", limit=N)
-    emb, _ = encode_stage(ds, cfg, cpu, progress=False)
-    Z, _ = reduce_stage(emb.X, cfg, cpu)
+    with store_lock(cache_dir):
+        emb, _ = encode_stage(ds, cfg, cpu, progress=False)
+        Z, _ = reduce_stage(emb.X, cfg, cpu)
     return Z, ds.labels[emb.rows]
 
 

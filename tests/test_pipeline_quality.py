@@ -8,6 +8,7 @@ import pytest
 
 from gpuclust.config import ClusterConfig, DataConfig, EncodeConfig, ReduceConfig, RunConfig
 from gpuclust.pipeline import run_pipeline
+from helpers import store_lock
 
 N = 2000
 # Measured on this pipeline (2,000 images, seed 0): EfficientNet-Lite0 0.687, pixels 0.604, MobileNetV2 0.664.
@@ -28,12 +29,14 @@ def _cfg(tmp_path, cache_dir, encoder="efficientnet_lite0", cluster="kmeans", pa
 
 @pytest.fixture(scope="module")
 def effnet_run(tmp_path_factory, cache_dir):
-    return run_pipeline(_cfg(tmp_path_factory.mktemp("eff"), cache_dir), progress=False)
+    with store_lock(cache_dir):
+        return run_pipeline(_cfg(tmp_path_factory.mktemp("eff"), cache_dir), progress=False)
 
 
 @pytest.fixture(scope="module")
 def pixels_run(tmp_path_factory, cache_dir):
-    return run_pipeline(_cfg(tmp_path_factory.mktemp("pix"), cache_dir, encoder="pixels"), progress=False)
+    with store_lock(cache_dir):
+        return run_pipeline(_cfg(tmp_path_factory.mktemp("pix"), cache_dir, encoder="pixels"), progress=False)
 
 
 def test_effnet_umap_kmeans_reaches_measured_ami(effnet_run):

@@ -9,6 +9,7 @@ from gpuclust.cluster import cluster, threshold_space
 from gpuclust.config import DataConfig, EncodeConfig, RunConfig
 from gpuclust.errors import UserError
 from gpuclust.evaluate import ami
+from helpers import store_lock
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +21,9 @@ def space(cache_dir):
     cfg = RunConfig(data=DataConfig("fashion-mnist", limit=2000), encode=EncodeConfig(cache_dir=str(cache_dir)),
                     device="cpu")
     ds = load_dataset("fashion-mnist", limit=2000)
-    emb, _ = encode_stage(ds, cfg, be, progress=False)
-    Z, _ = reduce_stage(emb.X, cfg, be)
+    with store_lock(cache_dir):
+        emb, _ = encode_stage(ds, cfg, be, progress=False)
+        Z, _ = reduce_stage(emb.X, cfg, be)
     return Z, ds.labels[emb.rows]
 
 

@@ -6,6 +6,7 @@ seed, checks parameters the same way for both twins, and applies the study's nor
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -187,5 +188,22 @@ def cluster(Z, method: str, k: int | None, params: dict, backend: Backend, seed:
     elif method == "dbscan":
         Z = Z.copy()  # cuML's cosine DBSCAN rewrites its input in place; Z may share memory with torch's tensor
     est = make_estimator(method, backend, **p)
-    labels = est.call("fit_predict", backend, Z)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        labels = est.call("fit_predict", backend, Z)
+    _pass_on(caught, method, est.params)
     return backend.xp.asarray(labels).astype(backend.xp.int64), est.twin, est.params
+
+
+def _pass_on(caught, method: str, params: dict) -> None:
+    """Warnings from a clusterer, passed on as they came, except scikit-learn's disconnected-graph warning for
+    spectral, which becomes a log line that says what it means and what to change. (On digits' UMAP space the
+    10-neighbour graph is in 16 pieces and scores AMI 0.67; with 20 neighbours it is in 10 and scores 0.87.)"""
+    for w in caught:
+        if method == "spectral" and "not fully connected" in str(w.message):
+            n = int(params.get("n_neighbors", 10))
+            log.warning("spectral: the %d-neighbour graph of the rows falls apart into pieces, so the clusters depend "
+                        "on small numerical differences; more neighbours join it (--cluster-param n_neighbors=%d)",
+                        n, max(30, 2 * n))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)

@@ -88,3 +88,26 @@ def test_bad_parameters(method, k, params, msg):
     X = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
     with pytest.raises(UserError, match=msg.replace("[", r"\[")):
         cluster(X, method, k, params, resolve_backend("cpu"))
+
+
+def test_spectral_on_a_graph_in_pieces_says_what_to_change(caplog, recwarn):
+    # Twelve tight blobs far apart: the 10-neighbour graph has at least twelve pieces, which scikit-learn only warns
+    # about (a raw UserWarning); the run's log says what it means and which parameter joins the pieces.
+    from sklearn.datasets import make_blobs
+
+    X, _ = make_blobs(n_samples=240, centers=12, n_features=5, cluster_std=0.05, center_box=(-100, 100),
+                      random_state=0)
+    be = resolve_backend("cpu")
+    cluster(X.astype(np.float32), "spectral", 6, {}, be, seed=0)
+    assert "10-neighbour graph of the rows falls apart" in caplog.text
+    assert "--cluster-param n_neighbors=30" in caplog.text
+    assert not [w for w in recwarn if "not fully connected" in str(w.message)]
+    caplog.clear()
+    cluster(X.astype(np.float32), "spectral", 6, {"n_neighbors": 200}, be, seed=0)
+    assert "falls apart" not in caplog.text  # 200 of 240 rows: any two rows share neighbours
+
+
+def test_other_clusterer_warnings_still_reach_the_user():
+    X = np.zeros((30, 2), np.float32)  # every row the same: scikit-learn's KMeans warns it found fewer clusters
+    with pytest.warns(Warning, match="distinct clusters"):
+        cluster(X, "kmeans", 3, {}, resolve_backend("cpu"), seed=0)

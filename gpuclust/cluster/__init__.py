@@ -188,19 +188,22 @@ def cluster(Z, method: str, k: int | None, params: dict, backend: Backend, seed:
     elif method == "dbscan":
         Z = Z.copy()  # cuML's cosine DBSCAN rewrites its input in place; Z may share memory with torch's tensor
     est = make_estimator(method, backend, **p)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    if method != "spectral":
         labels = est.call("fit_predict", backend, Z)
-    _pass_on(caught, method, est.params)
+    else:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            labels = est.call("fit_predict", backend, Z)
+        _pass_on(caught, est.params)
     return backend.xp.asarray(labels).astype(backend.xp.int64), est.twin, est.params
 
 
-def _pass_on(caught, method: str, params: dict) -> None:
-    """Warnings from a clusterer, passed on as they came, except scikit-learn's disconnected-graph warning for
-    spectral, which becomes a log line that says what it means and what to change. (On digits' UMAP space the
-    10-neighbour graph is in 16 pieces and scores AMI 0.67; with 20 neighbours it is in 10 and scores 0.87.)"""
+def _pass_on(caught, params: dict) -> None:
+    """Spectral's warnings, passed on as they came, except scikit-learn's disconnected-graph warning, which becomes
+    a log line that says what it means and what to change. (On digits' UMAP space the 10-neighbour graph is in 16
+    pieces and scores AMI 0.67; with 20 neighbours it is in 10 and scores 0.87.)"""
     for w in caught:
-        if method == "spectral" and "not fully connected" in str(w.message):
+        if "not fully connected" in str(w.message):
             n = int(params.get("n_neighbors", 10))
             log.warning("spectral: the %d-neighbour graph of the rows falls apart into pieces, so the clusters depend "
                         "on small numerical differences; more neighbours join it (--cluster-param n_neighbors=%d)",

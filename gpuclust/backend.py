@@ -135,6 +135,8 @@ def _hdbscan_params(params: dict, twin: str) -> dict:
         if int(p["min_samples"]) <= 1:
             log.warning("hdbscan: sklearn's min_samples=1 has no cuML equivalent; the GPU twin uses its minimum, 1")
         p["min_samples"] = max(1, int(p["min_samples"]) - 1)
+        if p.get("max_cluster_size", 0) is None:  # sklearn's "no limit" is None, cuML's is 0 (a C int)
+            p["max_cluster_size"] = 0
     return p
 
 
@@ -169,6 +171,10 @@ def _agglomerative_params(params: dict, twin: str) -> dict:
     p.setdefault("metric", "euclidean")
     if twin == "gpu":
         p.pop("distance_threshold", None)  # only reaches the GPU twin when None (see _agglomerative_gap)
+        # cuML's default connectivity ("knn") takes euclidean only; its full pairwise graph takes l1 and cosine
+        # too (cuML's AgglomerativeClustering docstring).
+        if p["metric"] not in ("euclidean", "l2"):
+            p["connectivity"] = "pairwise"
     return p
 
 
@@ -192,8 +198,17 @@ def _spectral_params(params: dict, twin: str) -> dict:
 _CUML_AGGLO_METRICS = {"euclidean", "l2", "l1", "cityblock", "manhattan", "cosine"}
 
 
+CUML_HDBSCAN_MAX_MIN_SAMPLES = 1023  # cuML's HDBSCAN.fit requires 1 <= min_samples <= 1023 (its own convention)
+
+
 def _hdbscan_gap(p: dict) -> str | None:
-    return None if p.get("metric", "euclidean") in ("euclidean", "l2") else "metrics other than euclidean"
+    if p.get("metric", "euclidean") not in ("euclidean", "l2"):
+        return "metrics other than euclidean"
+    ms = p.get("min_samples")
+    ms = p.get("min_cluster_size", 5) if ms is None else ms
+    if int(ms) - 1 > CUML_HDBSCAN_MAX_MIN_SAMPLES:  # what the GPU twin would receive (see _hdbscan_params)
+        return f"min_samples {ms} (cuML allows up to {CUML_HDBSCAN_MAX_MIN_SAMPLES + 1} in scikit-learn's counting)"
+    return None
 
 
 def _agglomerative_gap(p: dict) -> str | None:

@@ -337,9 +337,20 @@ def reduce_stage(X, cfg: RunConfig, backend: Backend, store_dir: str | None = No
 
 
 def multi_gpu(cfg: RunConfig, backend: Backend, client) -> bool:
-    """KMeans runs across the cluster's GPUs (cuML's Dask KMeans) on a GPU run with GPU workers."""
-    return client is not None and backend.is_gpu and cfg.workers is None and cfg.cluster.method == "kmeans" \
+    """KMeans runs across the cluster's GPUs (cuML's Dask KMeans) on a GPU run with GPU workers, when cuml.dask
+    imports; without it KMeans runs on this process's GPU, as a single-GPU run's does, and the log says why."""
+    wanted = client is not None and backend.is_gpu and cfg.workers is None and cfg.cluster.method == "kmeans" \
         and cfg.cluster.k != "auto"
+    if not wanted:
+        return False
+    from .distributed import CUML_DASK_INSTALL, cuml_dask_missing
+
+    missing = cuml_dask_missing()
+    if missing:
+        log.warning("kmeans runs on this process's GPU, not across the Dask workers: cuml.dask does not import "
+                    "(%s); for multi-GPU KMeans: %s", missing, CUML_DASK_INSTALL)
+        return False
+    return True
 
 
 def cluster_stage(Z, cfg: RunConfig, backend: Backend, n_classes: int | None, Z_umap=None, client=None):

@@ -29,6 +29,28 @@ def test_hdbscan_min_samples_translation():
     assert t({"min_cluster_size": 20, "min_samples": 7}, "gpu")["min_samples"] == 6
     assert t({"min_samples": 7}, "cpu")["min_samples"] == 7 and t({}, "cpu")["min_cluster_size"] == 5
     assert t({"min_samples": 1}, "gpu")["min_samples"] == 1  # cuML's floor
+    # sklearn's "no size limit" is None; cuML's is 0 (it assigns the value to a C int).
+    assert t({"max_cluster_size": None}, "gpu")["max_cluster_size"] == 0
+    assert t({"max_cluster_size": 500}, "gpu")["max_cluster_size"] == 500
+    assert t({"max_cluster_size": None}, "cpu")["max_cluster_size"] is None
+
+
+def test_gpu_gaps_follow_cumls_limits():
+    """What cuML's fit would reject runs on the CPU twin instead (limits read in cuML 26.x's hdbscan.pyx and
+    agglomerative.pyx): HDBSCAN's min_samples above 1023 in cuML's counting, 1024 in scikit-learn's."""
+    gap = ALGORITHMS["hdbscan"].gpu_gap
+    assert gap({"min_cluster_size": 1024}) is None
+    assert "min_samples 1025" in gap({"min_cluster_size": 1025})
+    assert "min_samples 2000" in gap({"min_cluster_size": 50, "min_samples": 2000})
+    assert gap({"min_cluster_size": 5000, "min_samples": 10}) is None
+    assert "euclidean" in gap({"metric": "manhattan"})
+    # Single linkage with l1 or cosine: cuML's default kNN connectivity is euclidean only, so the GPU twin gets
+    # the full pairwise graph.
+    t = ALGORITHMS["agglomerative"].translate
+    assert "connectivity" not in t({"linkage": "single"}, "gpu")
+    assert t({"linkage": "single", "metric": "cosine"}, "gpu")["connectivity"] == "pairwise"
+    assert t({"linkage": "single", "metric": "l1"}, "gpu")["connectivity"] == "pairwise"
+    assert "connectivity" not in t({"linkage": "single", "metric": "cosine"}, "cpu")
 
 
 def test_hdbscan_translation_keeps_cpu_results():

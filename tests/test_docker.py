@@ -42,7 +42,7 @@ def test_base_image_is_the_pinned_rapids_release():
 def test_rapids_release_agrees_with_pyproject_and_environment_yml():
     release = re.match(r"rapidsai/base:(\d+\.\d+)-cuda(\d+)-py", _base_image()).groups()
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert f'"cuml-cu{release[1]}=={release[0]}.*"' in pyproject
+    assert f'"cuml-cu{release[1]}[dask]=={release[0]}.*"' in pyproject  # cuml.dask needs the extra
     assert f'"dask-cuda=={release[0]}.*"' in pyproject
     env = (ROOT / "environment.yml").read_text()
     assert f"rapids={release[0]}" in env and f"cuda-version>={release[1]}.0" in env

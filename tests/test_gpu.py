@@ -124,6 +124,7 @@ def fashion_space(cache_dir):
     ("kmeans", 10, {}),
     ("hdbscan", None, {"min_cluster_size": 30}),
     ("agglomerative", 10, {"linkage": "single"}),
+    ("agglomerative", 10, {"linkage": "single", "metric": "cosine"}),  # cuML's pairwise connectivity
     ("affinity", None, {"damping": 0.9}),
     ("spectral", 10, {}),
     ("dbscan", None, {"eps": 0.3, "min_samples": 10}),
@@ -318,6 +319,41 @@ def test_streamed_umap_on_gpu_and_on_cuda_workers(tmp_path, cuda_client):
         assert twin == "gpu" and isinstance(Z, cupy.ndarray) and Z.shape == (30_000, 5)
         labels, _, _ = cluster(Z, "kmeans", 8, {}, be, 0)
         assert ami(cupy.asnumpy(y), cupy.asnumpy(labels)) > 0.95
+
+
+def test_streamed_umap_after_an_nn_descent_fit(tmp_path):
+    """`--fit-sample` with `build_algo=nn_descent` (the README's recipe for fit samples larger than device memory):
+    cuML keeps the fitted rows in host memory after an nn_descent fit, and the streamed path then transforms every
+    other chunk. In a child process, so that a crash inside cuML (an illegal memory access spoils the process's
+    CUDA context) fails this test alone."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    code = f"""
+import cupy, numpy as np
+from sklearn.metrics import adjusted_mutual_info_score as ami
+from gpuclust.backend import resolve_backend
+from gpuclust.cluster import cluster
+from gpuclust.reduce import reduce_streamed
+from gpuclust.stream import NpyRows
+rng = np.random.default_rng(0)
+centres = rng.normal(scale=3.0, size=(8, 64)).astype(np.float32)
+y = rng.integers(0, 8, 80_000)
+np.save({str(tmp_path / "x.npy")!r}, centres[y] + rng.standard_normal((80_000, 64), dtype=np.float32))
+be = resolve_backend("gpu")
+matrix = NpyRows([{str(tmp_path / "x.npy")!r}], chunk_bytes=64 * 4 * 8192)
+Z, twin = reduce_streamed(matrix, "umap", 5, {{"build_algo": "nn_descent"}}, be, seed=0, fit_sample=60_000)
+assert twin == "gpu" and Z.shape == (80_000, 5), (twin, Z.shape)
+labels, _, _ = cluster(Z, "kmeans", 8, {{}}, be, 0)
+print("ami", ami(y, cupy.asnumpy(labels)))  # 20,000 of the 80,000 rows placed by the transform
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert float(r.stdout.split("ami")[-1]) > 0.95, r.stdout
 
 
 def test_pipeline_on_an_existing_dask_cuda_cluster(tmp_path, cuda_client):

@@ -20,7 +20,9 @@ from contextlib import contextmanager
 log = logging.getLogger(__name__)
 
 DASK_INSTALL = "pip install 'gpuclust[distributed]'  (dask and distributed)"
-DASK_CUDA_INSTALL = "pip install dask-cuda-cu13==26.10.* (or the RAPIDS conda environment; README 'GPU install')"
+DASK_CUDA_INSTALL = "pip install 'dask-cuda==26.10.*' (or the RAPIDS conda environment; README 'GPU install')"
+# cuML's multi-GPU estimators (cuml.dask) also need dask-cudf and raft-dask, which cuML's wheel leaves to its extra.
+CUML_DASK_INSTALL = "pip install 'cuml-cu13[dask]==26.10.*' (or the RAPIDS conda environment; README 'GPU install')"
 
 _WORKER_STATE: dict = {}  # per worker process: config key -> (dataset, encoder, forward, backend)
 
@@ -123,8 +125,7 @@ def fill_store(client, cfg, store, progress: bool = True) -> int:
     todo = store.missing()
     if not todo:
         return 0
-    workers = client.scheduler_info().get("workers", {})
-    n_workers = max(1, len(workers))
+    n_workers = n_dask_workers(client)
     threads = 0 if cfg.gpus > 1 else max(1, (os.cpu_count() or 1) // n_workers)
     log.info("encode: %d shard(s) over %d Dask worker(s)", len(todo), n_workers)
     futures = [client.submit(encode_shard_task, cfg, store, i, threads, key=f"gpuclust-shard-{store.digest}-{i}",
@@ -137,6 +138,22 @@ def fill_store(client, cfg, store, progress: bool = True) -> int:
             done_rows += n
             bar.update(len(store.shard_range(i)))
     return done_rows
+
+
+def n_dask_workers(client) -> int:
+    """Every worker of the cluster (`Client.nthreads` lists them all; `scheduler_info` lists only the first five
+    in some distributed releases)."""
+    return max(1, len(client.nthreads()))
+
+
+def cuml_dask_missing() -> str | None:
+    """None when cuML's multi-GPU estimators import, else the first line of why not. cuml.dask raises its own
+    ModuleNotFoundError without a module name when dask-cudf or raft-dask is missing."""
+    try:
+        import cuml.dask.cluster  # noqa: F401
+    except ImportError as exc:
+        return str(exc).splitlines()[0] or type(exc).__name__
+    return None
 
 
 def _to_device(block):
@@ -154,9 +171,12 @@ def dask_kmeans(client, Z, k, params: dict, backend, seed: int, n_classes: int |
     import numpy as np
 
     from ..cluster import CLUSTERERS, _resolve_k
-    from ..errors import require
+    from ..errors import MissingDependency
 
-    cuml_dask = require("cuml.dask.cluster", "--gpus N KMeans", DASK_CUDA_INSTALL)
+    missing = cuml_dask_missing()
+    if missing:
+        raise MissingDependency(f"multi-GPU KMeans needs cuml.dask ({missing}): {CUML_DASK_INSTALL}")
+    import cuml.dask.cluster as cuml_dask
     import cupy
 
     params = dict(params)
@@ -168,7 +188,7 @@ def dask_kmeans(client, Z, k, params: dict, backend, seed: int, n_classes: int |
 
     p = ALGORITHMS["kmeans"].translate(p, "gpu")  # the single-GPU twin's settings (n_init 1), so the two compare
     Zh = np.ascontiguousarray(backend.to_host(Z), dtype=np.float32)
-    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    n_workers = n_dask_workers(client)
     bounds = np.linspace(0, n, n_workers + 1).astype(int)
     # Scatter one block per worker (host memory travels once), then move each to its worker's GPU there.
     futures = client.scatter([Zh[a:b] for a, b in zip(bounds[:-1], bounds[1:])])

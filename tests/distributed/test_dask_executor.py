@@ -38,9 +38,11 @@ def _store_rows(cache: str) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(rows), np.concatenate(embs)
 
 
-def test_workers_give_the_same_store_and_labels_as_one_process(tmp_path):
+def test_workers_give_the_same_store_and_labels_as_one_process(tmp_path, caplog):
     local = run_pipeline(_cfg(tmp_path, "local"), progress=False)
+    caplog.set_level(logging.INFO, logger="gpuclust")
     dask = run_pipeline(_cfg(tmp_path, "dask", workers=2), progress=False)
+    assert "over 2 Dask worker(s)" in caplog.text  # every worker counted (Client.nthreads)
     assert dask.timings["rows_encoded"] == 1797 and dask.timings["rows_reused"] == 0
     rows_a, emb_a = _store_rows(str(tmp_path / "cache-local"))
     rows_b, emb_b = _store_rows(str(tmp_path / "cache-dask"))
@@ -98,6 +100,29 @@ def test_a_worker_killed_mid_extraction_costs_only_time(tmp_path):
     fwd = prepare_forward(enc, be, 50)
     X, kept, _ = _encode_shard(ds, enc, fwd, be, range(900, 1000), 50, 0, _NoBar())
     np.testing.assert_allclose(emb[900:], X, rtol=1e-4, atol=1e-4)
+
+
+def test_multi_gpu_kmeans_without_cuml_dask_runs_on_the_clients_gpu(monkeypatch, caplog):
+    """cuml.dask needs dask-cudf and raft-dask (cuML's [dask] extra). Without them a --gpus N run still clusters,
+    on its own GPU, and says why and what to install; with them KMeans goes to the workers."""
+    import scipy.special
+
+    from gpuclust import distributed
+    from gpuclust.backend import Backend
+    from gpuclust.pipeline import multi_gpu
+
+    assert "cuml" in distributed.cuml_dask_missing()  # no cuML on this machine: the real import fails, and says so
+    gpu = Backend("gpu", np, scipy.special)  # a GPU run's decision, with numpy standing in for CuPy
+    cfg = RunConfig(cluster=ClusterConfig("kmeans", k=10), gpus=2)
+    client = object()
+    monkeypatch.setattr(distributed, "cuml_dask_missing", lambda: "No module named 'dask_cudf'")
+    assert not multi_gpu(cfg, gpu, client)
+    assert "dask_cudf" in caplog.text and "cuml-cu13[dask]" in caplog.text
+    monkeypatch.setattr(distributed, "cuml_dask_missing", lambda: None)
+    assert multi_gpu(cfg, gpu, client)
+    assert not multi_gpu(cfg, Backend("cpu", np, scipy.special), client)
+    assert not multi_gpu(RunConfig(cluster=ClusterConfig("hdbscan"), gpus=2), gpu, client)
+    assert not multi_gpu(cfg, gpu, None)
 
 
 def test_executor_flags_are_checked(tmp_path):

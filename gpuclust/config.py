@@ -75,6 +75,7 @@ class RunConfig:
     scheduler_address: str | None = None  # an existing Dask cluster
     seed: int = 0
     output: str | None = None  # None: runs/<timestamp>-<dataset>-<encoder>
+    gallery: int = 8  # images per cluster in report.html's gallery (0: no gallery)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -129,6 +129,8 @@ def check_values(cfg: RunConfig) -> None:
         raise UserError(f"--batch-size {cfg.encode.batch_size}: must be at least 1")
     if cfg.encode.num_workers < 0:
         raise UserError(f"--num-workers {cfg.encode.num_workers}: must be 0 or more")
+    if isinstance(cfg.gallery, bool) or not isinstance(cfg.gallery, int) or not 0 <= cfg.gallery <= 100:
+        raise UserError(f"--gallery {cfg.gallery!r}: images per cluster, from 0 (no gallery) to 100")
     from .evaluate.silhouette import METRICS
 
     bad = [m for m in cfg.evaluate.silhouette_metrics if m not in METRICS]
@@ -486,7 +488,8 @@ def _run(cfg: RunConfig, backend: Backend, client, progress: bool) -> RunResult:
         with timer("report"):
             write_run(out, backend=backend, config=config, metrics=metrics, timings=timings, rows=emb.rows,
                       paths=ds.paths, labels_true=labels_true, labels_pred=labels_pred, Z=Z,
-                      classes=ds.classes, seed=cfg.seed)
+                      classes=ds.classes, seed=cfg.seed, images=None if precomputed else ds.load,
+                      gallery=cfg.gallery)
         timings["report"] = timer.seconds["report"]
         timings["total"] = round(time.perf_counter() - t_start, 4)
         atomic_write_json(out / "timings.json", timings)

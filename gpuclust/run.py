@@ -119,6 +119,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="encode on an existing Dask cluster, e.g. tcp://10.0.0.5:8786")
     p.add_argument("--seed", type=int, default=S, metavar="N", help="random seed (default 0)")
     p.add_argument("--output", default=S, metavar="DIR", help="run directory (default runs/<time>-<names>)")
+    p.add_argument("--gallery", type=int, default=S, metavar="N",
+                   help="images per cluster in report.html, nearest the cluster's centre (default 8; 0: none)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or stage log")
     return p
 
@@ -138,6 +140,7 @@ _FLAG_TO_KEY = {
     "cluster": ("cluster", "method"), "k": ("cluster", "k"), "k_range": ("cluster", "k_range"),
     "device": (None, "device"), "gpus": (None, "gpus"), "workers": (None, "workers"),
     "scheduler_address": (None, "scheduler_address"), "seed": (None, "seed"), "output": (None, "output"),
+    "gallery": (None, "gallery"),
 }
 
 

@@ -122,11 +122,13 @@ def write_skipped(path: Path, skipped: list[tuple[int, str]], paths) -> None:
 
 
 def write_run(out: Path, *, backend, config: dict, metrics: dict, timings: dict, rows, paths, labels_true,
-              labels_pred, Z=None, classes=None, seed: int = 0) -> None:
-    """Write config.json, metrics.json, labels.parquet, report.html with its plots; skipped.csv is written when the
-    encode stage ends, and timings.json last by the caller, once the report itself is timed."""
+              labels_pred, Z=None, classes=None, seed: int = 0, images=None, gallery: int = 0) -> None:
+    """Write config.json, metrics.json, labels.parquet, report.html with its plots and, when `images` can read the
+    dataset's rows again (`images(row)` -> PIL image), a gallery of `gallery` images per cluster; skipped.csv is
+    written when the encode stage ends, and timings.json last by the caller, once the report itself is timed."""
     from .html import sample_rows, write_html
 
+    labels_dev = labels_pred
     labels_pred = np.asarray(backend.to_host(labels_pred))
     labels_true = None if labels_true is None else np.asarray(backend.to_host(labels_true))
     atomic_write_json(out / "config.json", {**config, "versions": versions(), "device": device_description(backend)})
@@ -135,5 +137,13 @@ def write_run(out: Path, *, backend, config: dict, metrics: dict, timings: dict,
     if Z is not None:
         idx = sample_rows(len(labels_pred), seed)
         Z_sample = backend.to_host(Z[backend.asarray(idx)])  # only the drawn rows leave the device
+        section = ""
+        if images is not None and gallery > 0:
+            from .gallery import representatives, write_gallery
+
+            groups = representatives(backend, Z, labels_dev, gallery, seed=seed)
+            n_clusters = int(len(np.unique(labels_pred[labels_pred >= 0])))
+            section = write_gallery(out, groups, images, np.asarray(rows), labels_pred, labels_true, classes,
+                                    n_clusters, paths)
         write_html(out, title=f"gpuclust: {out.name}", metrics=metrics, timings=timings, Z_sample=Z_sample, idx=idx,
-                   labels_pred=labels_pred, labels_true=labels_true, classes=classes)
+                   labels_pred=labels_pred, labels_true=labels_true, classes=classes, gallery=section)

@@ -121,8 +121,9 @@ def sample_rows(n: int, seed: int = 0) -> np.ndarray:
 
 
 def write_html(out: Path, *, title: str, metrics: dict, timings: dict, Z_sample: np.ndarray, idx: np.ndarray,
-               labels_pred: np.ndarray, labels_true: np.ndarray | None, classes) -> Path:
-    """Plots as PNG files beside report.html. Host arrays: `Z_sample` holds the clustering space at rows `idx`."""
+               labels_pred: np.ndarray, labels_true: np.ndarray | None, classes, gallery: str = "") -> Path:
+    """Plots as PNG files beside report.html. Host arrays: `Z_sample` holds the clustering space at rows `idx`;
+    `gallery` is the cluster gallery's HTML section (gallery.write_gallery), placed after the plots."""
     images = ["map.png", "sizes.png"]
     plot_map(out / "map.png", project_2d(np.asarray(Z_sample, dtype=np.float64)), labels_pred[idx],
              None if labels_true is None else labels_true[idx])
@@ -133,8 +134,9 @@ def write_html(out: Path, *, title: str, metrics: dict, timings: dict, Z_sample:
     body = "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in images)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}
-th,td{{border:1px solid #ccc;padding:3px 8px;text-align:left}} img{{max-width:100%}}</style></head><body>
-<h1>{html.escape(title)}</h1><h2>metrics</h2>{_table(metrics)}<h2>timings (s)</h2>{_table(timings)}{body}
+th,td{{border:1px solid #ccc;padding:3px 8px;text-align:left}} img{{max-width:100%}}
+figure{{margin:0 0 1em 0}} figcaption{{font-size:90%;margin-bottom:3px}}</style></head><body>
+<h1>{html.escape(title)}</h1><h2>metrics</h2>{_table(metrics)}<h2>timings (s)</h2>{_table(timings)}{body}{gallery}
 </body></html>"""
     path = out / "report.html"
     atomic_write_bytes(path, page.encode())

@@ -345,12 +345,16 @@ def multi_gpu(cfg: RunConfig, backend: Backend, client) -> bool:
         and cfg.cluster.k != "auto"
     if not wanted:
         return False
-    from .distributed import CUML_DASK_INSTALL, cuml_dask_missing
+    from .distributed import CUML_DASK_INSTALL, cuml_dask_missing, workers_have_gpus
 
     missing = cuml_dask_missing()
     if missing:
         log.warning("kmeans runs on this process's GPU, not across the Dask workers: cuml.dask does not import "
                     "(%s); for multi-GPU KMeans: %s", missing, CUML_DASK_INSTALL)
+        return False
+    if not workers_have_gpus(client):
+        log.warning("kmeans runs on this process's GPU: not every Dask worker has a GPU (start them with "
+                    "`dask cuda worker` for multi-GPU KMeans)")
         return False
     return True
 

@@ -156,6 +156,21 @@ def cuml_dask_missing() -> str | None:
     return None
 
 
+def _worker_has_gpu() -> bool:
+    """Runs on a worker: whether it can put arrays on a GPU."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no CuPy there, or CuPy without a driver or device: either way, no GPU for this worker
+        return False
+
+
+def workers_have_gpus(client) -> bool:
+    """Whether every worker of the cluster has a GPU (an existing cluster's workers may be plain CPU workers)."""
+    return all(client.run(_worker_has_gpu).values())
+
+
 def _to_device(block):
     import cupy
 

@@ -119,10 +119,30 @@ def test_multi_gpu_kmeans_without_cuml_dask_runs_on_the_clients_gpu(monkeypatch,
     assert not multi_gpu(cfg, gpu, client)
     assert "dask_cudf" in caplog.text and "cuml-cu13[dask]" in caplog.text
     monkeypatch.setattr(distributed, "cuml_dask_missing", lambda: None)
+    monkeypatch.setattr(distributed, "workers_have_gpus", lambda c: True)
     assert multi_gpu(cfg, gpu, client)
     assert not multi_gpu(cfg, Backend("cpu", np, scipy.special), client)
     assert not multi_gpu(RunConfig(cluster=ClusterConfig("hdbscan"), gpus=2), gpu, client)
     assert not multi_gpu(cfg, gpu, None)
+
+
+def test_cpu_workers_of_an_existing_cluster_do_not_get_the_multi_gpu_kmeans(monkeypatch, caplog):
+    """--scheduler-address on a GPU run may reach plain CPU workers: they are asked first, and KMeans then runs on
+    the client's GPU instead of failing on the workers after the encode and reduce stages."""
+    import scipy.special
+    from distributed import Client, LocalCluster
+
+    from gpuclust import distributed
+    from gpuclust.backend import Backend
+    from gpuclust.pipeline import multi_gpu
+
+    monkeypatch.setattr(distributed, "cuml_dask_missing", lambda: None)
+    cfg = RunConfig(cluster=ClusterConfig("kmeans", k=10), scheduler_address="tcp://x:1")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
+            Client(lc) as client:
+        assert distributed.workers_have_gpus(client) is False  # this machine's workers: no GPU (nor CuPy)
+        assert not multi_gpu(cfg, Backend("gpu", np, scipy.special), client)
+    assert "not every Dask worker has a GPU" in caplog.text
 
 
 def test_executor_flags_are_checked(tmp_path):

@@ -77,6 +77,27 @@ def test_gallery_ends_with_noise_and_can_be_turned_off(tmp_path):
     assert not (off / "gallery").exists() and "<h2>clusters</h2>" not in (off / "report.html").read_text()
 
 
+def test_gallery_says_when_everything_is_noise_and_skips_unreadable_rows(tmp_path, caplog):
+    from gpuclust.backend import resolve_backend
+    from gpuclust.data.base import SkipImage
+    from gpuclust.report.gallery import write_gallery
+
+    def load(row):
+        if row == 3:
+            raise SkipImage("truncated")
+        return Image.new("L", (28, 28), color=row * 20)
+
+    labels = np.full(6, -1)
+    groups = representatives(resolve_backend("cpu"), np.zeros((6, 2), np.float32), labels, per_cluster=8)
+    section = write_gallery(tmp_path, groups, load, np.arange(6), labels, None, None, n_clusters=0)
+    assert "No clusters were found" in section and "noise: 6 images" in section
+    with open(tmp_path / "gallery" / "gallery.csv", newline="") as f:
+        shown = list(csv.DictReader(f))
+    assert [int(r["row"]) for r in shown] == [0, 1, 2, 4, 5] and [r["rank"] for r in shown] == list("01234")
+    assert Image.open(tmp_path / "gallery" / "cluster-noise.jpg").size == (5 * (THUMB + 4) - 4, THUMB)
+    assert "1 gallery image(s) could not be read" in caplog.text
+
+
 def test_gallery_rows_and_files_stay_right_past_a_skipped_image(tmp_path):
     root = tmp_path / "photos"
     write_digit_images(root, n_per_class=15, classes=(0, 1, 7))

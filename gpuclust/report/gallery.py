@@ -121,8 +121,11 @@ def write_gallery(out: Path, groups: list[tuple[int, int, np.ndarray]], load: Ca
     if unreadable:
         log.warning("report: %d gallery image(s) could not be read again and are left out", unreadable)
     shown = sum(1 for c, _, _ in groups if c >= 0)
-    which = "every cluster" if shown == n_clusters else f"the {shown} largest of {n_clusters:,} clusters"
-    noise = ", then a sample of the noise" if any(c < 0 for c, _, _ in groups) else ""
-    intro = f"The images nearest each cluster's centre in the clustering space, nearest first: {which}, " \
-            f"largest first{noise}."
+    if n_clusters == 0:
+        intro = "No clusters were found: every image is noise. A sample of them:"
+    else:
+        which = "every cluster" if shown == n_clusters else f"the {shown} largest of {n_clusters:,} clusters"
+        noise = ", then a sample of the noise" if any(c < 0 for c, _, _ in groups) else ""
+        intro = f"The images nearest each cluster's centre in the clustering space, nearest first: {which}, " \
+                f"largest first{noise}."
     return f"<h2>clusters</h2><p>{html.escape(intro)}</p>" + "".join(parts)

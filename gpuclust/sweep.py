@@ -464,6 +464,16 @@ def write_outputs(out: Path, rows_by_id: dict[str, dict], runs: dict[str, Run], 
     return rows
 
 
+def write_report(out: Path, table: list[dict], runs: list[Run], varied: list[str], rank_by: str) -> Path:
+    """report.html of the sweep directory: the ranked runs linked to their reports, silhouette against AMI, and the
+    ranking as bars (written once the sweep ends: the plots cost a second or two)."""
+    from .report.sweep_html import colour_keys, write_sweep_report
+
+    return write_sweep_report(out, ranked(table, rank_by), [r for r in table if r["status"] != "ok"],
+                              {r.id: r.label(varied) for r in runs}, {r.id: r.cfg.data.spec for r in runs},
+                              colour_keys({r.id: r.flat for r in runs}, varied), rank_by, len(runs))
+
+
 # ------------------------------------------------------------------------------------------------------- running
 
 
@@ -913,13 +923,15 @@ def sweep(args: argparse.Namespace) -> int:
     slots.stop()
     rank_by = rank_by or default_rank(rows.values())
     table = write_outputs(out, rows, by_id, varied, rank_by)
+    write_report(out, table, runs, varied, rank_by)
     lock.close()
     counts = {s: sum(r["status"] == s for r in table) for s in ("ok", "error", "internal_error")}
     if not args.quiet:
         print_table(table, by_id, varied, rank_by, args.top)
         picks = best_doc(table, by_id, varied, rank_by)["best"]
         say(f"sweep: {counts['ok']} ok, {counts['error']} error, {counts['internal_error']} internal error of "
-            f"{len(runs)} runs ({len(done)} done earlier) in {time.perf_counter() - t0:.1f}s; {out / 'results.csv'}")
+            f"{len(runs)} runs ({len(done)} done earlier) in {time.perf_counter() - t0:.1f}s; {out / 'results.csv'}, "
+            f"{out / 'report.html'}")
         for metric, pick in picks.items():
             if pick:
                 say(f"best by {metric}: run {pick['run']} ({pick['name']}) {pick['value']:.4f}")

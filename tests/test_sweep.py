@@ -93,6 +93,36 @@ def test_grid_table_matches_run_dirs_and_best(grid2x2):
     assert [r["config"]["output"] for r in recorded] == [r["run_dir"] for r in rows]
 
 
+def test_sweep_report_links_every_run_and_sets_silhouette_against_ami(grid2x2):
+    """report.html of the sweep directory: runs ranked by AMI, each linked to its own report, the ranking and the
+    silhouette-vs-AMI plots, and Kendall's tau between the label-free silhouette and AMI over the runs."""
+    import re
+
+    from PIL import Image
+    from scipy.stats import kendalltau
+
+    out, _, _ = grid2x2
+    page = (out / "report.html").read_text()
+    rows = _rows(out)
+    links = re.findall(r'<a href="([^"]+)/report.html">(\d{4})</a>', page)
+    by_ami = sorted(rows, key=lambda r: -float(r["ami"]))
+    assert [run for _, run in links] == [r["run"] for r in by_ami]
+    for run_dir, run in links:
+        assert (out / run_dir / "report.html").is_file() and run_dir == next(r["run_dir"] for r in rows
+                                                                             if r["run"] == run)
+    for png in ("silhouette_vs_ami.png", "ranking.png"):
+        assert f'<img src="{png}"' in page and Image.open(out / png).format == "PNG"
+    tau = kendalltau([float(r["silhouette_umap_all"]) for r in rows], [float(r["ami"]) for r in rows]).statistic
+    assert f"Kendall's tau between silhouette_umap_all and AMI {tau:.3f} over 4 runs" in page
+
+
+def test_kendall_tau_needs_three_runs_that_differ():
+    from gpuclust.report.sweep_html import kendall_tau
+
+    assert kendall_tau([0.1, 0.2], [0.3, 0.4]) is None and kendall_tau([0.1] * 3, [0.3, 0.4, 0.5]) is None
+    assert kendall_tau([0.1, 0.2, 0.3], [0.5, 0.6, 0.7]) == 1.0 and kendall_tau([0.1, 0.2, 0.3], [3, 2, 1]) == -1.0
+
+
 def test_label_free_ranking_does_not_reward_leaving_rows_as_noise():
     """Without labels the default rank is the UMAP silhouette over every row (noise 0): a run that clusters a tenth of
     the rows tightly and leaves the rest as noise must not beat one that clusters them all well."""
@@ -240,6 +270,9 @@ def test_a_run_failing_on_its_settings_is_a_row_and_the_others_run(tmp_path, cac
     assert "--k 5000" in (tmp_path / "s" / rows[1]["run_dir"] / "error.txt").read_text()
     _stderr_one_line(capsys.readouterr().err, "1 of 2 runs failed on their settings", "--k 5000")
     assert json.loads((tmp_path / "s" / "best.json").read_text())["best"]["ami"]["run"] == "0001"
+    page = (tmp_path / "s" / "report.html").read_text()
+    assert "1 of 2 runs finished ok" in page and "runs that failed" in page
+    assert "error: --k 5000: must be between 1 and the number of images (300)" in page
 
 
 def test_an_internal_error_is_recorded_and_the_sweep_goes_on(tmp_path, cache_dir, monkeypatch, capsys):

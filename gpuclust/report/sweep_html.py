@@ -1,0 +1,139 @@
+"""A sweep's report.html: its runs ranked, each linked to its own report, and two plots.
+
+- `silhouette_vs_ami.png` (data with labels): each run's UMAP-space silhouette over every row (noise scoring 0,
+  so a run cannot score well on the few rows it clusters) against its AMI, one panel per dataset, with Kendall's tau
+  between the two. The silhouette needs no labels; where it ranks the runs as AMI does, it can pick
+  an encoder and clusterer for data that has none (the study's finding, checked on the user's own grid).
+- `ranking.png`: the ranking metric of the best runs, as bars.
+"""
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+from ..store import atomic_write_bytes
+from .html import _plt, _save
+
+MAX_BARS = 30
+
+
+def _num(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def kendall_tau(x, y) -> float | None:
+    """Kendall's tau-b of paired values, None with fewer than three pairs or a constant side."""
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    from scipy.stats import kendalltau
+
+    tau = kendalltau(x, y).statistic
+    return None if not math.isfinite(tau) else float(tau)
+
+
+def plot_silhouette_vs_ami(path: Path, groups: dict[str, list[tuple[str, float, float, str]]]) -> dict:
+    """`groups`: dataset -> [(run, silhouette_umap, ami, colour key)]. Returns {dataset: tau}."""
+    plt = _plt()
+    names = list(groups)
+    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.6), squeeze=False)
+    keys = sorted({k for pts in groups.values() for *_, k in pts})
+    colours = {k: plt.get_cmap("tab10")(i % 10) for i, k in enumerate(keys)}
+    taus = {}
+    for ax, name in zip(axes[0], names):
+        pts = groups[name]
+        for key in keys:
+            mine = [(s, a) for _, s, a, k in pts if k == key]
+            if mine:
+                ax.scatter(*zip(*mine), s=28, color=colours[key], label=key)
+        for run, s, a, _ in pts:
+            ax.annotate(run.lstrip("0") or "0", (s, a), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        taus[name] = kendall_tau([s for _, s, _, _ in pts], [a for _, _, a, _ in pts])
+        tau = taus[name]
+        ax.set_title(f"{name}\nKendall's tau {tau:.2f}" if tau is not None else name, fontsize=9)
+        ax.set_xlabel("silhouette in UMAP space, every row, noise 0 (no labels needed)", fontsize=8)
+        ax.set_ylabel("AMI")
+    if 1 < len(keys) <= 12:
+        axes[0, -1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return taus
+
+
+def plot_ranking(path: Path, labels: list[str], values: list[float], metric: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 0.8 + 0.28 * len(labels)))
+    ax.barh(range(len(labels)), values, color="tab:blue")
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.invert_yaxis()  # best at the top
+    ax.set_xlabel(metric)
+    ax.set_title(f"runs ranked by {metric}" + (f" (best {len(labels)})" if len(labels) == MAX_BARS else ""))
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}" if math.isfinite(v) else str(v)
+    return "" if v is None else str(v)
+
+
+def write_sweep_report(out: Path, ordered: list[dict], failed: list[dict], names: dict[str, str],
+                       datasets: dict[str, str], colour_by: dict[str, str], rank_by: str, n_runs: int) -> Path:
+    """`ordered`: the ok rows ranked best first; `failed`: rows of runs that did not finish ok; `names`,
+    `datasets`, `colour_by`: run id -> its label, its dataset, and the setting its point is coloured by."""
+    images = []
+    groups: dict[str, list] = {}
+    for r in ordered:
+        s, a = _num(r.get("silhouette_umap_all", r.get("silhouette_umap"))), _num(r.get("ami"))
+        if s is not None and a is not None:
+            groups.setdefault(datasets[r["run"]], []).append((r["run"], s, a, colour_by[r["run"]]))
+    taus = {}
+    if any(len(p) >= 2 for p in groups.values()):
+        taus = plot_silhouette_vs_ami(out / "silhouette_vs_ami.png", groups)
+        images.append("silhouette_vs_ami.png")
+    bars = [(names[r["run"]], _num(r.get(rank_by))) for r in ordered[:MAX_BARS]]
+    bars = [(n, v) for n, v in bars if v is not None]
+    if bars:
+        plot_ranking(out / "ranking.png", [n for n, _ in bars], [v for _, v in bars], rank_by)
+        images.append("ranking.png")
+    shown = [m for m in dict.fromkeys([rank_by, "ami", "silhouette_umap", "n_clusters", "noise_fraction"])
+             if any(r.get(m) is not None for r in ordered)]
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["#", "run", "configuration", *shown, "total s"])
+    body = []
+    for i, r in enumerate(ordered, 1):
+        link = f'<a href="{html.escape(r["run_dir"])}/report.html">{html.escape(r["run"])}</a>'
+        cells = [str(i), link, html.escape(names[r["run"]]), *(_cell(r.get(m)) for m in shown),
+                 _cell(_num(r.get("total_s")))]
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    tau_text = "".join(
+        f"<li>{html.escape(d)}: Kendall's tau between silhouette_umap_all and AMI "
+        f"{'n/a (fewer than three runs)' if t is None else f'{t:.3f}'} over {len(groups[d])} runs</li>"
+        for d, t in taus.items())
+    fails = "".join(f"<li>run {html.escape(r['run'])} ({html.escape(names[r['run']])}): "
+                    f"{html.escape(str(r.get('status')))}: {html.escape(str(r.get('error', '')))}</li>" for r in failed)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>gpuclust sweep: {html.escape(out.name)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}
+th,td{{border:1px solid #ccc;padding:3px 8px;text-align:left}} img{{max-width:100%}}</style></head><body>
+<h1>gpuclust sweep: {html.escape(out.name)}</h1>
+<p>{len(ordered)} of {n_runs} runs finished ok, ranked by {html.escape(rank_by)}; each run's name links to its
+own report.</p>{f"<ul>{tau_text}</ul>" if tau_text else ""}
+{"".join(f'<p><img src="{name}" alt="{name}"></p>' for name in images)}
+<h2>runs</h2><table><tr>{head}</tr>{"".join(body)}</table>
+{f"<h2>runs that failed</h2><ul>{fails}</ul>" if fails else ""}
+</body></html>"""
+    path = out / "report.html"
+    atomic_write_bytes(path, page.encode())
+    return path
+
+
+def colour_keys(flat_by_run: dict[str, dict], varied: list[str]) -> dict[str, str]:
+    """The setting a run's point is coloured by: the encoder when the grid varies it, else the first varied
+    setting other than the dataset (each dataset has its own panel), else one colour."""
+    candidates = [k for k in varied if k != "data.spec"]
+    key = "encode.spec" if "encode.spec" in candidates else (candidates[0] if candidates else None)
+    return {run: ("all runs" if key is None else f"{key}={flat.get(key)}")
+            for run, flat in flat_by_run.items()}
+

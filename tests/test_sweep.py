@@ -116,6 +116,20 @@ def test_sweep_report_links_every_run_and_sets_silhouette_against_ami(grid2x2):
     assert f"Kendall's tau between silhouette_umap_all and AMI {tau:.3f} over 4 runs" in page
 
 
+def test_unlabelled_sweep_report_ranks_by_the_silhouette_without_the_ami_plot(tmp_path):
+    from helpers import write_digit_images
+
+    write_digit_images(tmp_path / "photos", n_per_class=20, classes=(0, 1, 7))
+    rc = main(["--dataset", f"folder:{tmp_path / 'photos'}", "--encoder", "pixels", "--device", "cpu", "-q",
+               "--reduce", "pca", "--dims", "5", "--cluster", "kmeans,agglomerative", "--k", "3",
+               "--cache-dir", str(tmp_path / "cache"), "--output", str(tmp_path / "s")])
+    assert rc == 0
+    page = (tmp_path / "s" / "report.html").read_text()
+    assert "ranked by silhouette_umap_all" in page and '<img src="ranking.png"' in page
+    assert not (tmp_path / "s" / "silhouette_vs_ami.png").exists() and "Kendall" not in page
+    assert page.count('/report.html">') == 2
+
+
 def test_kendall_tau_needs_three_runs_that_differ():
     from gpuclust.report.sweep_html import kendall_tau
 

@@ -113,6 +113,12 @@ def _table(d: dict) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
+# The pages' CSS: a run's report.html and a sweep's.
+STYLE = """body{font-family:sans-serif;margin:2em} table{border-collapse:collapse;margin:1em 0}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:left} img{max-width:100%}
+figure{margin:0 0 1em 0} figcaption{font-size:90%;margin-bottom:3px}"""
+
+
 def sample_rows(n: int, seed: int = 0) -> np.ndarray:
     """Rows drawn in the map: all of them, or a seeded sample of MAX_POINTS."""
     if n <= MAX_POINTS:
@@ -133,9 +139,7 @@ def write_html(out: Path, *, title: str, metrics: dict, timings: dict, Z_sample:
         images.insert(1, "contingency.png")
     body = "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in images)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}
-th,td{{border:1px solid #ccc;padding:3px 8px;text-align:left}} img{{max-width:100%}}
-figure{{margin:0 0 1em 0}} figcaption{{font-size:90%;margin-bottom:3px}}</style></head><body>
+<style>{STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1><h2>metrics</h2>{_table(metrics)}<h2>timings (s)</h2>{_table(timings)}{body}{gallery}
 </body></html>"""
     path = out / "report.html"

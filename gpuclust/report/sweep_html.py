@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from ..store import atomic_write_bytes
-from .html import _plt, _save
+from .html import STYLE, _plt, _save
 
 MAX_BARS = 30
 
@@ -115,8 +115,7 @@ def write_sweep_report(out: Path, ordered: list[dict], failed: list[dict], names
     fails = "".join(f"<li>run {html.escape(r['run'])} ({html.escape(names[r['run']])}): "
                     f"{html.escape(str(r.get('status')))}: {html.escape(str(r.get('error', '')))}</li>" for r in failed)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>gpuclust sweep: {html.escape(out.name)}</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}
-th,td{{border:1px solid #ccc;padding:3px 8px;text-align:left}} img{{max-width:100%}}</style></head><body>
+<style>{STYLE}</style></head><body>
 <h1>gpuclust sweep: {html.escape(out.name)}</h1>
 <p>{len(ordered)} of {n_runs} runs finished ok, ranked by {html.escape(rank_by)}; each run's name links to its
 own report.</p>{f"<ul>{tau_text}</ul>" if tau_text else ""}

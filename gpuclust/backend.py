@@ -172,7 +172,8 @@ def _agglomerative_params(params: dict, twin: str) -> dict:
     if twin == "gpu":
         p.pop("distance_threshold", None)  # only reaches the GPU twin when None (see _agglomerative_gap)
         # cuML's default connectivity ("knn") takes euclidean only; its full pairwise graph takes l1 and cosine
-        # too (cuML's AgglomerativeClustering docstring).
+        # too (cuML's AgglomerativeClustering docstring). The cluster stage sends cosine single linkage as
+        # euclidean on unit rows (cluster.unit_rows), so in a run only l1 needs the n^2 graph.
         if p["metric"] not in ("euclidean", "l2"):
             p["connectivity"] = "pairwise"
     return p

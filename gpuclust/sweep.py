@@ -461,7 +461,21 @@ def write_outputs(out: Path, rows_by_id: dict[str, dict], runs: dict[str, Run], 
     if data is not None:
         atomic_write_bytes(out / "results.parquet", data)
     atomic_write_json(out / "best.json", best_doc(rows, runs, varied, rank_by))
+    summary = settings_summary(rows, varied, rank_by)
+    if summary:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, list(dict.fromkeys(k for s in summary for k in s)), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(summary)
+        atomic_write_bytes(out / "by_setting.csv", buf.getvalue().encode())
     return rows
+
+
+def settings_summary(rows: list[dict], varied: list[str], rank_by: str) -> list[dict]:
+    """Each varied setting's values, ranked by their runs' mean `rank_by` over every other setting."""
+    from .report.compare import by_setting
+
+    return by_setting(ranked(rows, rank_by), varied, rank_by, rank_by in LOWER_IS_BETTER)
 
 
 def write_report(out: Path, table: list[dict], runs: list[Run], varied: list[str], rank_by: str) -> Path:
@@ -471,7 +485,8 @@ def write_report(out: Path, table: list[dict], runs: list[Run], varied: list[str
 
     return write_sweep_report(out, ranked(table, rank_by), [r for r in table if r["status"] != "ok"],
                               {r.id: r.label(varied) for r in runs}, {r.id: r.cfg.data.spec for r in runs},
-                              colour_keys({r.id: r.flat for r in runs}, varied), rank_by, len(runs))
+                              colour_keys({r.id: r.flat for r in runs}, varied), rank_by, len(runs),
+                              varied, rank_by in LOWER_IS_BETTER)
 
 
 # ------------------------------------------------------------------------------------------------------- running
@@ -811,10 +826,33 @@ def print_table(rows: list[dict], runs: dict[str, Run], varied: list[str], rank_
     # markup off: labels and errors are the user's text; a log file gets the whole table
     console = Console(width=None if sys.stdout.isatty() else 160, markup=False)
     console.print(table)
+    summary = settings_summary(rows, varied, rank_by)
+    if summary:
+        console.print(settings_table(summary, rank_by))
     for r in rows:
         if r["status"] != "ok":
             console.print(f"run {r['run']} ({runs[r['run']].label(varied)}): {r['status']}: {r['error']}",
                           highlight=False)
+
+
+def settings_table(summary: list[dict], rank_by: str):
+    """The console's view of by_setting.csv: each varied setting's values, best mean first."""
+    from rich.table import Table
+
+    from .report.compare import PROXY
+
+    proxy = any(f"mean_{PROXY}" in s for s in summary)
+    table = Table(title=f"mean {rank_by} per setting, over every other setting")
+    names = ["setting", "value", "runs", f"mean {rank_by}", "sd", "best run", *([f"mean {PROXY}"] if proxy else [])]
+    for name in names:
+        table.add_column(name, justify="left" if name in ("setting", "value") else "right", no_wrap=True)
+    last = None
+    for s in summary:
+        table.add_row("" if s["setting"] == last else s["setting"], s["value"], str(s["runs"]),
+                      _fmt(s[f"mean_{rank_by}"]), _fmt(s[f"sd_{rank_by}"]), s["best_run"],
+                      *([_fmt(s.get(f"mean_{PROXY}"))] if proxy else []))
+        last = s["setting"]
+    return table
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -124,7 +124,8 @@ def fashion_space(cache_dir):
     ("kmeans", 10, {}),
     ("hdbscan", None, {"min_cluster_size": 30}),
     ("agglomerative", 10, {"linkage": "single"}),
-    ("agglomerative", 10, {"linkage": "single", "metric": "cosine"}),  # cuML's pairwise connectivity
+    ("agglomerative", 10, {"linkage": "single", "metric": "cosine"}),  # euclidean on unit rows, kNN connectivity
+    ("agglomerative", 10, {"linkage": "single", "metric": "l1"}),  # cuML's pairwise connectivity
     ("affinity", None, {"damping": 0.9}),
     ("spectral", 10, {}),
     ("dbscan", None, {"eps": 0.3, "min_samples": 10}),

@@ -104,7 +104,7 @@ def test_sweep_report_links_every_run_and_sets_silhouette_against_ami(grid2x2):
     out, _, _ = grid2x2
     page = (out / "report.html").read_text()
     rows = _rows(out)
-    links = re.findall(r'<a href="([^"]+)/report.html">(\d{4})</a>', page)
+    links = re.findall(r'<a href="([^"]+)/report.html">(\d{4})</a>', page[page.index("<h2>runs</h2>"):])
     by_ami = sorted(rows, key=lambda r: -float(r["ami"]))
     assert [run for _, run in links] == [r["run"] for r in by_ami]
     for run_dir, run in links:
@@ -114,6 +114,83 @@ def test_sweep_report_links_every_run_and_sets_silhouette_against_ami(grid2x2):
         assert f'<img src="{png}"' in page and Image.open(out / png).format == "PNG"
     tau = kendalltau([float(r["silhouette_umap_all"]) for r in rows], [float(r["ami"]) for r in rows]).statistic
     assert f"Kendall's tau between silhouette_umap_all and AMI {tau:.3f} over 4 runs" in page
+
+
+def test_settings_compared_are_the_results_tables_group_means(grid2x2, capsys):
+    """by_setting.csv, the report's tables, its heatmap and the console table: each varied setting's values with the
+    mean, best and spread of AMI over every other setting, recomputed here from results.csv."""
+    import re
+    import statistics
+
+    from PIL import Image
+
+    from gpuclust.report.compare import cell_means
+
+    out, _, _ = grid2x2
+    rows = _rows(out)
+    with open(out / "by_setting.csv", newline="") as f:
+        summary = list(csv.DictReader(f))
+    assert [s["setting"] for s in summary] == ["reduce.method"] * 2 + ["cluster.method"] * 2
+    for key in ("reduce.method", "cluster.method"):
+        mine = [s for s in summary if s["setting"] == key]
+        expected = {}
+        for r in rows:
+            expected.setdefault(r[key], []).append(r)
+        assert {s["value"] for s in mine} == set(expected)
+        assert float(mine[0]["mean_ami"]) >= float(mine[1]["mean_ami"])  # best first
+        for s in mine:
+            group = expected[s["value"]]
+            amis = [float(r["ami"]) for r in group]
+            assert int(s["runs"]) == 2 and float(s["mean_ami"]) == pytest.approx(statistics.fmean(amis), abs=1e-12)
+            assert float(s["sd_ami"]) == pytest.approx(statistics.stdev(amis), abs=1e-12)
+            top = max(group, key=lambda r: float(r["ami"]))
+            assert s["best_run"] == top["run"] and float(s["best_ami"]) == float(top["ami"])
+            assert float(s["mean_silhouette_umap_all"]) == pytest.approx(
+                statistics.fmean(float(r["silhouette_umap_all"]) for r in group), abs=1e-12)
+    umap, pca = (next(s for s in summary if s["value"] == v) for v in ("umap", "pca"))
+    assert summary[0] is umap and float(umap["mean_ami"]) > float(pca["mean_ami"])  # as on every digits run so far
+
+    page = (out / "report.html").read_text()
+    assert '<img src="heatmap.png"' in page and Image.open(out / "heatmap.png").format == "PNG"
+    assert "<h3>reduce.method</h3>" in page and "<h3>cluster.method</h3>" in page
+    section = page[page.index("settings compared"):page.index("<h2>runs</h2>")]
+    assert f"<td>{float(umap['mean_ami']):.4f}</td>" in section
+    for run_dir, run in re.findall(r'<a href="([^"]+)/report.html">(\d{4})</a>', section):
+        assert (out / run_dir / "report.html").is_file() and run in {s["best_run"] for s in summary}
+    cells = cell_means([{**r, "ami": float(r["ami"])} for r in rows], ("reduce.method", "cluster.method"), "ami")
+    assert {(a, b): v for a, row in cells.items() for b, (v, n) in row.items()} == {
+        (r["reduce.method"], r["cluster.method"]): float(r["ami"]) for r in rows}  # one run per cell here
+
+    capsys.readouterr()
+    assert main([*FAST[:-1], "--limit", str(N), "--reduce", "pca,umap", "--dims", "10", "--cluster",
+                 "kmeans,agglomerative", "--cache-dir", str(out.parent / "cache"), "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "mean ami per setting, over every other setting" in printed
+    line = next(x for x in printed.splitlines() if "reduce.method" in x and "umap" in x)
+    assert f"{float(umap['mean_ami']):.4f}" in line and umap["best_run"] in line
+
+
+def test_settings_comparison_orders_lower_is_better_and_names_unset_parameters():
+    from gpuclust.report.compare import by_setting, heatmap_axes
+
+    rows = [{"run": "0001", "cluster.method": "kmeans", "cluster.params.min_cluster_size": None,
+             "davies_bouldin": 0.9, "silhouette_umap_all": 0.5},
+            {"run": "0002", "cluster.method": "hdbscan", "cluster.params.min_cluster_size": 20,
+             "davies_bouldin": 0.4, "silhouette_umap_all": 0.6},
+            {"run": "0003", "cluster.method": "hdbscan", "cluster.params.min_cluster_size": 50,
+             "davies_bouldin": 0.6, "silhouette_umap_all": float("nan")}]
+    varied = ["cluster.method", "cluster.params.min_cluster_size"]
+    summary = by_setting(rows, varied, "davies_bouldin", lower_is_better=True)
+    assert [(s["setting"], s["value"]) for s in summary] == [
+        ("cluster.method", "hdbscan"), ("cluster.method", "kmeans"), ("cluster.params.min_cluster_size", "20"),
+        ("cluster.params.min_cluster_size", "50"), ("cluster.params.min_cluster_size", "(not set)")]
+    assert summary[0]["best_run"] == "0002" and summary[0]["best_davies_bouldin"] == 0.4
+    assert summary[0]["mean_silhouette_umap_all"] == 0.6  # a NaN proxy is left out of the mean, not propagated
+    assert summary[1]["sd_davies_bouldin"] is None  # one run
+    assert heatmap_axes(varied, rows) == ("cluster.method", "cluster.params.min_cluster_size")
+    assert heatmap_axes(["seed", "cluster.method", "data.spec", "encode.spec"], rows) == ("encode.spec", "data.spec")
+    assert heatmap_axes(["seed", "cluster.method"], rows) == ("seed", "cluster.method")
+    assert heatmap_axes(["seed"], rows) is None
 
 
 def test_unlabelled_sweep_report_ranks_by_the_silhouette_without_the_ami_plot(tmp_path):
@@ -127,7 +204,7 @@ def test_unlabelled_sweep_report_ranks_by_the_silhouette_without_the_ami_plot(tm
     page = (tmp_path / "s" / "report.html").read_text()
     assert "ranked by silhouette_umap_all" in page and '<img src="ranking.png"' in page
     assert not (tmp_path / "s" / "silhouette_vs_ami.png").exists() and "Kendall" not in page
-    assert page.count('/report.html">') == 2
+    assert page[page.index("<h2>runs</h2>"):].count('/report.html">') == 2
 
 
 def test_kendall_tau_needs_three_runs_that_differ():

@@ -182,7 +182,11 @@ def cluster(Z, method: str, k: int | None, params: dict, backend: Backend, seed:
     p = {**_resolve_k(method, k, params, n, n_classes), **params}
     if spec.seeded:
         p.setdefault("random_state", seed)
-    if method == "agglomerative" and p.get("distance_threshold") is not None:
+    single_cosine = (method == "agglomerative" and p.get("linkage") == "single" and p.get("metric") == "cosine"
+                     and p.get("distance_threshold") is None)  # (a threshold is in cosine units: left as asked)
+    if single_cosine:
+        Z, p = unit_rows(backend, Z), {**p, "metric": "euclidean"}
+    elif method == "agglomerative" and p.get("distance_threshold") is not None:
         if p.pop("threshold_normalize", True):
             Z = threshold_space(backend, Z, p.get("metric", "euclidean"))
     elif method == "dbscan":
@@ -195,7 +199,19 @@ def cluster(Z, method: str, k: int | None, params: dict, backend: Backend, seed:
             warnings.simplefilter("always")
             labels = est.call("fit_predict", backend, Z)
         _pass_on(caught, est.params)
-    return backend.xp.asarray(labels).astype(backend.xp.int64), est.twin, est.params
+    resolved = {**est.params, "rows_l2_normalised": True} if single_cosine else est.params
+    return backend.xp.asarray(labels).astype(backend.xp.int64), est.twin, resolved
+
+
+def unit_rows(backend: Backend, Z):
+    """Rows scaled to unit length (a zero row stays zero). Single linkage depends only on the order of the pairwise
+    distances, and between unit rows the euclidean distance sqrt(2 - 2 cos) orders pairs exactly as the cosine
+    distance does: so cosine single linkage is euclidean single linkage of these rows. That route needs memory
+    linear in the rows on both twins (scikit-learn's MST; cuML's kNN connectivity), where cosine itself takes
+    scipy's condensed distance matrix (n^2 / 2 doubles) on the CPU and cuML's full pairwise graph on the GPU."""
+    xp = backend.xp
+    norms = xp.linalg.norm(Z, axis=1, keepdims=True)
+    return Z / xp.where(norms > 0, norms, 1)
 
 
 def _pass_on(caught, params: dict) -> None:

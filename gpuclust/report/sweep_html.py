@@ -5,6 +5,8 @@
   between the two. The silhouette needs no labels; where it ranks the runs as AMI does, it can pick
   an encoder and clusterer for data that has none (the study's finding, checked on the user's own grid).
 - `ranking.png`: the ranking metric of the best runs, as bars.
+- `heatmap.png` and one table per varied setting: which encoder (clusterer, ...) does best over everything else
+  (report/compare.py).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import math
 from pathlib import Path
 
 from ..store import atomic_write_bytes
+from .compare import PROXY, by_setting, heatmap_axes, plot_heatmap
 from .html import STYLE, _plt, _save
 
 MAX_BARS = 30
@@ -80,11 +83,39 @@ def _cell(v) -> str:
     return "" if v is None else str(v)
 
 
+def settings_html(summary: list[dict], metric: str, run_dirs: dict[str, str]) -> str:
+    """One small table per varied setting: its values, best mean first (see compare.by_setting)."""
+    parts = []
+    for key in dict.fromkeys(s["setting"] for s in summary):
+        mine = [s for s in summary if s["setting"] == key]
+        proxy = f"mean_{PROXY}" in mine[0]
+        head = ["value", "runs", f"mean {metric}", "sd", f"best {metric}", "best run",
+                *([f"mean {PROXY}"] if proxy else [])]
+        body = []
+        for s in mine:
+            link = f'<a href="{html.escape(run_dirs[s["best_run"]])}/report.html">{html.escape(s["best_run"])}</a>'
+            cells = [html.escape(s["value"]), str(s["runs"]), _cell(s[f"mean_{metric}"]), _cell(s[f"sd_{metric}"]),
+                     _cell(s[f"best_{metric}"]), link, *([_cell(s[f"mean_{PROXY}"])] if proxy else [])]
+            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        parts.append(f"<h3>{html.escape(key)}</h3><table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}"
+                     f"</tr>{''.join(body)}</table>")
+    return "".join(parts)
+
+
 def write_sweep_report(out: Path, ordered: list[dict], failed: list[dict], names: dict[str, str],
-                       datasets: dict[str, str], colour_by: dict[str, str], rank_by: str, n_runs: int) -> Path:
+                       datasets: dict[str, str], colour_by: dict[str, str], rank_by: str, n_runs: int,
+                       varied: list[str] = (), lower_is_better: bool = False) -> Path:
     """`ordered`: the ok rows ranked best first; `failed`: rows of runs that did not finish ok; `names`,
-    `datasets`, `colour_by`: run id -> its label, its dataset, and the setting its point is coloured by."""
+    `datasets`, `colour_by`: run id -> its label, its dataset, and the setting its point is coloured by;
+    `varied`: the settings the grid varies (compared over everything else)."""
     images = []
+    summary = by_setting(ordered, list(varied), rank_by, lower_is_better)
+    axes = heatmap_axes(list(varied), ordered)
+    if summary and axes:
+        order = {k: [s["value"] for s in summary if s["setting"] == k] for k in axes}
+        if all(len(v) >= 2 for v in order.values()):
+            plot_heatmap(out / "heatmap.png", ordered, axes, rank_by, order, lower_is_better)
+            images.append("heatmap.png")
     groups: dict[str, list] = {}
     for r in ordered:
         s, a = _num(r.get("silhouette_umap_all", r.get("silhouette_umap"))), _num(r.get("ami"))
@@ -114,12 +145,21 @@ def write_sweep_report(out: Path, ordered: list[dict], failed: list[dict], names
         for d, t in taus.items())
     fails = "".join(f"<li>run {html.escape(r['run'])} ({html.escape(names[r['run']])}): "
                     f"{html.escape(str(r.get('status')))}: {html.escape(str(r.get('error', '')))}</li>" for r in failed)
+    run_dirs = {r["run"]: r["run_dir"] for r in ordered}
+    proxy_note = (f" Beside it, the mean {PROXY}, which needs no labels: where it orders the values as "
+                  f"{html.escape(rank_by)} does, it could have chosen without labels."
+                  if any(f"mean_{PROXY}" in s for s in summary) else "")
+    compared = "" if not summary else (
+        f"<h2>settings compared</h2><p>Each setting the grid varies, its values ranked by the mean "
+        f"{html.escape(rank_by)} of their runs over every other setting (a value's best run links to its report)."
+        f"{proxy_note}</p>{settings_html(summary, rank_by, run_dirs)}")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>gpuclust sweep: {html.escape(out.name)}</title>
 <style>{STYLE}</style></head><body>
 <h1>gpuclust sweep: {html.escape(out.name)}</h1>
 <p>{len(ordered)} of {n_runs} runs finished ok, ranked by {html.escape(rank_by)}; each run's name links to its
 own report.</p>{f"<ul>{tau_text}</ul>" if tau_text else ""}
 {"".join(f'<p><img src="{name}" alt="{name}"></p>' for name in images)}
+{compared}
 <h2>runs</h2><table><tr>{head}</tr>{"".join(body)}</table>
 {f"<h2>runs that failed</h2><ul>{fails}</ul>" if fails else ""}
 </body></html>"""

@@ -47,6 +47,29 @@ def test_clusterer_quality(space, method, k, params, floor):
     assert ami(be, y, labels) >= floor
 
 
+@pytest.mark.parametrize("k", [10, 60])
+def test_cosine_single_linkage_is_euclidean_single_linkage_of_unit_rows(space, k):
+    """The stage sends cosine single linkage as euclidean on unit rows (memory linear in the rows): the partition
+    must be scikit-learn's own cosine single linkage, exactly (up to renaming the clusters)."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    Z, y = space
+    be = resolve_backend("cpu")
+    labels, twin, resolved = cluster(Z, "agglomerative", k, {"linkage": "single", "metric": "cosine"}, be)
+    direct = AgglomerativeClustering(k, linkage="single", metric="cosine").fit_predict(Z)
+    pairs = set(zip(labels.tolist(), direct.tolist()))
+    assert len(pairs) == len(set(labels.tolist())) == len(set(direct.tolist())) == k  # one-to-one
+    assert resolved["metric"] == "euclidean" and resolved["rows_l2_normalised"] is True
+
+
+def test_unit_rows_leave_a_zero_row_at_zero():
+    from gpuclust.cluster import unit_rows
+
+    be = resolve_backend("cpu")
+    U = unit_rows(be, np.array([[3.0, 4.0], [0.0, 0.0], [-2.0, 0.0]]))
+    assert U.tolist() == [[0.6, 0.8], [0.0, 0.0], [-1.0, 0.0]]
+
+
 def test_threshold_normalisation_carries_across_scales(space):
     # The same threshold gives the same clustering when the space is scaled or gains dimensions.
     Z, y = space

@@ -193,6 +193,14 @@ def test_settings_comparison_orders_lower_is_better_and_names_unset_parameters()
     assert heatmap_axes(["seed"], rows) is None
 
 
+def test_the_example_sweep_file_is_a_valid_grid(capsys):
+    """examples/sweep-fashion-mnist.yaml, which the README runs: every grid point checked, nine runs listed."""
+    assert main(["--config", str(ROOT / "examples" / "sweep-fashion-mnist.yaml"), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 9 and lines[0] == "[1/9] fashion-mnist pixels umap50 kmeans"
+    assert lines[-1] == "[9/9] fashion-mnist mobilenetv2 umap50 hdbscan"
+
+
 def test_unlabelled_sweep_report_ranks_by_the_silhouette_without_the_ami_plot(tmp_path):
     from helpers import write_digit_images
 

@@ -115,6 +115,10 @@ def check_values(cfg: RunConfig) -> None:
         raise UserError(f"--dims {dims!r}: a positive number")
     if cfg.reduce.method == "umap" and dims != int(dims):
         raise UserError(f"--dims {dims}: UMAP needs a whole number of dimensions (a share of variance is for pca)")
+    kr = cfg.cluster.k_range
+    if not (isinstance(kr, (list, tuple)) and len(kr) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                  for v in kr) and 2 <= kr[0] <= kr[1]):
+        raise UserError(f"k_range {kr!r}: two whole numbers [MIN, MAX] with 2 <= MIN <= MAX (--k-range MIN:MAX)")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise UserError(f"--limit {limit!r}: a positive integer")
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
@@ -146,6 +150,7 @@ def check_config(cfg: RunConfig) -> None:
     from .data import DATASETS
     from .encode import check_encoder_spec
     from .reduce import REDUCERS
+    from .reduce import check_params as check_reduce_params
 
     check_values(cfg)
     check_executor(cfg)
@@ -155,6 +160,7 @@ def check_config(cfg: RunConfig) -> None:
     check_encoder_spec(cfg.encode.spec)
     if cfg.reduce.method not in REDUCERS:
         raise UserError(f"unknown reducer {cfg.reduce.method!r}; known: {', '.join(REDUCERS)}")
+    check_reduce_params(cfg.reduce.method, dict(cfg.reduce.params))
     if cfg.cluster.method not in CLUSTERERS:
         raise UserError(f"unknown clusterer {cfg.cluster.method!r}; known: {', '.join(CLUSTERERS)}")
     CLUSTERERS[cfg.cluster.method].check(dict(cfg.cluster.params))  # before any work, not after the encode

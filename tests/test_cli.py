@@ -109,6 +109,44 @@ def test_config_that_is_a_folder_or_not_text(tmp_path, capsys):
         assert len(err) == 1 and needle in err[0], err
 
 
+@pytest.mark.parametrize("extra,needle", [
+    (["--reduce-param", "n_neighbors=abc"], "n_neighbors='abc': must be a whole number, at least 2"),
+    (["--reduce-param", "n_neighbors=2.5"], "n_neighbors=2.5: must be a whole number"),
+    (["--reduce-param", "n_neighbors=true"], "n_neighbors=True"),
+    (["--reduce-param", "min_dist=abc"], "min_dist='abc': must be a number >= 0"),
+    (["--reduce-param", "min_dist=2"], "must not exceed spread"),
+    (["--reduce-param", "metric=foo"], "metric='foo': must be one of umap-learn's distances"),
+    (["--reduce-param", "n_components=3"], "n_components: set the output size with --dims"),
+    (["--reduce-param", "knn=bogus"], "knn='bogus'"),
+    (["--reduce", "pca", "--reduce-param", "n_components=3"], "n_components: set the output size with --dims"),
+    (["--k", "auto", "--config", "k_range: [5]"], "k_range [5]: two whole numbers"),
+    (["--k", "auto", "--config", "k_range: [a, b]"], "k_range ['a', 'b']"),
+    (["--k", "auto", "--config", "k_range: [2, 3, 4]"], "k_range [2, 3, 4]"),
+    (["--k", "auto", "--config", "k_range: [6, 3]"], "2 <= MIN <= MAX"),
+])
+def test_bad_reduce_params_and_k_ranges_exit_2_before_any_work(extra, needle, tmp_path, capsys):
+    """UMAP's values are checked before the run: umap-learn itself fails on them with a TypeError or a numba typing
+    error long after the encode."""
+    if "--config" in extra:
+        i = extra.index("--config")
+        (tmp_path / "c.yaml").write_text(f"cluster: {{{extra[i + 1]}}}\n")
+        extra = [*extra[:i], "--config", str(tmp_path / "c.yaml"), *extra[i + 2:]]
+    args = ["--dataset", "digits", "--encoder", "pixels", "--reduce", "umap", "--dims", "5", *extra, "-q",
+            "--output", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gpuclust: error: ") and needle in err[0], err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()  # refused before any work
+
+
+def test_umap_metric_list_is_umap_learns():
+    import umap.distances
+
+    from gpuclust.reduce import UMAP_METRICS
+
+    assert set(UMAP_METRICS) == set(umap.distances.named_distances)
+
+
 def test_unknown_config_key_is_an_error(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("reduce:\n  dimz: 10\n")

@@ -51,6 +51,56 @@ EXACT_QUERY_METRICS = ("euclidean", "l2", "cosine", "manhattan", "l1", "citybloc
 # Part of every stored UMAP space's key, so that spaces stored under another `auto` rule are not reused.
 KNN_AUTO_RULE = f"exact for {EXACT_AUTO_METRICS}, rows^2 x dims <= {EXACT_AUTO_WORK}"
 
+# umap-learn's named distances (umap.distances.named_distances; a test keeps this list in step with the library).
+UMAP_METRICS = ("braycurtis", "canberra", "categorical", "chebyshev", "correlation", "cosine", "count", "dice",
+                "euclidean", "hamming", "haversine", "hellinger", "hierarchical_categorical", "jaccard", "kulsinski",
+                "l1", "l2", "linf", "linfinity", "linfty", "ll_dirichlet", "mahalanobis", "manhattan", "matching",
+                "minkowski", "myers", "ordinal", "poincare", "rogerstanimoto", "russellrao", "seuclidean",
+                "softmax_hellinger", "sokalmichener", "sokalsneath", "standardised_euclidean", "string",
+                "symmetric_kl", "taxicab", "weighted_minkowski", "wminkowski", "yule")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# UMAP's parameters that umap-learn or cuML would otherwise reject deep inside numba or C++ (a TypeError, a typing
+# error of 75 lines): name -> (accepts the value, what it must be).
+UMAP_CHECKS = {
+    "n_neighbors": (lambda v: _whole(v) and v >= 2, "a whole number, at least 2"),
+    "min_dist": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "spread": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "n_epochs": (lambda v: v is None or (_whole(v) and v >= 0), "a whole number >= 0, or null"),
+    "learning_rate": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "negative_sample_rate": (lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
+    "local_connectivity": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "set_op_mix_ratio": (lambda v: _number(v) and 0 <= v <= 1, "a number from 0 to 1"),
+    "repulsion_strength": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "random_state": (lambda v: v is None or (_whole(v) and 0 <= v < 2**32), "an integer from 0 to 2**32 - 1, or null"),
+    "metric": (lambda v: v in UMAP_METRICS, "one of umap-learn's distances, e.g. euclidean, cosine, manhattan"),
+    "init": (lambda v: v in ("spectral", "random", "pca", "tswspectral"), "spectral, random, pca or tswspectral"),
+    "knn": (lambda v: v in KNN, "one of " + ", ".join(KNN)),
+}
+
+
+def check_params(method: str, params: dict) -> None:
+    """--reduce-param values that can be judged before any work: one line naming the value and what it must be."""
+    if method in ("pca", "umap") and "n_components" in params:
+        raise UserError("--reduce-param n_components: set the output size with --dims")
+    if method != "umap":
+        return
+    for key, (ok, want) in UMAP_CHECKS.items():
+        if key in params and not ok(params[key]):
+            raise UserError(f"--reduce-param {key}={params[key]!r}: must be {want}")
+    p = {**UMAP_DEFAULTS, **params}
+    if p["min_dist"] > p.get("spread", 1.0):
+        raise UserError(f"--reduce-param min_dist={p['min_dist']}: must not exceed spread ({p.get('spread', 1.0)})")
+
+
 NORMALIZE = {
     "none": "leave the reduced space as it is",
     "l2": "each row scaled to unit length",

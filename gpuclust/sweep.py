@@ -40,6 +40,9 @@ from .errors import OneLineParser, UserError, one_line
 log = logging.getLogger("gpuclust.sweep")
 
 SWEEP_FORMAT = 1
+# What a sweep writes beside sweep.json and runs/ (all of it discarded by --force).
+SWEEP_FILES = ("results.csv", "results.parquet", "best.json", "by_setting.csv", "report.html", "heatmap.png",
+               "ranking.png", "silhouette_vs_ami.png")
 # Grid axes from the outermost to the innermost (other top-level settings, e.g. device, go outside all of them), so
 # consecutive runs share the stored embeddings and reduced spaces.
 STAGES = ("data", "encode", "seed", "reduce", "cluster", "evaluate")
@@ -340,7 +343,7 @@ def open_sweep_dir(out: Path, runs: list[Run], axes, force: bool):
         except ValueError:
             raise UserError(f"{meta}: not valid JSON; use a new --output, or --force to start over") from None
         if force:
-            for name in ("results.csv", "results.parquet", "best.json"):
+            for name in SWEEP_FILES:
                 (out / name).unlink(missing_ok=True)
             shutil.rmtree(out / "runs", ignore_errors=True)
         else:
@@ -433,7 +436,7 @@ def best(rows: list[dict], runs: dict[str, Run], varied: list[str], metric: str)
 
 
 def best_doc(rows: list[dict], runs: dict[str, Run], varied: list[str], rank_by: str) -> dict:
-    metrics = list(dict.fromkeys([rank_by, "ami", "silhouette_umap"]))
+    metrics = list(dict.fromkeys([rank_by, "ami", "silhouette_umap_all", "silhouette_umap"]))
 
     def pick(subset):
         return {m: best(subset, runs, varied, m) for m in metrics}
@@ -468,6 +471,8 @@ def write_outputs(out: Path, rows_by_id: dict[str, dict], runs: dict[str, Run], 
         writer.writeheader()
         writer.writerows(summary)
         atomic_write_bytes(out / "by_setting.csv", buf.getvalue().encode())
+    else:  # nothing to compare (yet): no table left from another ranking or an earlier grid
+        (out / "by_setting.csv").unlink(missing_ok=True)
     return rows
 
 
@@ -748,8 +753,9 @@ class DaskWorkers:
         self.client.close()
 
 
-def open_slots(args: argparse.Namespace, runs: list[Run]):
-    """Where the runs go: this process (default), N local processes (--jobs N, --gpus N), or a Dask cluster."""
+def check_fan_out(args: argparse.Namespace, runs: list[Run]) -> list[str]:
+    """The fan-out flags checked against the grid and this machine before anything is written; returns the GPUs
+    (CUDA_VISIBLE_DEVICES entries) that --gpus takes."""
     fanned = args.jobs is not None or args.gpus is not None or args.scheduler_address
     if fanned:
         for run in runs:
@@ -757,10 +763,8 @@ def open_slots(args: argparse.Namespace, runs: list[Run]):
             if c.gpus > 1 or c.workers or c.scheduler_address:
                 raise UserError("a fanned-out sweep (--jobs/--gpus/--scheduler-address) runs each run on one GPU or "
                                 "CPU process; remove gpus/workers/scheduler_address from the sweep's base settings")
-    if args.scheduler_address:
-        if args.jobs is not None or args.gpus is not None:
-            raise UserError("--scheduler-address runs one run per Dask worker thread; drop --jobs/--gpus")
-        return DaskWorkers(args.scheduler_address)
+    if args.scheduler_address and (args.jobs is not None or args.gpus is not None):
+        raise UserError("--scheduler-address runs one run per Dask worker thread; drop --jobs/--gpus")
     gpus: list[str] = []
     if args.gpus is not None:
         if args.gpus < 1:
@@ -772,8 +776,16 @@ def open_slots(args: argparse.Namespace, runs: list[Run]):
         gpus = visible[:args.gpus]
     if args.jobs is not None and args.jobs < 1:
         raise UserError(f"--jobs {args.jobs}: at least 1")
-    jobs = args.jobs or len(gpus) or 1
-    return LocalProcesses(jobs, gpus) if fanned else InProcess()
+    return gpus
+
+
+def open_slots(args: argparse.Namespace, gpus: list[str]):
+    """Where the runs go: this process (default), N local processes (--jobs N, --gpus N), or a Dask cluster."""
+    if args.scheduler_address:
+        return DaskWorkers(args.scheduler_address)
+    if args.jobs is None and args.gpus is None:
+        return InProcess()
+    return LocalProcesses(args.jobs or len(gpus) or 1, gpus)
 
 
 def _share_keys(run: Run) -> tuple[str, str, str]:
@@ -841,7 +853,7 @@ def settings_table(summary: list[dict], rank_by: str):
 
     from .report.compare import PROXY
 
-    proxy = any(f"mean_{PROXY}" in s for s in summary)
+    proxy = rank_by != PROXY and any(f"mean_{PROXY}" in s for s in summary)
     table = Table(title=f"mean {rank_by} per setting, over every other setting")
     names = ["setting", "value", "runs", f"mean {rank_by}", "sd", "best run", *([f"mean {PROXY}"] if proxy else [])]
     for name in names:
@@ -892,15 +904,35 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def rankable() -> set[str]:
+    """Every metric a run's metrics.json can hold that ranks runs (the silhouettes per space and distance too)."""
+    from .evaluate.silhouette import METRICS
+
+    silhouettes = {f"silhouette{space}{'' if m == 'euclidean' else '_' + m}"
+                   for space in ("", "_umap", "_original") for m in METRICS}
+    return (RANKABLE | {f"{m}_clustered" for m in RANKABLE if m not in ("calinski_harabasz", "davies_bouldin")}
+            | silhouettes | {"silhouette_all", "silhouette_umap_all"})
+
+
 def _check_rank_by(metric: str | None) -> None:
-    if metric is not None and metric not in RANKABLE and not metric.startswith("silhouette") and not any(
-            metric == f"{m}_clustered" for m in RANKABLE):
-        raise UserError(f"--rank-by {metric}: choose a metric, e.g. {', '.join(sorted(RANKABLE))}, silhouette_umap")
+    if metric is not None and metric not in rankable():
+        raise UserError(f"--rank-by {metric}: not a metric of a run; choose one of ami, ari, nmi, "
+                        "silhouette_umap_all, silhouette_umap, ... (the scalar keys of a run's metrics.json)")
+
+
+def effective_rank(asked: str | None, rows) -> str:
+    """--rank-by when some finished run has that metric, else the default (AMI with labels, else the label-free
+    silhouette): `--rank-by ami` on unlabelled data ranks by the silhouette instead of ranking nothing."""
+    rows = list(rows)
+    if asked and any(_score(r, asked) is not None for r in rows):
+        return asked
+    return default_rank(rows) if not asked or any(r.get("status") == "ok" for r in rows) else asked
 
 
 def sweep(args: argparse.Namespace) -> int:
     _check_rank_by(args.rank_by)
     runs, axes = plan(args)  # every grid point checked before anything is written
+    gpus = check_fan_out(args, runs)
     varied = varied_keys(runs)
     say = (lambda *a: None) if args.quiet else (lambda text: print(text, flush=True))
     if args.dry_run:
@@ -908,7 +940,12 @@ def sweep(args: argparse.Namespace) -> int:
             say(f"[{run.index}/{len(runs)}] {run.label(varied)}")
         return 0
     out = Path(args.output or Path("sweeps") / time.strftime("%Y%m%d-%H%M%S")).expanduser()
-    lock = open_sweep_dir(out, runs, axes, args.force)
+    slots = open_slots(args, gpus)  # a scheduler that does not answer is refused before the directory is made
+    try:
+        lock = open_sweep_dir(out, runs, axes, args.force)
+    except BaseException:
+        slots.stop()
+        raise
     by_id = {r.id: r for r in runs}
     rows: dict[str, dict] = {}
     previous = {}
@@ -926,8 +963,6 @@ def sweep(args: argparse.Namespace) -> int:
     say(f"sweep: {len(runs)} runs in {out}" + (f", {len(done)} done earlier" if done else "")
         + f" (rerun with --output {out} to resume)")
     t0 = time.perf_counter()
-    rank_by = args.rank_by
-    slots = open_slots(args, runs)
     if slots.capacity > 1:
         say(f"sweep: up to {slots.capacity} runs at once ({slots.where}); each run's log in its log.txt")
     pending = [run for run in runs if run.id not in done]
@@ -949,8 +984,7 @@ def sweep(args: argparse.Namespace) -> int:
                 _, t_run = running.pop(run.id)
                 shared.update(_share_keys(run))
                 rows[run.id] = make_row(run, varied, status, error, out / run.dir)
-                rank = rank_by or default_rank(rows.values())
-                write_outputs(out, rows, by_id, varied, rank)
+                write_outputs(out, rows, by_id, varied, effective_rank(args.rank_by, rows.values()))
                 say(f"[{run.index}/{len(runs)}] {run.label(varied)}  {_result_text(rows[run.id])} "
                     f"({time.perf_counter() - t_run:.1f}s)")
     except KeyboardInterrupt:
@@ -959,7 +993,9 @@ def sweep(args: argparse.Namespace) -> int:
               "rerun the same command to resume", file=sys.stderr)
         return 130
     slots.stop()
-    rank_by = rank_by or default_rank(rows.values())
+    rank_by = effective_rank(args.rank_by, rows.values())
+    if args.rank_by and rank_by != args.rank_by:
+        say(f"sweep: no run has {args.rank_by}; ranked by {rank_by}")
     table = write_outputs(out, rows, by_id, varied, rank_by)
     write_report(out, table, runs, varied, rank_by)
     lock.close()

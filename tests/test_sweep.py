@@ -482,7 +482,7 @@ def test_gpus_pin_one_gpu_per_child(tmp_path, monkeypatch):
     monkeypatch.setattr(sw, "_spawn", lambda cmd, run_dir, env: seen.append(env["CUDA_VISIBLE_DEVICES"]) or Proc(env))
     args = sw.get_args_parser().parse_args([*FAST, "--seed", "0,1,2", "--gpus", "2"])
     runs, _ = sw.plan(args)
-    slots = sw.open_slots(args, runs)
+    slots = sw.open_slots(args, sw.check_fan_out(args, runs))
     assert slots.capacity == 2 and slots.gpus == ["3", "5"]
     slots.start(runs[0], tmp_path)
     slots.start(runs[1], tmp_path)
@@ -577,3 +577,53 @@ def test_an_unreachable_scheduler_is_one_line_exit_2(tmp_path, capsys, monkeypat
                "--scheduler-address", "tcp://127.0.0.1:1"])
     assert rc == 2
     _stderr_one_line(capsys.readouterr().err, "--scheduler-address tcp://127.0.0.1:1: cannot connect")
+    assert not (tmp_path / "s").exists()  # refused before the sweep directory was made
+
+
+def test_fan_out_refusals_leave_no_directory_and_dry_run_makes_them_too(tmp_path, capsys, monkeypatch):
+    """A refused fan-out writes nothing, so the fix the message asks for can rerun into the same directory."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    (tmp_path / "w.yaml").write_text("base:\n  workers: 2\n")
+    for extra, needle in [(["--jobs", "0"], "--jobs 0"), (["--gpus", "2"], "--gpus 2: 0 GPU(s) visible"),
+                          (["--config", str(tmp_path / "w.yaml"), "--jobs", "2"], "remove gpus/workers")]:
+        for dry in ([], ["--dry-run"]):
+            assert main([*FAST, "--limit", "50", "--reduce", "pca", "--dims", "5", *extra, *dry,
+                         "--output", str(tmp_path / "s")]) == 2
+            _stderr_one_line(capsys.readouterr().err, needle)
+            assert not (tmp_path / "s").exists()
+    assert main([*FAST, "--limit", "50", "--reduce", "pca", "--dims", "5", "--jobs", "1", "--cluster",
+                 "kmeans,agglomerative", "--output", str(tmp_path / "s"), "--cache-dir", str(tmp_path / "c")]) == 0
+    assert [r["status"] for r in _rows(tmp_path / "s")] == ["ok", "ok"]
+
+
+def test_rank_by_must_name_a_metric_and_falls_back_when_no_run_has_it(tmp_path, capsys):
+    from helpers import write_digit_images
+
+    assert main([*FAST, "--rank-by", "silhouette_bogus", "--output", str(tmp_path / "x")]) == 2
+    _stderr_one_line(capsys.readouterr().err, "--rank-by silhouette_bogus: not a metric")
+    write_digit_images(tmp_path / "photos", n_per_class=10, classes=(0, 1, 7))
+    args = ["--dataset", f"folder:{tmp_path / 'photos'}", "--encoder", "pixels", "--device", "cpu", "--reduce",
+            "pca", "--dims", "3", "--k", "2,3", "--cache-dir", str(tmp_path / "cache"), "--output",
+            str(tmp_path / "s")]
+    assert main([*args, "--rank-by", "ami"]) == 0  # unlabelled: no run has an AMI
+    out = capsys.readouterr().out
+    assert "sweep: no run has ami; ranked by silhouette_umap_all" in out
+    assert json.loads((tmp_path / "s" / "best.json").read_text())["rank_by"] == "silhouette_umap_all"
+    with open(tmp_path / "s" / "by_setting.csv", newline="") as f:
+        summary = list(csv.DictReader(f))
+    assert [s["value"] for s in summary] == sorted(["2", "3"], key=lambda v: -float(
+        next(r for r in summary if r["value"] == v)["mean_silhouette_umap_all"]))
+    table = next(line for line in out.splitlines() if "mean silhouette_umap_all" in line and "runs" in line)
+    assert table.count("silhouette_umap_all") == 1  # the rank metric is the proxy: one column, not two
+    page = (tmp_path / "s" / "report.html").read_text()
+    assert page.count("<th>mean silhouette_umap_all</th>") == 1
+
+
+def test_force_discards_the_old_grids_summary_and_report(tmp_path):
+    base = [*FAST, "--limit", "60", "--reduce", "pca", "--dims", "5", "--cache-dir", str(tmp_path / "c"),
+            "--output", str(tmp_path / "s")]
+    assert main([*base, "--k", "5,10"]) == 0
+    assert {"by_setting.csv", "report.html"} <= {p.name for p in (tmp_path / "s").iterdir()}
+    assert main([*base, "--k", "10", "--force"]) == 0  # varies nothing: no summary to write
+    names = {p.name for p in (tmp_path / "s").iterdir()}
+    assert "by_setting.csv" not in names and "report.html" in names and len(_rows(tmp_path / "s")) == 1

@@ -88,7 +88,7 @@ def settings_html(summary: list[dict], metric: str, run_dirs: dict[str, str]) ->
     parts = []
     for key in dict.fromkeys(s["setting"] for s in summary):
         mine = [s for s in summary if s["setting"] == key]
-        proxy = f"mean_{PROXY}" in mine[0]
+        proxy = metric != PROXY and f"mean_{PROXY}" in mine[0]
         head = ["value", "runs", f"mean {metric}", "sd", f"best {metric}", "best run",
                 *([f"mean {PROXY}"] if proxy else [])]
         body = []
@@ -148,7 +148,7 @@ def write_sweep_report(out: Path, ordered: list[dict], failed: list[dict], names
     run_dirs = {r["run"]: r["run_dir"] for r in ordered}
     proxy_note = (f" Beside it, the mean {PROXY}, which needs no labels: where it orders the values as "
                   f"{html.escape(rank_by)} does, it could have chosen without labels."
-                  if any(f"mean_{PROXY}" in s for s in summary) else "")
+                  if rank_by != PROXY and any(f"mean_{PROXY}" in s for s in summary) else "")
     compared = "" if not summary else (
         f"<h2>settings compared</h2><p>Each setting the grid varies, its values ranked by the mean "
         f"{html.escape(rank_by)} of their runs over every other setting (a value's best run links to its report)."

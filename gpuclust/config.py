@@ -74,7 +74,7 @@ class RunConfig:
     workers: int | None = None  # Dask LocalCluster worker processes for the encode stage (CPU)
     scheduler_address: str | None = None  # an existing Dask cluster
     seed: int = 0
-    output: str | None = None  # None: runs/<timestamp>-<dataset>-<encoder>
+    output: str | None = None  # None: runs/<timestamp>-<dataset>-<encoder>-<reducer>-<clusterer>
     gallery: int = 8  # images per cluster in report.html's gallery (0: no gallery)
 
     def to_dict(self) -> dict:

@@ -307,8 +307,8 @@ def report_skipped(skipped: list, ds: ImageDataset, out: Path) -> None:
         where = ds.paths[row] if ds.paths is not None else f"row {row}"
         raise UserError(f"{ds.spec}: none of the {len(ds)} images could be read (the first, {where}: {reason}); "
                         f"every row is listed in {out / 'skipped.csv'}")
-    log.warning("encode: skipped %d image(s) that could not be read (listed in %s)", len(skipped),
-                out / "skipped.csv")
+    log.warning("encode: skipped %d image(s) that could not be used (unreadable, or outside --data-root; listed "
+                "with the reason in %s)", len(skipped), out / "skipped.csv")
 
 
 def cached(store_dir: str | None, key: dict, backend: Backend, compute):

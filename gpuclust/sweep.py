@@ -8,7 +8,8 @@ adjacent.
 
 The sweep directory holds `sweep.json` (the resolved runs, which a rerun must match to resume), `results.csv` and
 `results.parquet` (one row per finished run, rewritten atomically after each run), `best.json` (the best run by AMI,
-by the label-free `silhouette_umap`, and by --rank-by: without labels `silhouette_umap_all`) and `runs/NNNN-<slug>/`.
+by the label-free `silhouette_umap_all` and `silhouette_umap`, and by --rank-by), `by_setting.csv` (each varied
+setting's values by their mean over the rest of the grid) and `runs/NNNN-<slug>/`.
 A rerun skips every run recorded `ok` whose directory has its metrics.json, so a killed sweep (even SIGKILL) resumes
 where it was; runs are seeded, so the final table equals an uninterrupted sweep's.
 

@@ -314,7 +314,7 @@ def check_encoder_spec(spec: str) -> None:
 
     prefix, sep, _ = spec.partition(":")
     if not ((sep and prefix in PREFIXES) or spec in ENCODERS or spec in ZOO):
-        known = ", ".join([*ENCODERS, *ZOO, *(p + ":NAME" for p in PREFIXES)])
+        known = ", ".join([*ENCODERS, *ZOO, *(p + (":PATH" if p == "checkpoint" else ":NAME") for p in PREFIXES)])
         raise UserError(f"unknown encoder {spec!r}; known: {known} (see --list encoders)")
 
 

@@ -19,6 +19,11 @@ def test_cli_module_and_config_are_light():
     assert _loaded_after("import gpuclust.run, gpuclust.config, gpuclust.backend") == []
 
 
+def test_sweep_cli_is_light():
+    # the sweep process only plans and records; each run imports what it needs (in a child when fanned out)
+    assert _loaded_after("import gpuclust.sweep, gpuclust.sweep.fanout, gpuclust.sweep.table") == []
+
+
 def test_lazy_attributes_resolve():
     import gpuclust
 

@@ -468,6 +468,7 @@ def test_too_many_gpus_or_a_bad_fan_out_exits_2(tmp_path, monkeypatch, capsys):
 def test_gpus_pin_one_gpu_per_child(tmp_path, monkeypatch):
     """--gpus 2 hands each concurrent child its own CUDA_VISIBLE_DEVICES entry (children recorded, not run)."""
     import gpuclust.sweep as sw
+    import gpuclust.sweep.fanout as fanout
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,7")
     seen = []
@@ -479,7 +480,7 @@ def test_gpus_pin_one_gpu_per_child(tmp_path, monkeypatch):
         def poll(self):
             return 0
 
-    monkeypatch.setattr(sw, "_spawn", lambda cmd, run_dir, env: seen.append(env["CUDA_VISIBLE_DEVICES"]) or Proc(env))
+    monkeypatch.setattr(fanout, "_spawn", lambda cmd, run_dir, env: seen.append(env["CUDA_VISIBLE_DEVICES"]) or Proc(env))
     args = sw.get_args_parser().parse_args([*FAST, "--seed", "0,1,2", "--gpus", "2"])
     runs, _ = sw.plan(args)
     slots = sw.open_slots(args, sw.check_fan_out(args, runs))

@@ -1,0 +1,252 @@
+"""A sweep's grid: the YAML grid and axis flags laid over one base configuration, expanded into ordered runs, each
+checked before anything runs."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import logging
+import re
+from dataclasses import dataclass
+
+from ..errors import UserError
+
+log = logging.getLogger("gpuclust.sweep")
+
+
+# Grid axes from the outermost to the innermost (other top-level settings, e.g. device, go outside all of them), so
+# consecutive runs share the stored embeddings and reduced spaces.
+STAGES = ("data", "encode", "seed", "reduce", "cluster", "evaluate")
+
+
+# A plain string entry in a whole-section axis names this field: `cluster: [kmeans, {method: hdbscan, ...}]`.
+SECTION_NAME_FIELD = {"data": "spec", "encode": "spec", "reduce": "method", "cluster": "method"}
+
+
+# Flags that make an axis: (grid key, grid keys the flag replaces).
+AXIS_FLAGS = {
+    "dataset": ("data.spec", ("data", "data.spec")),
+    "encoder": ("encode.spec", ("encode", "encode.spec")),
+    "reduce": ("reduce.method", ("reduce", "reduce.method")),
+    "dims": ("reduce.dims", ("reduce.dims",)),
+    "cluster": ("cluster.method", ("cluster", "cluster.method")),
+    "k": ("cluster.k", ("cluster.k",)),
+    "seed": ("seed", ("seed",)),
+}
+
+
+def _split(values: list[str] | None, flag: str, conv=str, commas: bool = True) -> list | None:
+    """Repeated flags, each optionally comma-separated, as one list of converted values."""
+    if values is None:
+        return None
+    out = []
+    for v in values:
+        for part in (v.split(",") if commas else [v]):
+            if not part.strip():  # `--reduce ""` or `pca,,umap`: a slip, not a request for the default
+                raise UserError(f"--{flag} {v!r}: an empty value; give names separated by commas")
+            try:
+                out.append(conv(part.strip()))
+            except argparse.ArgumentTypeError as exc:
+                raise UserError(f"--{flag} {part}: {exc}") from None
+    return out
+
+
+def _at_least_1(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: at least 1")
+    return n
+
+
+def _check_key(key: str) -> None:
+    """A grid key is a top-level setting, a section, `section.field`, or `section.params.NAME`."""
+    from ..config import RunConfig
+
+    default = RunConfig()
+    parts = key.split(".")
+    top = [f.name for f in dataclasses.fields(RunConfig) if f.name != "output"]
+    if parts[0] not in top:
+        why = " (the sweep names run directories itself)" if parts[0] == "output" else ""
+        raise UserError(f"unknown grid key {key!r}: it must start with one of {', '.join(top)}{why}")
+    if len(parts) == 1:
+        return
+    section = getattr(default, parts[0])
+    if not dataclasses.is_dataclass(section):
+        raise UserError(f"unknown grid key {key!r}: {parts[0]} is a single setting")
+    fields = [f.name for f in dataclasses.fields(section)]
+    if parts[1] not in fields:
+        raise UserError(f"unknown grid key {key!r}: {parts[0]} has {', '.join(fields)}")
+    if len(parts) > 2 and (len(parts) > 3 or not isinstance(getattr(section, parts[1]), dict)):
+        raise UserError(f"unknown grid key {key!r}: only {parts[0]}.params.NAME goes below a field")
+
+
+def _apply(cfg, key: str, value):
+    """`cfg` with one grid value set; a whole-section entry is merged like a YAML section."""
+    from ..config import merge
+
+    parts = key.split(".")
+    if len(parts) == 1:
+        if dataclasses.is_dataclass(getattr(cfg, key)):
+            if isinstance(value, str) and key in SECTION_NAME_FIELD:
+                value = {SECTION_NAME_FIELD[key]: value}
+            if not isinstance(value, dict):
+                raise UserError(f"grid.{key}: entries are names or mappings of {key} settings, got {value!r}")
+        return merge(cfg, {key: value}, where="grid")
+    if len(parts) == 2:
+        return merge(cfg, {parts[0]: {parts[1]: value}}, where="grid")
+    params = {**getattr(getattr(cfg, parts[0]), parts[1]), parts[2]: value}
+    return merge(cfg, {parts[0]: {parts[1]: params}}, where="grid")
+
+
+def _axis_order(key: str) -> tuple[int, int]:
+    head = key.split(".")[0]
+    return (STAGES.index(head) if head in STAGES else -1, "." in key)  # a section entry before its dotted keys
+
+
+def build_axes(grid: dict, args: argparse.Namespace) -> list[tuple[str, list]]:
+    """The YAML grid with the axis flags laid over it (a flag replaces the entries for the same setting)."""
+    from ..run import _dims, _k_value
+
+    if not isinstance(grid, dict):
+        raise UserError("grid: expected a mapping of setting -> list of values")
+    axes = dict(grid)
+    convert = {"dims": _dims, "k": _k_value, "seed": _int}
+    for flag, (key, replaces) in AXIS_FLAGS.items():
+        # Dataset and encoder specs may hold commas (webdataset:shard-{a,b}.tar): those flags only repeat.
+        values = _split(getattr(args, flag), flag, convert.get(flag, str), commas=flag not in ("dataset", "encoder"))
+        if values:
+            for k in replaces:
+                axes.pop(k, None)
+            axes[key] = values
+    for key, values in axes.items():
+        _check_key(str(key))
+        if not isinstance(values, list) or not values:
+            raise UserError(f"grid.{key}: expected a non-empty list of values, got {values!r}")
+    return sorted(axes.items(), key=lambda kv: _axis_order(kv[0]))
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def base_config(data: dict, args: argparse.Namespace):
+    from ..config import RunConfig, merge
+
+    if not isinstance(data, dict):
+        raise UserError("base: expected a mapping of run settings (the schema of gpuclust.run --config)")
+    if "output" in data:
+        raise UserError("base.output: the sweep names run directories itself; use --output for the sweep directory")
+    cfg = merge(RunConfig(), data, where="base")
+    flags: dict = {}
+    if args.limit is not None:
+        flags.setdefault("data", {})["limit"] = args.limit
+    if args.cache_dir is not None:
+        flags.setdefault("encode", {})["cache_dir"] = args.cache_dir
+    if args.device is not None:
+        flags["device"] = args.device
+    return merge(cfg, flags, where="flags")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))  # an empty mapping (no params) adds no column
+        elif k != "output":
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _short(spec: str) -> str:
+    return spec.rstrip("/").split("/")[-1]
+
+
+def _cell(v):
+    return json.dumps(v, sort_keys=True) if isinstance(v, (list, tuple, dict)) else v
+
+
+@dataclass
+class Run:
+    index: int  # 1-based position in the grid
+    cfg: object  # RunConfig with output = the run directory relative to the sweep directory
+    flat: dict  # dotted settings -> value
+
+    @property
+    def id(self) -> str:
+        return f"{self.index:04d}"
+
+    @property
+    def dir(self) -> str:
+        return self.cfg.output
+
+    def main_parts(self) -> list[str]:
+        r = self.cfg.reduce
+        red = f"{r.method}{r.dims}" if r.method in ("pca", "umap") else r.method
+        return [_short(self.cfg.data.spec), _short(self.cfg.encode.spec), red, self.cfg.cluster.method]
+
+    def label(self, varied: list[str]) -> str:
+        """The log line's name for this run: dataset encoder reduction clusterer, then any other varied setting."""
+        shown = {"data.spec", "encode.spec", "reduce.method", "reduce.dims", "cluster.method"}
+        extra = [f"{k.split('.')[-1]}={_cell(self.flat.get(k))}" for k in varied if k not in shown
+                 and not (".params." in k and self.flat.get(k) is None)]  # a parameter this run's method lacks
+        return " ".join(self.main_parts() + extra)
+
+
+def _slug(parts: list[str]) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(parts)).strip("-")[:60] or "run"
+
+
+def expand(base, axes: list[tuple[str, list]]) -> list[Run]:
+    runs = []
+    for i, combo in enumerate(itertools.product(*(values for _, values in axes)), 1):
+        cfg = base
+        for (key, _), value in zip(axes, combo):
+            cfg = _apply(cfg, key, value)
+        run = Run(i, cfg, {})
+        run.cfg = dataclasses.replace(cfg, output=f"runs/{i:04d}-{_slug(run.main_parts())}")
+        run.flat = _flatten(json.loads(json.dumps(run.cfg.to_dict(), default=str)))
+        runs.append(run)
+    return runs
+
+
+def varied_keys(runs: list[Run]) -> list[str]:
+    keys = list(dict.fromkeys(k for r in runs for k in r.flat))
+    return [k for k in keys if len({json.dumps(r.flat.get(k), sort_keys=True) for r in runs}) > 1]
+
+
+def check_run(cfg) -> None:
+    """Everything about one grid point that can be known without its data (`check_config`)."""
+    from ..pipeline import check_config
+
+    check_config(cfg)
+
+
+def plan(args: argparse.Namespace) -> tuple[list[Run], list[tuple[str, list]]]:
+    from ..config import load_yaml
+
+    doc = load_yaml(args.config) if args.config else {}
+    unknown = sorted(set(doc) - {"base", "grid"})
+    if unknown:
+        raise UserError(f"--config {args.config}: unknown top-level key(s) {', '.join(unknown)}; a sweep file has "
+                        "`base:` (run settings) and `grid:` (setting -> list of values)")
+    base = base_config(doc.get("base") or {}, args)
+    axes = build_axes(doc.get("grid") or {}, args)
+    runs = expand(base, axes)
+    varied = varied_keys(runs)
+    for run in runs:
+        try:
+            check_run(run.cfg)
+        except UserError as exc:
+            raise UserError(f"grid point {run.index} of {len(runs)} ({run.label(varied)}): {exc}") from None
+    return runs, axes
+
+
+def _normal(obj):
+    return json.loads(json.dumps(obj, default=str))

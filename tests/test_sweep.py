@@ -480,7 +480,8 @@ def test_gpus_pin_one_gpu_per_child(tmp_path, monkeypatch):
         def poll(self):
             return 0
 
-    monkeypatch.setattr(fanout, "_spawn", lambda cmd, run_dir, env: seen.append(env["CUDA_VISIBLE_DEVICES"]) or Proc(env))
+    monkeypatch.setattr(fanout, "_spawn",
+                        lambda cmd, run_dir, env: seen.append(env["CUDA_VISIBLE_DEVICES"]) or Proc(env))
     args = sw.get_args_parser().parse_args([*FAST, "--seed", "0,1,2", "--gpus", "2"])
     runs, _ = sw.plan(args)
     slots = sw.open_slots(args, sw.check_fan_out(args, runs))

@@ -146,4 +146,5 @@ def write_run(out: Path, *, backend, config: dict, metrics: dict, timings: dict,
             section = write_gallery(out, groups, images, np.asarray(rows), labels_pred, labels_true, classes,
                                     n_clusters, paths)
         write_html(out, title=f"gpuclust: {out.name}", metrics=metrics, timings=timings, Z_sample=Z_sample, idx=idx,
-                   labels_pred=labels_pred, labels_true=labels_true, classes=classes, gallery=section)
+                   labels_pred=labels_pred, labels_true=labels_true, classes=classes, gallery=section,
+                   k_scores=(config.get("resolved") or {}).get("cluster_params", {}).get("k_auto_scores"))

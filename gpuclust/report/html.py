@@ -102,6 +102,25 @@ def plot_sizes(path: Path, labels_pred) -> None:
     plt.close(fig)
 
 
+def plot_k_auto(path: Path, scores: dict, chosen: int) -> None:
+    """--k auto: the silhouette of each candidate k in the UMAP space, the chosen k marked."""
+    plt = _plt()
+    ks = sorted(int(k) for k in scores)
+    vals = [float(scores[k]) if np.isfinite(float(scores[k])) else np.nan for k in ks]
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.plot(ks, vals, marker="o", color="tab:blue")
+    ax.axvline(chosen, color="tab:red", linestyle="--", label=f"chosen k = {chosen}")
+    if len(ks) <= 30:
+        ax.set_xticks(ks)
+    ax.set_xlabel("k")
+    ax.set_ylabel("silhouette (UMAP space)")
+    ax.set_title("--k auto: the k with the highest silhouette")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
 def _table(d: dict) -> str:
     rows = []
     for k, v in d.items():
@@ -127,9 +146,11 @@ def sample_rows(n: int, seed: int = 0) -> np.ndarray:
 
 
 def write_html(out: Path, *, title: str, metrics: dict, timings: dict, Z_sample: np.ndarray, idx: np.ndarray,
-               labels_pred: np.ndarray, labels_true: np.ndarray | None, classes, gallery: str = "") -> Path:
+               labels_pred: np.ndarray, labels_true: np.ndarray | None, classes, gallery: str = "",
+               k_scores: dict | None = None) -> Path:
     """Plots as PNG files beside report.html. Host arrays: `Z_sample` holds the clustering space at rows `idx`;
-    `gallery` is the cluster gallery's HTML section (gallery.write_gallery), placed after the plots."""
+    `gallery` is the cluster gallery's HTML section (gallery.write_gallery), placed after the plots; `k_scores`:
+    --k auto's silhouette per candidate k."""
     images = ["map.png", "sizes.png"]
     plot_map(out / "map.png", project_2d(np.asarray(Z_sample, dtype=np.float64)), labels_pred[idx],
              None if labels_true is None else labels_true[idx])
@@ -137,6 +158,9 @@ def write_html(out: Path, *, title: str, metrics: dict, timings: dict, Z_sample:
     if labels_true is not None:
         plot_contingency(out / "contingency.png", labels_true, labels_pred, classes)
         images.insert(1, "contingency.png")
+    if k_scores and metrics.get("k_auto") is not None:
+        plot_k_auto(out / "k_auto.png", k_scores, int(metrics["k_auto"]))
+        images.append("k_auto.png")
     body = "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in images)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{STYLE}</style></head><body>

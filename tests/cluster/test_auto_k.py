@@ -44,6 +44,12 @@ def test_cli_k_auto_on_digits(tmp_path):
     assert 5 <= m["k_auto"] <= 14 and m["n_clusters"] == m["k_auto"]
     assert set(cfg["resolved"]["cluster_params"]["k_auto_scores"]) == {str(k) for k in range(5, 15)}
     assert m["ami"] > 0.5  # digits clustered at a silhouette-chosen k
+    scores = cfg["resolved"]["cluster_params"]["k_auto_scores"]
+    assert m["k_auto"] == int(max(scores, key=lambda k: (scores[k], -int(k))))
+    from PIL import Image
+
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert '<img src="k_auto.png"' in page and Image.open(tmp_path / "run" / "k_auto.png").format == "PNG"
 
 
 def test_cli_k_bad_value(tmp_path):

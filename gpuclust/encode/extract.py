@@ -34,7 +34,7 @@ class _Rows:
         return len(self.rows)
 
     def __getitem__(self, j: int):
-        row = self.rows[j]
+        row = int(self.rows[j])
         try:
             return row, self.transform(self.dataset.load(row)), ""
         except SkipImage as exc:
@@ -114,7 +114,7 @@ class _RowBytes:
 
         from PIL import Image
 
-        row = self.rows[j]
+        row = int(self.rows[j])
         try:
             data = self.dataset.read_bytes(row)
         except SkipImage as exc:
@@ -163,38 +163,79 @@ def _device_batches(loader, dataset, encoder, device):
         yield torch.as_tensor(np.asarray(rows)[order]), x, bad, len(items)
 
 
-def _encode_shard(dataset, encoder, forward, backend, rows: range, batch_size: int, num_workers: int, bar,
-                  decode: str = "cpu"):
-    """One shard: returns (xp array of embeddings, kept rows, skipped list)."""
+def _batches(dataset, encoder, backend, rows, batch_size: int, num_workers: int, decode: str):
+    """(kept rows as an int64 tensor, ascending; batch on its way to the device or None; skipped; items) per loader
+    batch over `rows`, in order."""
     import torch
 
-    device = torch.device(backend.torch_device)
     if decode == "device":
         loader = torch.utils.data.DataLoader(_RowBytes(dataset, rows), batch_size=batch_size,
                                              num_workers=num_workers, collate_fn=list)
-        batches = _device_batches(loader, dataset, encoder, device)
-    else:
-        loader = torch.utils.data.DataLoader(
-            _Rows(dataset, rows, encoder.transform), batch_size=batch_size, num_workers=num_workers,
-            collate_fn=_collate, pin_memory=backend.is_gpu,
-        )
-        batches = ((r, b, bad, len(r) + len(bad)) for r, b, bad in loader)
-    parts, kept, skipped = [], [], []
+        yield from _device_batches(loader, dataset, encoder, torch.device(backend.torch_device))
+        return
+    loader = torch.utils.data.DataLoader(_Rows(dataset, rows, encoder.transform), batch_size=batch_size,
+                                         num_workers=num_workers, collate_fn=_collate, pin_memory=backend.is_gpu)
+    for r, b, bad in loader:
+        yield r, b, bad, len(r) + len(bad)
+
+
+class _Pending:
+    """A shard's embeddings as its rows come in."""
+
+    def __init__(self):
+        self.parts, self.kept, self.bad, self.seen = [], [], [], 0
+
+
+def encode_shards(dataset, encoder, forward, backend, shards: list[range], batch_size: int, num_workers: int, bar,
+                  decode: str = "cpu"):
+    """Encode the rows of `shards` (ascending, disjoint ranges) through one DataLoader and yield
+    (position in `shards`, xp embeddings, kept rows, skipped) as each shard completes, in order.
+
+    One loader for every shard keeps its workers and their prefetched batches alive from one shard to the next
+    (a loader per 2,048-row shard started and drained its workers every ~0.2 s of GPU work); a batch may hold the
+    end of one shard and the start of the next."""
+    import torch
+
+    device = torch.device(backend.torch_device)
+    xp = backend.xp
+    rows = np.concatenate([np.arange(r.start, r.stop, dtype=np.int64) for r in shards]) if shards else []
+    starts = np.array([r.start for r in shards], dtype=np.int64)
+    pending: dict[int, _Pending] = {}
+    done = 0
     with torch.inference_mode():
-        for batch_rows, batch, bad, n_items in batches:
-            skipped.extend(bad)
+        for batch_rows, batch, bad, n_items in _batches(dataset, encoder, backend, rows, batch_size, num_workers,
+                                                         decode):
+            kept = batch_rows.numpy()
             if batch is not None:
                 x = batch.to(device, non_blocking=True)
                 if x.ndim == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
-                feats = forward(x)
-                parts.append(backend.from_torch(feats.contiguous()))
-                kept.append(batch_rows.numpy())
+                feats = backend.from_torch(forward(x).contiguous())
+                where = np.searchsorted(starts, kept, side="right") - 1  # ascending: one slice per shard
+                for s in np.unique(where):
+                    lo, hi = np.searchsorted(where, s), np.searchsorted(where, s, side="right")
+                    p = pending.setdefault(int(s), _Pending())
+                    p.parts.append(feats[lo:hi])
+                    p.kept.append(kept[lo:hi])
+                    p.seen += int(hi - lo)
+            for r, reason in bad:
+                p = pending.setdefault(int(np.searchsorted(starts, r, side="right") - 1), _Pending())
+                p.bad.append((int(r), reason))
+                p.seen += 1
             bar.update(n_items)
-    xp = backend.xp
-    X = xp.concatenate(parts) if parts else xp.zeros((0, encoder.dim), dtype=xp.float32)
-    skipped.sort()
-    return X, (np.concatenate(kept) if kept else np.zeros(0, np.int64)), skipped
+            while done in pending and pending[done].seen == len(shards[done]):
+                p = pending.pop(done)
+                X = xp.concatenate(p.parts) if p.parts else xp.zeros((0, encoder.dim), dtype=xp.float32)
+                yield done, X, (np.concatenate(p.kept) if p.kept else np.zeros(0, np.int64)), sorted(p.bad)
+                done += 1
+
+
+def _encode_shard(dataset, encoder, forward, backend, rows: range, batch_size: int, num_workers: int, bar,
+                  decode: str = "cpu"):
+    """One shard: returns (xp array of embeddings, kept rows, skipped list)."""
+    for _, X, kept, bad in encode_shards(dataset, encoder, forward, backend, [rows], batch_size, num_workers, bar,
+                                         decode):
+        return X, kept, bad
 
 
 def prepare_forward(encoder: Encoder, backend: Backend, batch_size: int, precision: str = "fp32",
@@ -211,17 +252,21 @@ def prepare_forward(encoder: Encoder, backend: Backend, batch_size: int, precisi
     return _Forward(model, batch_size, precision, torch.device(backend.torch_device).type)
 
 
+def store_shard(backend, store: EmbeddingStore, i: int, X, kept, bad, store_dtype: str = "float32"):
+    """Write shard `i` to the store atomically; returns X as stored (rounded to `store_dtype`)."""
+    if store_dtype != "float32":
+        X = X.astype(store_dtype).astype(backend.xp.float32)
+    store.write(i, Shard(backend.to_host(X).astype(store_dtype), kept,
+                         np.array([r for r, _ in bad], np.int64), np.array([m for _, m in bad], dtype=str)))
+    return X
+
+
 def encode_and_store(dataset, encoder, forward, backend, store: EmbeddingStore, i: int, batch_size: int,
                      num_workers: int, bar, decode: str = "cpu", store_dtype: str = "float32"):
     """Encode shard `i` and write it to the store atomically; returns what was written (X as stored, rounded)."""
-    xp = backend.xp
     X, kept, bad = _encode_shard(dataset, encoder, forward, backend, store.shard_range(i), batch_size, num_workers,
                                  bar, decode)
-    if store_dtype != "float32":
-        X = X.astype(store_dtype).astype(xp.float32)
-    store.write(i, Shard(backend.to_host(X).astype(store_dtype), kept,
-                         np.array([r for r, _ in bad], np.int64), np.array([m for _, m in bad], dtype=str)))
-    return X, kept, bad
+    return store_shard(backend, store, i, X, kept, bad, store_dtype), kept, bad
 
 
 def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: EmbeddingStore,
@@ -243,15 +288,17 @@ def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: Em
     xp = backend.xp
     parts, rows, skipped = [], [], []
     computed = reused = 0
-    todo = set(store.missing())
+    todo = store.missing()
     total = sum(len(store.shard_range(i)) for i in todo)
     with tqdm(total=total, unit="img", desc=f"encode {encoder.name}", disable=not progress or total == 0,
-              dynamic_ncols=True) as bar:
+              dynamic_ncols=True) as bar, contextlib.closing(
+            encode_shards(dataset, encoder, forward, backend, [store.shard_range(i) for i in todo], batch_size,
+                          num_workers, bar, decode)) as fresh:
         for i in range(store.n_shards):
             rng = store.shard_range(i)
-            if i in todo:
-                X, kept, bad = encode_and_store(dataset, encoder, forward, backend, store, i, batch_size,
-                                                num_workers, bar, decode, store_dtype)
+            if i in todo:  # the shards to encode come out of `fresh` in order, each written as soon as it is whole
+                _, X, kept, bad = next(fresh)
+                X = store_shard(backend, store, i, X, kept, bad, store_dtype)
                 computed += len(rng)
             elif not in_memory:
                 reused += len(rng)

@@ -130,14 +130,21 @@ def time_tensors(enc: Encoder, device, precision: str, batch: int, n: int, plain
 
 def time_files(enc: Encoder, folder: Path, device_name: str, precision: str, batch: int, workers: int,
                decode: str = "cpu") -> float:
-    """Images/s of gpuclust's extraction (decode, transform, forward, store write) over the JPEG folder; with
-    decode="device" the pipeline's own --decode device path (nvJPEG on a GPU)."""
+    """Images/s of gpuclust's extraction (decode, transform, forward, store write) over the JPEG folder, the
+    DataLoader workers' start included; with decode="device" the pipeline's own --decode device path (nvJPEG on a
+    GPU)."""
     from gpuclust.data import load_dataset
     from gpuclust.encode.extract import extract
     from gpuclust.store import EmbeddingStore
 
     be = resolve_backend(device_name)
     ds = load_dataset(f"folder:{folder}")
+    # Untimed warm-up on the first batches: the model's move to the device, cuDNN's algorithm search and the first
+    # kernels' compilation are paid once per run, not per image.
+    warm = load_dataset(f"folder:{folder}", limit=min(len(ds), 2 * batch))
+    with tempfile.TemporaryDirectory() as cache:
+        extract(warm, enc, be, EmbeddingStore(cache, {"bench": "warm-up"}, len(warm), 4096), batch, 0,
+                progress=False, precision=precision, decode=decode)
     with tempfile.TemporaryDirectory() as cache:
         store = EmbeddingStore(cache, {"bench": enc.name, "precision": precision}, len(ds), 4096)
         be.synchronize()

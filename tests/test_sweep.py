@@ -147,6 +147,10 @@ def test_settings_compared_are_the_results_tables_group_means(grid2x2, capsys):
             assert s["best_run"] == top["run"] and float(s["best_ami"]) == float(top["ami"])
             assert float(s["mean_silhouette_umap_all"]) == pytest.approx(
                 statistics.fmean(float(r["silhouette_umap_all"]) for r in group), abs=1e-12)
+    for key in ("reduce.method", "cluster.method"):  # the label-free pick: the value with the best mean silhouette
+        mine = [s for s in summary if s["setting"] == key]
+        top = max(mine, key=lambda s: float(s["mean_silhouette_umap_all"]))
+        assert [s["label_free_pick"] for s in mine] == [str(s is top) for s in mine]
     umap, pca = (next(s for s in summary if s["value"] == v) for v in ("umap", "pca"))
     assert summary[0] is umap and float(umap["mean_ami"]) > float(pca["mean_ami"])  # as on every digits run so far
 
@@ -168,6 +172,7 @@ def test_settings_compared_are_the_results_tables_group_means(grid2x2, capsys):
     assert "mean ami per setting, over every other setting" in printed
     line = next(x for x in printed.splitlines() if "reduce.method" in x and "umap" in x)
     assert f"{float(umap['mean_ami']):.4f}" in line and umap["best_run"] in line
+    assert ("yes" in line) == (umap["label_free_pick"] == "True") and "label-free pick" in printed
 
 
 def test_settings_comparison_orders_lower_is_better_and_names_unset_parameters():
@@ -187,6 +192,7 @@ def test_settings_comparison_orders_lower_is_better_and_names_unset_parameters()
     assert summary[0]["best_run"] == "0002" and summary[0]["best_davies_bouldin"] == 0.4
     assert summary[0]["mean_silhouette_umap_all"] == 0.6  # a NaN proxy is left out of the mean, not propagated
     assert summary[1]["sd_davies_bouldin"] is None  # one run
+    assert [s["label_free_pick"] for s in summary] == [True, False, True, False, False]
     assert heatmap_axes(varied, rows) == ("cluster.method", "cluster.params.min_cluster_size")
     assert heatmap_axes(["seed", "cluster.method", "data.spec", "encode.spec"], rows) == ("encode.spec", "data.spec")
     assert heatmap_axes(["seed", "cluster.method"], rows) == ("seed", "cluster.method")

@@ -32,7 +32,8 @@ def _mean(values: list[float]) -> float | None:
 
 def by_setting(rows: list[dict], varied: list[str], metric: str, lower_is_better: bool = False) -> list[dict]:
     """One row per (varied setting, value): the runs with that value, the mean, standard deviation and best of
-    `metric` over them, and the mean label-free proxy. Within a setting, the best mean comes first."""
+    `metric` over them, and the mean label-free proxy with the value it would pick (`label_free_pick`). Within a
+    setting, the best mean comes first."""
     out = []
     sign = -1.0 if lower_is_better else 1.0
     for key in varied:
@@ -51,7 +52,13 @@ def by_setting(rows: list[dict], varied: list[str], metric: str, lower_is_better
                             f"sd_{metric}": statistics.stdev(scores) if len(scores) > 1 else None,
                             f"best_{metric}": _num(best[metric]), "best_run": best["run"],
                             **({f"mean_{PROXY}": _mean(proxy)} if metric != PROXY else {})})
-        out += sorted(summary, key=lambda s: -sign * s[f"mean_{metric}"])
+        summary.sort(key=lambda s: -sign * s[f"mean_{metric}"])
+        proxied = [s for s in summary if s.get(f"mean_{PROXY}") is not None]
+        if metric != PROXY and proxied:  # the value the label-free proxy would have chosen
+            pick = max(proxied, key=lambda s: s[f"mean_{PROXY}"])
+            for s in summary:
+                s["label_free_pick"] = s is pick
+        out += summary
     return out
 
 

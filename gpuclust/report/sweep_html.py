@@ -90,12 +90,13 @@ def settings_html(summary: list[dict], metric: str, run_dirs: dict[str, str]) ->
         mine = [s for s in summary if s["setting"] == key]
         proxy = metric != PROXY and f"mean_{PROXY}" in mine[0]
         head = ["value", "runs", f"mean {metric}", "sd", f"best {metric}", "best run",
-                *([f"mean {PROXY}"] if proxy else [])]
+                *([f"mean {PROXY}", "label-free pick"] if proxy else [])]
         body = []
         for s in mine:
             link = f'<a href="{html.escape(run_dirs[s["best_run"]])}/report.html">{html.escape(s["best_run"])}</a>'
             cells = [html.escape(s["value"]), str(s["runs"]), _cell(s[f"mean_{metric}"]), _cell(s[f"sd_{metric}"]),
-                     _cell(s[f"best_{metric}"]), link, *([_cell(s[f"mean_{PROXY}"])] if proxy else [])]
+                     _cell(s[f"best_{metric}"]), link,
+                     *([_cell(s[f"mean_{PROXY}"]), "yes" if s.get("label_free_pick") else ""] if proxy else [])]
             body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         parts.append(f"<h3>{html.escape(key)}</h3><table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}"
                      f"</tr>{''.join(body)}</table>")
@@ -146,8 +147,8 @@ def write_sweep_report(out: Path, ordered: list[dict], failed: list[dict], names
     fails = "".join(f"<li>run {html.escape(r['run'])} ({html.escape(names[r['run']])}): "
                     f"{html.escape(str(r.get('status')))}: {html.escape(str(r.get('error', '')))}</li>" for r in failed)
     run_dirs = {r["run"]: r["run_dir"] for r in ordered}
-    proxy_note = (f" Beside it, the mean {PROXY}, which needs no labels: where it orders the values as "
-                  f"{html.escape(rank_by)} does, it could have chosen without labels."
+    proxy_note = (f" Beside it, the mean {PROXY}, which needs no labels, and the value it would have picked: where "
+                  f"that is the first row, the silhouette chose as {html.escape(rank_by)} did."
                   if rank_by != PROXY and any(f"mean_{PROXY}" in s for s in summary) else "")
     compared = "" if not summary else (
         f"<h2>settings compared</h2><p>Each setting the grid varies, its values ranked by the mean "

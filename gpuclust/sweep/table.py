@@ -304,13 +304,14 @@ def settings_table(summary: list[dict], rank_by: str):
 
     proxy = rank_by != PROXY and any(f"mean_{PROXY}" in s for s in summary)
     table = Table(title=f"mean {rank_by} per setting, over every other setting")
-    names = ["setting", "value", "runs", f"mean {rank_by}", "sd", "best run", *([f"mean {PROXY}"] if proxy else [])]
+    names = ["setting", "value", "runs", f"mean {rank_by}", "sd", "best run",
+             *([f"mean {PROXY}", "label-free pick"] if proxy else [])]
     for name in names:
         table.add_column(name, justify="left" if name in ("setting", "value") else "right", no_wrap=True)
     last = None
     for s in summary:
         table.add_row("" if s["setting"] == last else s["setting"], s["value"], str(s["runs"]),
                       _fmt(s[f"mean_{rank_by}"]), _fmt(s[f"sd_{rank_by}"]), s["best_run"],
-                      *([_fmt(s.get(f"mean_{PROXY}"))] if proxy else []))
+                      *([_fmt(s.get(f"mean_{PROXY}")), "yes" if s.get("label_free_pick") else ""] if proxy else []))
         last = s["setting"]
     return table

@@ -374,25 +374,33 @@ def _is_parameter_error(exc: Exception) -> bool:
     return isinstance(exc, InvalidParameterError)
 
 
-def planned_twin(name: str, backend: Backend, params: dict, warn: bool = False) -> str:
+def device_free_bytes() -> int:
+    """Free memory on the current GPU, as the driver counts it."""
+    import cupy
+
+    return int(cupy.cuda.runtime.memGetInfo()[0])
+
+
+def planned_twin(name: str, backend: Backend, params: dict, warn: bool = False, gap: str | None = None) -> str:
     """The twin that `make_estimator` will build for these parameters: the backend's own, or the CPU twin standing
-    in for a GPU twin that lacks the algorithm or one of the parameters."""
+    in for a GPU twin that lacks the algorithm or one of the parameters (or `gap`, a limit the caller found)."""
     if not backend.is_gpu:
         return "cpu"
-    gap = ALGORITHMS[name].gpu_gap(params)  # gap checks apply sklearn's defaults themselves
+    gap = gap or ALGORITHMS[name].gpu_gap(params)  # gap checks apply sklearn's defaults themselves
     if gap and warn:
         log.warning("%s: the GPU twin lacks %s; this step runs on the CPU twin", name, gap)
     return "cpu" if gap else "gpu"
 
 
-def make_estimator(name: str, backend: Backend, **params) -> Built:
+def make_estimator(name: str, backend: Backend, *, gpu_gap: str | None = None, **params) -> Built:
     """Build `name` for `backend` from the twin table, translating parameters in one place.
 
-    If the GPU twin lacks the algorithm or one of the requested parameters, the CPU twin is built instead and
-    `twin` says so; the caller moves data to the host for that step only.
+    If the GPU twin lacks the algorithm or one of the requested parameters (or the caller names a `gpu_gap` that
+    depends on the data, such as its size), the CPU twin is built instead and `twin` says so; the caller moves data
+    to the host for that step only.
     """
     algo = ALGORITHMS[name]
-    twin = planned_twin(name, backend, params, warn=True)
+    twin = planned_twin(name, backend, params, warn=True, gap=gpu_gap)
     p = algo.translate(params, twin)
     path = algo.gpu if twin == "gpu" else algo.cpu
     target = _resolve(path, algo, twin)

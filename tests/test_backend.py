@@ -53,6 +53,29 @@ def test_gpu_gaps_follow_cumls_limits():
     assert "connectivity" not in t({"linkage": "single", "metric": "cosine"}, "cpu")
 
 
+def test_l1_single_linkage_too_large_for_the_device_runs_on_the_cpu_twin(monkeypatch, caplog):
+    """cuML's pairwise single linkage needs n^2 floats: beyond the free device memory the CPU twin (an MST, linear
+    memory) runs it, with a log line. A GPU run's decision, with numpy standing in for CuPy."""
+    import scipy.special
+
+    import gpuclust.backend as backend_mod
+    from gpuclust.backend import Backend, make_estimator
+    from gpuclust.cluster import _size_gap
+
+    gpu = Backend("gpu", np, scipy.special)
+    monkeypatch.setattr(backend_mod, "device_free_bytes", lambda: 2**30)  # 1 GiB free
+    l1 = {"n_clusters": 10, "linkage": "single", "metric": "l1"}
+    assert _size_gap("agglomerative", l1, 10_000, gpu) is None  # 0.37 GiB
+    gap = _size_gap("agglomerative", l1, 20_000, gpu)  # 1.49 GiB
+    assert "1.5 GiB" in gap and "1.0 GiB free" in gap
+    assert _size_gap("agglomerative", {**l1, "metric": "euclidean"}, 10**6, gpu) is None  # cuML's kNN graph
+    assert _size_gap("agglomerative", {**l1, "linkage": "ward"}, 10**6, gpu) is None  # CPU twin anyway
+    assert _size_gap("agglomerative", l1, 10**6, Backend("cpu", np, scipy.special)) is None
+    est = make_estimator("agglomerative", gpu, gpu_gap=gap, **l1)
+    assert est.twin == "cpu" and type(est.obj).__module__.startswith("sklearn.")
+    assert "lacks memory for l1 single linkage of 20000 rows" in caplog.text
+
+
 def test_hdbscan_translation_keeps_cpu_results():
     from sklearn.cluster import HDBSCAN
     from sklearn.datasets import load_digits

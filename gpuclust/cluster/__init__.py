@@ -191,7 +191,7 @@ def cluster(Z, method: str, k: int | None, params: dict, backend: Backend, seed:
             Z = threshold_space(backend, Z, p.get("metric", "euclidean"))
     elif method == "dbscan":
         Z = Z.copy()  # cuML's cosine DBSCAN rewrites its input in place; Z may share memory with torch's tensor
-    est = make_estimator(method, backend, **p)
+    est = make_estimator(method, backend, gpu_gap=_size_gap(method, p, n, backend), **p)
     if method != "spectral":
         labels = est.call("fit_predict", backend, Z)
     else:
@@ -201,6 +201,27 @@ def cluster(Z, method: str, k: int | None, params: dict, backend: Backend, seed:
         _pass_on(caught, est.params)
     resolved = {**est.params, "rows_l2_normalised": True} if single_cosine else est.params
     return backend.xp.asarray(labels).astype(backend.xp.int64), est.twin, resolved
+
+
+# The share of free device memory cuML's full pairwise single linkage may take (its n x n float32 distances; the MST
+# and the dendrogram need a little more).
+PAIRWISE_SHARE = 0.8
+
+
+def _size_gap(method: str, p: dict, n: int, backend: Backend) -> str | None:
+    """A GPU limit that depends on the data: single linkage with a metric cuML's kNN graph does not take (l1) builds
+    the full pairwise graph, n^2 floats, which must fit on the device; scikit-learn's MST needs memory linear in n."""
+    if not backend.is_gpu or method != "agglomerative" or p.get("linkage") != "single":
+        return None
+    if p.get("metric", "euclidean") in ("euclidean", "l2") or p.get("distance_threshold") is not None:
+        return None
+    from ..backend import device_free_bytes
+
+    need, free = 4 * n * n, device_free_bytes()
+    if need <= PAIRWISE_SHARE * free:
+        return None
+    return (f"memory for {p['metric']} single linkage of {n} rows (cuML's pairwise graph needs {need / 2**30:.1f} GiB, "
+            f"{free / 2**30:.1f} GiB free)")
 
 
 def unit_rows(backend: Backend, Z):

@@ -16,6 +16,16 @@ def _cfg(cache_dir, tmp_path, device, **kw):
                      device=device, output=str(tmp_path / device))
 
 
+def test_free_device_memory_is_the_drivers_count():
+    import cupy
+
+    from gpuclust.backend import device_free_bytes
+
+    free, total = cupy.cuda.runtime.memGetInfo()
+    got = device_free_bytes()
+    assert 0 < got <= total and abs(got - free) < 2**30  # within 1 GiB of a moment ago
+
+
 def test_dlpack_shares_torch_memory():
     import cupy
     import torch

@@ -375,9 +375,11 @@ def _is_parameter_error(exc: Exception) -> bool:
 
 
 def device_free_bytes() -> int:
-    """Free memory on the current GPU, as the driver counts it."""
+    """Free memory on the current GPU, as the driver counts it, after CuPy's default pool has handed back its cached
+    blocks (RMM, which cuML allocates through, cannot use them)."""
     import cupy
 
+    cupy.get_default_memory_pool().free_all_blocks()
     return int(cupy.cuda.runtime.memGetInfo()[0])
 
 

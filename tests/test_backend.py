@@ -65,15 +65,19 @@ def test_l1_single_linkage_too_large_for_the_device_runs_on_the_cpu_twin(monkeyp
     gpu = Backend("gpu", np, scipy.special)
     monkeypatch.setattr(backend_mod, "device_free_bytes", lambda: 2**30)  # 1 GiB free
     l1 = {"n_clusters": 10, "linkage": "single", "metric": "l1"}
-    assert _size_gap("agglomerative", l1, 10_000, gpu) is None  # 0.37 GiB
-    gap = _size_gap("agglomerative", l1, 20_000, gpu)  # 1.49 GiB
-    assert "1.5 GiB" in gap and "1.0 GiB free" in gap
+    assert _size_gap("agglomerative", l1, 8_000, gpu) is None  # 13 bytes a pair: 0.77 GiB
+    gap = _size_gap("agglomerative", l1, 9_000, gpu)  # 0.98 GiB, above 80% of what is free
+    assert "1.0 GiB" in gap and "1.0 GiB free" in gap
+    monkeypatch.setattr(backend_mod, "device_free_bytes", lambda: 2**40)
+    assert "in 32 bits" in _size_gap("agglomerative", l1, 46_341, gpu)  # the edge count would overflow
+    assert _size_gap("agglomerative", l1, 46_340, gpu) is None
     assert _size_gap("agglomerative", {**l1, "metric": "euclidean"}, 10**6, gpu) is None  # cuML's kNN graph
+    assert _size_gap("agglomerative", {**l1, "metric": "chebyshev"}, 10**6, gpu) is None  # the table's own gap
     assert _size_gap("agglomerative", {**l1, "linkage": "ward"}, 10**6, gpu) is None  # CPU twin anyway
     assert _size_gap("agglomerative", l1, 10**6, Backend("cpu", np, scipy.special)) is None
     est = make_estimator("agglomerative", gpu, gpu_gap=gap, **l1)
     assert est.twin == "cpu" and type(est.obj).__module__.startswith("sklearn.")
-    assert "lacks memory for l1 single linkage of 20000 rows" in caplog.text
+    assert "lacks memory for l1 single linkage of 9000 rows" in caplog.text
 
 
 def test_hdbscan_translation_keeps_cpu_results():

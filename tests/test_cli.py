@@ -115,7 +115,9 @@ def test_config_that_is_a_folder_or_not_text(tmp_path, capsys):
     (["--reduce-param", "n_neighbors=true"], "n_neighbors=True"),
     (["--reduce-param", "min_dist=abc"], "min_dist='abc': must be a number >= 0"),
     (["--reduce-param", "min_dist=2"], "must not exceed spread"),
-    (["--reduce-param", "metric=foo"], "metric='foo': must be one of umap-learn's distances"),
+    (["--reduce-param", "metric=foo"], "metric='foo': must be one of umap-learn's or cuML's distances"),
+    (["--reduce-param", "knn=[1]"], "knn=[1]"),
+    (["--reduce-param", "n_neighbors=15.5"], "n_neighbors=15.5"),
     (["--reduce-param", "n_components=3"], "n_components: set the output size with --dims"),
     (["--reduce-param", "knn=bogus"], "knn='bogus'"),
     (["--reduce", "pca", "--reduce-param", "n_components=3"], "n_components: set the output size with --dims"),
@@ -142,9 +144,22 @@ def test_bad_reduce_params_and_k_ranges_exit_2_before_any_work(extra, needle, tm
 def test_umap_metric_list_is_umap_learns():
     import umap.distances
 
-    from gpuclust.reduce import UMAP_METRICS
+    from gpuclust.reduce import UMAP_LEARN_METRICS
 
-    assert set(UMAP_METRICS) == set(umap.distances.named_distances)
+    assert set(UMAP_LEARN_METRICS) == set(umap.distances.named_distances)
+
+
+def test_umap_takes_whole_floats_and_a_cuml_metric_name_is_one_line_on_the_cpu(tmp_path, capsys):
+    """YAML reads `15.0` as a float: UMAP's counts take it as the integer. cuML's own metric names pass the check
+    before the run and, where the CPU twin runs, end in one line naming umap-learn's word for them."""
+    base = ["--dataset", "digits", "--limit", "300", "--encoder", "pixels", "--reduce", "umap", "--dims", "5",
+            "--device", "cpu", "--no-silhouette-umap", "--gallery", "0", "-q", "--cache-dir", str(tmp_path / "c")]
+    assert main([*base, "--reduce-param", "n_neighbors=15.0", "--reduce-param", "n_epochs=50.0",
+                 "--output", str(tmp_path / "a")]) == 0
+    assert main([*base, "--reduce-param", "metric=cityblock", "--output", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["gpuclust: error: --reduce-param metric=cityblock: cuML's name, which umap-learn (the CPU twin) "
+                   "does not know; use manhattan"]
 
 
 def test_unknown_config_key_is_an_error(tmp_path):

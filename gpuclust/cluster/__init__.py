@@ -203,24 +203,30 @@ def cluster(Z, method: str, k: int | None, params: dict, backend: Backend, seed:
     return backend.xp.asarray(labels).astype(backend.xp.int64), est.twin, resolved
 
 
-# The share of free device memory cuML's full pairwise single linkage may take (its n x n float32 distances; the MST
-# and the dendrogram need a little more).
+# The share of free device memory cuML's full pairwise single linkage may take. Its graph holds n^2 edges, each an
+# int32 column index and a float32 distance, and RAFT's MST solver adds a float32 weight and a bool flag per edge:
+# about 13 bytes per pair (cuML's pw_dist_graph.cuh, RAFT's mst solver). The edge count is a 32-bit int, so above
+# 46,340 rows it overflows whatever the memory.
 PAIRWISE_SHARE = 0.8
+PAIRWISE_BYTES_PER_PAIR = 13
+PAIRWISE_MAX_ROWS = 46_340  # floor(sqrt(2^31 - 1))
 
 
 def _size_gap(method: str, p: dict, n: int, backend: Backend) -> str | None:
-    """A GPU limit that depends on the data: single linkage with a metric cuML's kNN graph does not take (l1) builds
-    the full pairwise graph, n^2 floats, which must fit on the device; scikit-learn's MST needs memory linear in n."""
+    """A GPU limit that depends on the data: single linkage with l1 (which cuML's kNN graph does not take) builds the
+    full pairwise graph, which must fit on the device; scikit-learn's MST needs memory linear in n."""
     if not backend.is_gpu or method != "agglomerative" or p.get("linkage") != "single":
         return None
-    if p.get("metric", "euclidean") in ("euclidean", "l2") or p.get("distance_threshold") is not None:
-        return None
+    if p.get("metric") not in ("l1", "manhattan", "cityblock") or p.get("distance_threshold") is not None:
+        return None  # euclidean: cuML's kNN graph; other metrics: the table's own gap names them
+    if n > PAIRWISE_MAX_ROWS:
+        return f"l1 single linkage of {n} rows (cuML's pairwise graph counts its n^2 edges in 32 bits)"
     from ..backend import device_free_bytes
 
-    need, free = 4 * n * n, device_free_bytes()
+    need, free = PAIRWISE_BYTES_PER_PAIR * n * n, device_free_bytes()
     if need <= PAIRWISE_SHARE * free:
         return None
-    return (f"memory for {p['metric']} single linkage of {n} rows (cuML's pairwise graph needs {need / 2**30:.1f} GiB, "
+    return (f"memory for l1 single linkage of {n} rows (cuML's pairwise graph needs {need / 2**30:.1f} GiB, "
             f"{free / 2**30:.1f} GiB free)")
 
 

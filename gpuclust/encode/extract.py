@@ -202,32 +202,38 @@ def encode_shards(dataset, encoder, forward, backend, shards: list[range], batch
     starts = np.array([r.start for r in shards], dtype=np.int64)
     pending: dict[int, _Pending] = {}
     done = 0
-    with torch.inference_mode():
-        for batch_rows, batch, bad, n_items in _batches(dataset, encoder, backend, rows, batch_size, num_workers,
-                                                         decode):
-            kept = batch_rows.numpy()
-            if batch is not None:
-                x = batch.to(device, non_blocking=True)
-                if x.ndim == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
+
+    def finished():
+        """The shards from `done` on whose every row has come in (an empty shard at once), in order."""
+        nonlocal done
+        while done < len(shards) and pending.get(done, _Pending()).seen == len(shards[done]):
+            p = pending.pop(done, None) or _Pending()
+            X = xp.concatenate(p.parts) if p.parts else xp.zeros((0, encoder.dim), dtype=xp.float32)
+            yield done, X, (np.concatenate(p.kept) if p.kept else np.zeros(0, np.int64)), sorted(p.bad)
+            done += 1
+
+    yield from finished()
+    for batch_rows, batch, bad, n_items in _batches(dataset, encoder, backend, rows, batch_size, num_workers, decode):
+        kept = batch_rows.numpy()
+        if batch is not None:
+            x = batch.to(device, non_blocking=True)
+            if x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():  # (not across the yields: the consumer runs in between)
                 feats = backend.from_torch(forward(x).contiguous())
-                where = np.searchsorted(starts, kept, side="right") - 1  # ascending: one slice per shard
-                for s in np.unique(where):
-                    lo, hi = np.searchsorted(where, s), np.searchsorted(where, s, side="right")
-                    p = pending.setdefault(int(s), _Pending())
-                    p.parts.append(feats[lo:hi])
-                    p.kept.append(kept[lo:hi])
-                    p.seen += int(hi - lo)
-            for r, reason in bad:
-                p = pending.setdefault(int(np.searchsorted(starts, r, side="right") - 1), _Pending())
-                p.bad.append((int(r), reason))
-                p.seen += 1
-            bar.update(n_items)
-            while done in pending and pending[done].seen == len(shards[done]):
-                p = pending.pop(done)
-                X = xp.concatenate(p.parts) if p.parts else xp.zeros((0, encoder.dim), dtype=xp.float32)
-                yield done, X, (np.concatenate(p.kept) if p.kept else np.zeros(0, np.int64)), sorted(p.bad)
-                done += 1
+            where = np.searchsorted(starts, kept, side="right") - 1  # ascending: one slice per shard
+            for s in np.unique(where):
+                lo, hi = np.searchsorted(where, s), np.searchsorted(where, s, side="right")
+                p = pending.setdefault(int(s), _Pending())
+                p.parts.append(feats[lo:hi])
+                p.kept.append(kept[lo:hi])
+                p.seen += int(hi - lo)
+        for r, reason in bad:
+            p = pending.setdefault(int(np.searchsorted(starts, r, side="right") - 1), _Pending())
+            p.bad.append((int(r), reason))
+            p.seen += 1
+        bar.update(n_items)
+        yield from finished()
 
 
 def _encode_shard(dataset, encoder, forward, backend, rows: range, batch_size: int, num_workers: int, bar,
@@ -290,13 +296,14 @@ def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: Em
     computed = reused = 0
     todo = store.missing()
     total = sum(len(store.shard_range(i)) for i in todo)
+    to_encode = set(todo)
     with tqdm(total=total, unit="img", desc=f"encode {encoder.name}", disable=not progress or total == 0,
               dynamic_ncols=True) as bar, contextlib.closing(
             encode_shards(dataset, encoder, forward, backend, [store.shard_range(i) for i in todo], batch_size,
                           num_workers, bar, decode)) as fresh:
         for i in range(store.n_shards):
             rng = store.shard_range(i)
-            if i in todo:  # the shards to encode come out of `fresh` in order, each written as soon as it is whole
+            if i in to_encode:  # the shards to encode come out of `fresh` in order, each written as soon as it is whole
                 _, X, kept, bad = next(fresh)
                 X = store_shard(backend, store, i, X, kept, bad, store_dtype)
                 computed += len(rng)

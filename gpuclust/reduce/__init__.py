@@ -51,13 +51,16 @@ EXACT_QUERY_METRICS = ("euclidean", "l2", "cosine", "manhattan", "l1", "citybloc
 # Part of every stored UMAP space's key, so that spaces stored under another `auto` rule are not reused.
 KNN_AUTO_RULE = f"exact for {EXACT_AUTO_METRICS}, rows^2 x dims <= {EXACT_AUTO_WORK}"
 
-# umap-learn's named distances (umap.distances.named_distances; a test keeps this list in step with the library).
-UMAP_METRICS = ("braycurtis", "canberra", "categorical", "chebyshev", "correlation", "cosine", "count", "dice",
-                "euclidean", "hamming", "haversine", "hellinger", "hierarchical_categorical", "jaccard", "kulsinski",
-                "l1", "l2", "linf", "linfinity", "linfty", "ll_dirichlet", "mahalanobis", "manhattan", "matching",
-                "minkowski", "myers", "ordinal", "poincare", "rogerstanimoto", "russellrao", "seuclidean",
-                "softmax_hellinger", "sokalmichener", "sokalsneath", "standardised_euclidean", "string",
-                "symmetric_kl", "taxicab", "weighted_minkowski", "wminkowski", "yule")
+# UMAP's distances: umap-learn's named ones (umap.distances.named_distances; a test keeps this list in step with
+# the library), then the names only cuML's UMAP knows (its metric table).
+UMAP_LEARN_METRICS = ("braycurtis", "canberra", "categorical", "chebyshev", "correlation", "cosine", "count", "dice",
+                      "euclidean", "hamming", "haversine", "hellinger", "hierarchical_categorical", "jaccard",
+                      "kulsinski", "l1", "l2", "linf", "linfinity", "linfty", "ll_dirichlet", "mahalanobis",
+                      "manhattan", "matching", "minkowski", "myers", "ordinal", "poincare", "rogerstanimoto",
+                      "russellrao", "seuclidean", "softmax_hellinger", "sokalmichener", "sokalsneath",
+                      "standardised_euclidean", "string", "symmetric_kl", "taxicab", "weighted_minkowski",
+                      "wminkowski", "yule")
+UMAP_METRICS = UMAP_LEARN_METRICS + ("sqeuclidean", "cityblock")
 
 
 def _number(v) -> bool:
@@ -65,7 +68,12 @@ def _number(v) -> bool:
 
 
 def _whole(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    """An integer, or a float with no fraction (YAML reads `15.0` as a float)."""
+    return _number(v) and float(v).is_integer()
+
+
+# Counts that UMAP's libraries take as integers: a whole float from YAML becomes an int before they see it.
+UMAP_COUNTS = ("n_neighbors", "n_epochs", "negative_sample_rate")
 
 
 # UMAP's parameters that umap-learn or cuML would otherwise reject deep inside numba or C++ (a TypeError, a typing
@@ -75,15 +83,18 @@ UMAP_CHECKS = {
     "min_dist": (lambda v: _number(v) and v >= 0, "a number >= 0"),
     "spread": (lambda v: _number(v) and v > 0, "a number > 0"),
     "n_epochs": (lambda v: v is None or (_whole(v) and v >= 0), "a whole number >= 0, or null"),
-    "learning_rate": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "learning_rate": (lambda v: _number(v) and v >= 0, "a number >= 0"),
     "negative_sample_rate": (lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
     "local_connectivity": (lambda v: _number(v) and v > 0, "a number > 0"),
     "set_op_mix_ratio": (lambda v: _number(v) and 0 <= v <= 1, "a number from 0 to 1"),
     "repulsion_strength": (lambda v: _number(v) and v >= 0, "a number >= 0"),
-    "random_state": (lambda v: v is None or (_whole(v) and 0 <= v < 2**32), "an integer from 0 to 2**32 - 1, or null"),
-    "metric": (lambda v: v in UMAP_METRICS, "one of umap-learn's distances, e.g. euclidean, cosine, manhattan"),
-    "init": (lambda v: v in ("spectral", "random", "pca", "tswspectral"), "spectral, random, pca or tswspectral"),
-    "knn": (lambda v: v in KNN, "one of " + ", ".join(KNN)),
+    "random_state": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32),
+                     "an integer from 0 to 2**32 - 1, or null"),
+    "metric": (lambda v: isinstance(v, str) and v in UMAP_METRICS,
+               "one of umap-learn's or cuML's distances, e.g. euclidean, cosine, manhattan"),
+    "init": (lambda v: isinstance(v, str) and v in ("spectral", "random", "pca", "tswspectral"),
+             "spectral, random, pca or tswspectral (cuML: spectral or random)"),
+    "knn": (lambda v: isinstance(v, str) and v in KNN, "one of " + ", ".join(KNN)),
 }
 
 
@@ -177,12 +188,13 @@ def fit_pca(X, dims: int | float, params: dict, backend: Backend):
     return est
 
 
-def _umap_settings(n: int, dims, params: dict, seed: int) -> tuple[int, dict, str]:
-    """(dims, estimator parameters, knn choice as given) for UMAP of n rows, checked."""
+def _umap_settings(n: int, dims, params: dict, seed: int, backend: Backend) -> tuple[int, dict, str]:
+    """(dims, estimator parameters, knn choice as given) for UMAP of n rows on `backend`, checked."""
     if dims != int(dims) or dims < 1:
         raise UserError(f"--dims {dims}: UMAP needs a whole number of dimensions, at least 1")
     dims = int(dims)
     p = {**UMAP_DEFAULTS, **params}
+    p.update({k: int(p[k]) for k in UMAP_COUNTS if _number(p.get(k))})  # (check_params: whole numbers only)
     if n <= dims + 1:
         raise UserError(f"UMAP to {dims} dimensions needs more than {dims + 1} rows; the data has {n} (lower --dims)")
     if p["n_neighbors"] >= n:
@@ -190,6 +202,10 @@ def _umap_settings(n: int, dims, params: dict, seed: int) -> tuple[int, dict, st
         p["n_neighbors"] = n - 1
     p.setdefault("random_state", seed)
     knn = p.pop("knn", "auto")
+    if p["metric"] not in UMAP_LEARN_METRICS and planned_twin("umap", backend, p) == "cpu":
+        same = {"cityblock": "manhattan", "sqeuclidean": "euclidean (the same neighbours)"}.get(p["metric"], "")
+        raise UserError(f"--reduce-param metric={p['metric']}: cuML's name, which umap-learn (the CPU twin) does not "
+                        f"know; use {same}")
     if knn not in KNN:
         raise UserError(f"--reduce-param knn={knn}: one of {', '.join(KNN)}")
     if knn == "exact" and p.get("metric", "euclidean") not in EXACT_QUERY_METRICS:
@@ -249,7 +265,7 @@ def _fit_umap(est, method: str, backend: Backend, X):
 
 
 def umap(X, dims: int, params: dict, backend: Backend, seed: int = 0):
-    dims, p, knn = _umap_settings(X.shape[0], dims, params, seed)
+    dims, p, knn = _umap_settings(X.shape[0], dims, params, seed, backend)
     _graph(X, knn, p, backend)
     est = make_estimator("umap", backend, n_components=dims, **p)
     Z = _fit_umap(est, "fit_transform", backend, X)
@@ -287,7 +303,7 @@ def reduce_streamed(matrix, method: str, dims, params: dict, backend: Backend, s
         est = fit_pca(S, dims, {"random_state": seed, **params}, backend)
         keep = est.keep
     else:
-        udims, p, knn = _umap_settings(len(pos), dims, params, seed)
+        udims, p, knn = _umap_settings(len(pos), dims, params, seed, backend)
         if knn not in ("auto", "library") and planned_twin("umap", backend, p) == "gpu":
             # cuML's transform after a fit on a precomputed graph has not been verified
             raise UserError(f"--reduce-param knn={knn} cannot be combined with --fit-sample on the GPU: cuML "

@@ -100,7 +100,7 @@ def _check_rank_by(metric: str | None) -> None:
 def sweep(args: argparse.Namespace) -> int:
     _check_rank_by(args.rank_by)
     runs, axes = plan(args)  # every grid point checked before anything is written
-    gpus = check_fan_out(args, runs)
+    gpus = check_fan_out(args, runs, count_gpus=not args.dry_run)  # a dry run may plan a GPU sweep anywhere
     varied = varied_keys(runs)
     say = (lambda *a: None) if args.quiet else (lambda text: print(text, flush=True))
     if args.dry_run:
@@ -110,10 +110,14 @@ def sweep(args: argparse.Namespace) -> int:
     out = Path(args.output or Path("sweeps") / time.strftime("%Y%m%d-%H%M%S")).expanduser()
     slots = open_slots(args, gpus)  # a scheduler that does not answer is refused before the directory is made
     try:
-        lock = open_sweep_dir(out, runs, axes, args.force)
-    except BaseException:
-        slots.stop()
-        raise
+        return run_grid(args, runs, axes, varied, out, slots, say)
+    finally:
+        slots.stop()  # whatever happened: no child run or Dask client outlives the sweep
+
+
+def run_grid(args: argparse.Namespace, runs: list[Run], axes, varied: list[str], out: Path, slots, say) -> int:
+    """The sweep directory opened, every run not done earlier run through `slots`, the tables and the report."""
+    lock = open_sweep_dir(out, runs, axes, args.force)
     by_id = {r.id: r for r in runs}
     rows: dict[str, dict] = {}
     previous = {}
@@ -156,11 +160,9 @@ def sweep(args: argparse.Namespace) -> int:
                 say(f"[{run.index}/{len(runs)}] {run.label(varied)}  {_result_text(rows[run.id])} "
                     f"({time.perf_counter() - t_run:.1f}s)")
     except KeyboardInterrupt:
-        slots.stop()
         print(f"gpuclust.sweep: interrupted; {len(rows)} of {len(runs)} runs recorded in {out / 'results.csv'}; "
               "rerun the same command to resume", file=sys.stderr)
         return 130
-    slots.stop()
     rank_by = effective_rank(args.rank_by, rows.values())
     if args.rank_by and rank_by != args.rank_by:
         say(f"sweep: no run has {args.rank_by}; ranked by {rank_by}")

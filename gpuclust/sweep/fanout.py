@@ -277,9 +277,9 @@ class DaskWorkers:
         self.client.close()
 
 
-def check_fan_out(args: argparse.Namespace, runs: list[Run]) -> list[str]:
-    """The fan-out flags checked against the grid and this machine before anything is written; returns the GPUs
-    (CUDA_VISIBLE_DEVICES entries) that --gpus takes."""
+def check_fan_out(args: argparse.Namespace, runs: list[Run], count_gpus: bool = True) -> list[str]:
+    """The fan-out flags checked against the grid and (with `count_gpus`) this machine's GPUs before anything is
+    written; returns the GPUs (CUDA_VISIBLE_DEVICES entries) that --gpus takes."""
     fanned = args.jobs is not None or args.gpus is not None or args.scheduler_address
     if fanned:
         for run in runs:
@@ -293,7 +293,7 @@ def check_fan_out(args: argparse.Namespace, runs: list[Run]) -> list[str]:
     if args.gpus is not None:
         if args.gpus < 1:
             raise UserError(f"--gpus {args.gpus}: at least 1")
-        visible = visible_gpus()
+        visible = visible_gpus() if count_gpus else [str(i) for i in range(args.gpus)]
         if len(visible) < args.gpus:
             raise UserError(f"--gpus {args.gpus}: {len(visible)} GPU(s) visible (check nvidia-smi and "
                             "CUDA_VISIBLE_DEVICES)")

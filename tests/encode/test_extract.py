@@ -49,3 +49,14 @@ def test_shards_stream_through_one_loader_and_equal_row_by_row_encoding(folder, 
         with torch.inference_mode():
             want = np.stack([enc.model(enc.transform(ds.load(r)).unsqueeze(0))[0].numpy() for r in kept])
         np.testing.assert_allclose(X, want, rtol=1e-6, atol=1e-6)
+
+
+def test_an_empty_shard_comes_out_empty_and_the_consumer_runs_outside_inference_mode(folder):
+    enc = build_encoder("pixels")
+    be = resolve_backend("cpu")
+    got = []
+    for pos, X, kept, bad in encode_shards(folder, enc, prepare_forward(enc, be, 4), be,
+                                           [range(0, 0), range(0, 3), range(3, 3)], 4, 0, _Count()):
+        assert not torch.is_inference_mode_enabled()  # the store write between shards runs as usual
+        got.append((pos, X.shape, kept.tolist(), bad))
+    assert got == [(0, (0, enc.dim), [], []), (1, (3, enc.dim), [0, 1, 2], []), (2, (0, enc.dim), [], [])]

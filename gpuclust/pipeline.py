@@ -116,8 +116,9 @@ def check_values(cfg: RunConfig) -> None:
     if cfg.reduce.method == "umap" and dims != int(dims):
         raise UserError(f"--dims {dims}: UMAP needs a whole number of dimensions (a share of variance is for pca)")
     kr = cfg.cluster.k_range
-    if not (isinstance(kr, (list, tuple)) and len(kr) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
-                                                                  for v in kr) and 2 <= kr[0] <= kr[1]):
+    whole = all(isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() for v in kr) \
+        if isinstance(kr, (list, tuple)) else False
+    if not (whole and len(kr) == 2 and 2 <= kr[0] <= kr[1]):
         raise UserError(f"k_range {kr!r}: two whole numbers [MIN, MAX] with 2 <= MIN <= MAX (--k-range MIN:MAX)")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise UserError(f"--limit {limit!r}: a positive integer")

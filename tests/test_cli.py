@@ -125,6 +125,7 @@ def test_config_that_is_a_folder_or_not_text(tmp_path, capsys):
     (["--k", "auto", "--config", "k_range: [a, b]"], "k_range ['a', 'b']"),
     (["--k", "auto", "--config", "k_range: [2, 3, 4]"], "k_range [2, 3, 4]"),
     (["--k", "auto", "--config", "k_range: [6, 3]"], "2 <= MIN <= MAX"),
+    (["--k", "auto", "--config", "k_range: [2.5, 4]"], "k_range [2.5, 4]"),
 ])
 def test_bad_reduce_params_and_k_ranges_exit_2_before_any_work(extra, needle, tmp_path, capsys):
     """UMAP's values are checked before the run: umap-learn itself fails on them with a TypeError or a numba typing

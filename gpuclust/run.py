@@ -225,6 +225,9 @@ def print_summary(result, console=None) -> None:
     console.print(table)
     # Its own line, never wrapped: a path broken across a table title's lines cannot be copied.
     console.print(f"run directory: {result.output}", soft_wrap=True, highlight=False)
+    if (result.output / "report.html").is_file():
+        what = "plots and the cluster gallery" if (result.output / "gallery").is_dir() else "plots"
+        console.print(f"report: {result.output / 'report.html'} ({what})", soft_wrap=True, highlight=False)
 
 
 def main(argv: list[str] | None = None) -> int:

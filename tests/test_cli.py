@@ -230,7 +230,8 @@ def test_printed_table_keeps_units_and_brackets(tmp_path, monkeypatch, capsys):
     assert main(["--dataset", "digits", "--encoder", "pixels", "--reduce", "pca", "--dims", "5",
                  "--no-silhouette-umap", "-q", "--output", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
     printed = capsys.readouterr().out
-    for label in ("encode [s]", "total [s]", "encode images/s", f"run directory: {out}\n"):
+    for label in ("encode [s]", "total [s]", "encode images/s", f"run directory: {out}\n",
+                  f"report: {out / 'report.html'} (plots and the cluster gallery)\n"):
         assert label in printed, (label, printed)
 
 

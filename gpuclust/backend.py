@@ -222,6 +222,25 @@ def _agglomerative_gap(p: dict) -> str | None:
     return None
 
 
+# cuML UMAP's dense metrics (its umap_utils _METRICS and _SUPPORTED_METRICS, 26.x): every one with the exact kNN
+# (brute_force_knn), a few with nn_descent. Other umap-learn metrics run on the CPU twin.
+CUML_UMAP_METRICS = frozenset({"l2", "euclidean", "sqeuclidean", "cityblock", "l1", "manhattan", "taxicab",
+                               "minkowski", "chebyshev", "linf", "cosine", "correlation", "hellinger", "hamming",
+                               "canberra"})
+CUML_NN_DESCENT_METRICS = frozenset({"l2", "euclidean", "sqeuclidean", "cosine"})
+
+
+def _umap_gap(p: dict) -> str | None:
+    metric = str(p.get("metric", "euclidean")).lower()
+    if metric not in CUML_UMAP_METRICS:
+        return f"metric {metric}"
+    if p.get("build_algo") == "nn_descent" and metric not in CUML_NN_DESCENT_METRICS:
+        return f"metric {metric} with build_algo=nn_descent"
+    if p.get("init", "spectral") not in ("spectral", "random"):
+        return f"init {p['init']}"
+    return None
+
+
 def _dbscan_gap(p: dict) -> str | None:
     return None if p.get("metric", "euclidean") in ("euclidean", "l2", "cosine") else f"metric {p['metric']}"
 
@@ -270,6 +289,7 @@ ALGORITHMS: dict[str, Algorithm] = {
                 {"n_components", "n_neighbors", "min_dist", "metric", "random_state", "n_epochs", "init",
                  "spread", "negative_sample_rate", "build_algo", "build_kwds", "learning_rate", "precomputed_knn"}
             ),
+            gpu_check=_umap_gap,
             cpu_install="pip install umap-learn",
         ),
         Algorithm("kmeans", "sklearn.cluster.KMeans", "cuml.cluster.KMeans", translate=_kmeans_params),

@@ -80,6 +80,18 @@ def test_l1_single_linkage_too_large_for_the_device_runs_on_the_cpu_twin(monkeyp
     assert "lacks memory for l1 single linkage of 9000 rows" in caplog.text
 
 
+def test_umap_metrics_and_inits_cuml_lacks_run_on_the_cpu_twin():
+    """cuML's UMAP knows a subset of umap-learn's metrics (fewer still with nn_descent) and two inits (its
+    umap_utils.pyx): the rest runs on the CPU twin instead of failing inside cuML."""
+    gap = ALGORITHMS["umap"].gpu_gap
+    assert gap({"n_neighbors": 30, "metric": "euclidean"}) is None and gap({"metric": "cosine"}) is None
+    assert gap({"metric": "manhattan", "init": "random"}) is None
+    assert gap({"metric": "haversine"}) == "metric haversine"
+    assert gap({"metric": "l1", "build_algo": "nn_descent"}) == "metric l1 with build_algo=nn_descent"
+    assert gap({"metric": "cosine", "build_algo": "nn_descent"}) is None
+    assert gap({"init": "pca"}) == "init pca"
+
+
 def test_hdbscan_translation_keeps_cpu_results():
     from sklearn.cluster import HDBSCAN
     from sklearn.datasets import load_digits

@@ -15,14 +15,10 @@ import math
 from pathlib import Path
 
 from ..store import atomic_write_bytes
-from .compare import PROXY, by_setting, heatmap_axes, plot_heatmap
+from .compare import PROXY, _num, by_setting, heatmap_axes, plot_heatmap
 from .html import STYLE, _plt, _save
 
 MAX_BARS = 30
-
-
-def _num(v) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
 def kendall_tau(x, y) -> float | None:

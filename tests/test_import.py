@@ -24,6 +24,11 @@ def test_sweep_cli_is_light():
     assert _loaded_after("import gpuclust.sweep, gpuclust.sweep.fanout, gpuclust.sweep.table") == []
 
 
+def test_export_cli_is_light():
+    # linking files needs no encoder; only packaged or shard images are read again (PIL)
+    assert _loaded_after("import gpuclust.export") == []
+
+
 def test_lazy_attributes_resolve():
     import gpuclust
 

@@ -10,7 +10,8 @@ from .base import FileDataset, encode_labels, list_images
 def _existing_dir(path: str, spec: str) -> Path:
     if not path:
         raise UserError(f"{spec}: give a folder, e.g. imagefolder:~/photos")
-    p = Path(path).expanduser()
+    # Absolute (not resolved: a symlinked folder keeps its name), so labels.parquet's paths hold from any directory.
+    p = Path(path).expanduser().absolute()
     if not p.exists():
         raise UserError(f"{spec}: no such folder {p}")
     if not p.is_dir():

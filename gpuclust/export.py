@@ -1,0 +1,266 @@
+"""`python -m gpuclust.export RUN DEST`: a finished run's clusters as folders of images, one folder per cluster.
+
+The run's labels.parquet says which cluster each row went to. Images that are files on disk (imagefolder:, folder:,
+csv:, parquet:) are linked into `DEST/cluster-NNNN/` (symlinks by default; hard links or copies on request), so a
+million-image export costs no space. Images that are not files of their own (the packaged sets, torchvision
+datasets, members of webdataset shards) are read again from the dataset the run's config.json names and written
+out: a shard member as its original bytes, a decoded image as PNG. A source file that is gone since the run is a
+counted skip, listed in DEST/export.csv with the reason, like an unreadable image in a run.
+
+Exit codes: 0 success; 2 bad input or usage (one line on stderr); 1 internal error.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import OneLineParser, UserError, one_line
+
+log = logging.getLogger(__name__)
+
+MODES = ("symlink", "hardlink", "copy")
+FILE_SOURCES = ("imagefolder", "folder", "csv", "parquet")  # rows are image files on disk, linked as they are
+MARKER = "export.json"  # written first: it marks a folder --force may replace, even an export that was killed
+LISTING = "export.csv"
+
+
+@dataclass
+class ExportResult:
+    dest: Path
+    mode: str  # symlink, hardlink or copy for image files; "written" for images read again from the dataset
+    clusters: dict = field(default_factory=dict)  # folder name -> images placed in it
+    skipped: int = 0
+
+    @property
+    def exported(self) -> int:
+        return sum(self.clusters.values())
+
+
+def folder_name(cluster: int) -> str:
+    """The folder of one cluster: named like the gallery's strips (cluster-0003.jpg), noise in `noise`."""
+    return "noise" if cluster < 0 else f"cluster-{cluster:04d}"
+
+
+def _read_run(run: Path) -> tuple[dict, list[dict]]:
+    """(config.json, labels.parquet rows) of a finished run, or a one-line error saying what is missing."""
+    import pyarrow.parquet as pq
+
+    if not run.is_dir():
+        raise UserError(f"{run}: no such run directory")
+    labels = run / "labels.parquet"
+    if not labels.is_file():
+        raise UserError(f"{run}: not a finished run (no labels.parquet); give the directory a run printed")
+    try:
+        table = pq.read_table(labels, columns=["row", "path", "label_pred"])
+        config = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError, KeyError) as exc:  # pyarrow raises ArrowInvalid (a ValueError) for a bad file
+        raise UserError(f"{run}: cannot read its labels.parquet and config.json ({type(exc).__name__})") from None
+    return config, table.to_pylist()
+
+
+def _prepare(dest: Path, force: bool, run: Path, mode: str) -> None:
+    """DEST must be new or empty; --force replaces an earlier export there, never a folder of other files."""
+    from .store import atomic_write_json
+
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"{dest}: exists and is not a folder")
+    if dest.is_dir() and any(dest.iterdir()):
+        if not (dest / MARKER).is_file():
+            raise UserError(f"{dest}: the folder is not empty and holds no earlier export; choose a new folder")
+        if not force:
+            raise UserError(f"{dest}: holds an earlier export; add --force to replace it, or choose a new folder")
+        for p in dest.iterdir():  # only what an export writes: its folders and its two files
+            if p.is_dir() and not p.is_symlink() and (p.name == "noise" or p.name.startswith("cluster-")):
+                shutil.rmtree(p)
+            elif p.name in (MARKER, LISTING):
+                p.unlink()
+    dest.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(dest / MARKER, {"run": str(run.resolve()), "mode": mode})
+
+
+def _reopen(config: dict):
+    """The run's dataset again, with its own settings; refused if it no longer holds the rows the run clustered."""
+    from .data import load_dataset
+
+    data, resolved = config.get("data") or {}, config.get("resolved") or {}
+    spec = data.get("spec", "")
+    ds = load_dataset(spec, data.get("limit"), data.get("root"), data.get("subsample", "first"),
+                      config.get("seed", 0))
+    changed = resolved.get("dataset_rows") not in (None, len(ds))
+    key_file = Path(resolved["store"]) / "key.json" if resolved.get("store") else None
+    if not changed and key_file is not None and key_file.is_file():
+        changed = json.loads(key_file.read_text()).get("rows") not in (None, ds.fingerprint())
+    if changed:
+        raise UserError(f"{spec}: the dataset is not the one the run clustered (its rows changed since); "
+                        "run again to export its clusters")
+    return ds
+
+
+def _name(used: set, base: str, row: int) -> str:
+    """The file's own name, unless the cluster's folder already has one of that name: then the row is added."""
+    if base not in used:
+        return base
+    stem, dot, ext = base.rpartition(".")
+    return f"{stem}-{row}.{ext}" if dot and stem else f"{base}-{row}"
+
+
+def _place(src: str, target: Path, mode: str) -> None:
+    """Link or copy one file; a copy goes through a temporary name, so a killed export leaves no half image."""
+    if mode == "symlink":
+        os.symlink(os.path.abspath(src), target)
+    elif mode == "hardlink":
+        try:
+            os.link(src, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            raise UserError(f"--mode hardlink: {target.parent.parent} is on another filesystem than {src}; "
+                            "use --mode symlink or copy") from None
+    else:
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copy2(src, tmp)
+        os.replace(tmp, target)
+
+
+def _write_image(ds, row: int, target_dir: Path, used: set, width: int) -> str:
+    """A row that is not a file of its own: a shard member's original bytes, else the decoded image as PNG."""
+    import io
+
+    from .data.base import ImageDataset
+    from .store import atomic_write_bytes
+
+    if type(ds).read_bytes is not ImageDataset.read_bytes:  # webdataset: the member as it was stored
+        data = ds.read_bytes(row)
+        base = ds.paths[row].rpartition(":")[2].rpartition("/")[2] if ds.paths else f"{row:0{width}d}"
+    else:
+        buf = io.BytesIO()
+        ds.load(row).save(buf, format="PNG")
+        data, base = buf.getvalue(), f"{row:0{width}d}.png"
+    name = _name(used, base, row)
+    atomic_write_bytes(target_dir / name, data)
+    return name
+
+
+def export_clusters(run: Path | str, dest: Path | str, mode: str = "symlink", clusters=None, noise: bool = True,
+                    force: bool = False, progress: bool = True) -> ExportResult:
+    """Place every image of the run `run` in `dest/cluster-NNNN/` (noise in `dest/noise/`), list each row in
+    `dest/export.csv` (row, cluster, source, file, skipped) and return the counts. `clusters` keeps only those ids."""
+    import csv
+    import io
+
+    from tqdm.auto import tqdm
+
+    from .data.base import SkipImage
+    from .store import atomic_write_bytes
+
+    if mode not in MODES:
+        raise UserError(f"--mode {mode!r}: one of {', '.join(MODES)}")
+    run, dest = Path(run).expanduser(), Path(dest).expanduser()
+    config, rows = _read_run(run)
+    kind = str((config.get("data") or {}).get("spec", "")).partition(":")[0]
+    if kind == "embeddings":
+        raise UserError(f"{run}: the run clustered precomputed embeddings (embeddings:PATH); it has no images to "
+                        "export, and its labels.parquet lists each row's cluster")
+    keep = None if clusters is None else {int(c) for c in clusters}
+    if keep is not None and not keep & {r["label_pred"] for r in rows}:
+        found = sorted({r["label_pred"] for r in rows if r["label_pred"] >= 0})
+        raise UserError(f"--clusters {','.join(map(str, sorted(keep)))}: the run has no such cluster (it has "
+                        f"{len(found)}: {found[0] if found else '-'} to {found[-1] if found else '-'})")
+    chosen = [r for r in rows if (keep is None or r["label_pred"] in keep) and (noise or r["label_pred"] >= 0)]
+    ds = None if kind in FILE_SOURCES else _reopen(config)  # before DEST is touched: a refusal leaves nothing
+    width = len(str(max(len(ds) - 1, 0))) if ds is not None else 0
+    _prepare(dest, force, run, mode)
+    result = ExportResult(dest, mode if ds is None else "written")
+    used: dict[str, set] = {}
+    listing = io.StringIO()
+    table = csv.writer(listing)
+    table.writerow(["row", "cluster", "source", "file", "skipped"])
+    for r in tqdm(chosen, unit="img", desc=f"export to {dest.name}", disable=not progress or not chosen):
+        row, cluster, src = int(r["row"]), int(r["label_pred"]), r["path"] or ""
+        folder = folder_name(cluster)
+        (dest / folder).mkdir(exist_ok=True)
+        names = used.setdefault(folder, set())
+        try:
+            if ds is None:
+                if not os.path.isfile(src):
+                    raise SkipImage("no such file (moved or deleted since the run)")
+                name = _name(names, os.path.basename(src), row)
+                _place(src, dest / folder / name, mode)
+            else:
+                name = _write_image(ds, row, dest / folder, names, width)
+        except SkipImage as exc:
+            result.skipped += 1
+            table.writerow([row, cluster, src, "", str(exc)])
+            continue
+        names.add(name)
+        result.clusters[folder] = result.clusters.get(folder, 0) + 1
+        table.writerow([row, cluster, src, f"{folder}/{name}", ""])
+    atomic_write_bytes(dest / LISTING, listing.getvalue().encode())
+    if result.skipped:
+        log.warning("export: skipped %d image(s) whose source could not be read; listed with the reason in %s",
+                    result.skipped, dest / LISTING)
+    return result
+
+
+EXAMPLE = """examples:
+  python -m gpuclust.export runs/20261124-101500-folder-dino_vitb16-umap50-hdbscan ~/photos-by-cluster
+  python -m gpuclust.export RUN DEST --mode copy --clusters 3,7 --no-noise
+"""
+
+
+def _ids(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected cluster numbers separated by commas, got {text!r}") from None
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(
+        name="gpuclust.export", prog="python -m gpuclust.export",
+        description="Put a finished run's images into one folder per cluster (noise in noise/), with export.csv "
+                    "listing where each row went.",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", metavar="RUN", help="a run directory (the one gpuclust.run printed, or a sweep's runs/...)")
+    p.add_argument("dest", metavar="DEST", help="the folder to create (new or empty; see --force)")
+    p.add_argument("--mode", choices=MODES, default="symlink",
+                   help="how image files are placed: symlink (default, no space), hardlink (same filesystem) or "
+                        "copy; images that are not files of their own (packaged sets, shards) are always written")
+    p.add_argument("--clusters", type=_ids, metavar="N[,N...]", help="only these clusters (default: all)")
+    p.add_argument("--no-noise", action="store_true", help="leave out the rows the clusterer called noise (-1)")
+    p.add_argument("--force", action="store_true", help="replace an earlier export in DEST")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)  # argparse itself exits 2 with a usage line on bad flags
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = export_clusters(args.run, args.dest, args.mode, args.clusters, noise=not args.no_noise,
+                                 force=args.force, progress=not args.quiet)
+    except UserError as exc:
+        print(f"gpuclust.export: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    folders = [f for f in result.clusters if f != "noise"]
+    noise = f", {result.clusters['noise']:,} in noise/" if "noise" in result.clusters else ""
+    skipped = f"; {result.skipped:,} skipped (see export.csv)" if result.skipped else ""
+    how = {"symlink": "symlinks", "hardlink": "hard links", "copy": "copies", "written": "image files"}[result.mode]
+    print(f"exported {result.exported:,} images ({how}) into {len(folders):,} cluster folders{noise} under "
+          f"{result.dest}{skipped}")
+    return 0
+
+
+def cli() -> None:
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

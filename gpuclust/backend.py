@@ -140,10 +140,26 @@ def _hdbscan_params(params: dict, twin: str) -> dict:
     return p
 
 
+# cuML's settings for how UMAP's neighbour graph is built; umap-learn has no such parameters.
+CUML_UMAP_GRAPH_PARAMS = ("build_algo", "build_kwds")
+
+
 def _umap_params(params: dict, twin: str) -> dict:
     p = dict(params)
-    if twin == "cpu" and p.get("random_state") is not None:
-        p.setdefault("n_jobs", 1)  # umap-learn runs single-threaded when seeded; saying so avoids its warning
+    if twin == "cpu":
+        dropped = [k for k in CUML_UMAP_GRAPH_PARAMS if k in p]
+        if dropped:  # a config written for the GPU still runs here: they choose a search, not the model
+            log.info("umap: %s apply to cuML only; the CPU twin builds its neighbour graph as --reduce-param knn "
+                     "says", ", ".join(dropped))
+            for k in dropped:
+                del p[k]
+        if p.get("random_state") is not None:
+            p.setdefault("n_jobs", 1)  # umap-learn runs single-threaded when seeded; saying so avoids its warning
+        return p
+    metric = str(p.get("metric", "euclidean")).lower()
+    if p.get("build_algo", "auto") == "auto" and metric not in CUML_NN_DESCENT_METRICS:
+        # cuML's "auto" takes nn_descent above 50,000 unseeded rows, which refuses these metrics: search exactly.
+        p["build_algo"] = "brute_force_knn"
     return p
 
 
@@ -397,9 +413,13 @@ def _is_parameter_error(exc: Exception) -> bool:
 def device_free_bytes() -> int:
     """Free memory on the current GPU, as the driver counts it, after CuPy's default pool has handed back its cached
     blocks (RMM, which cuML allocates through, cannot use them)."""
+    import sys
+
     import cupy
 
     cupy.get_default_memory_pool().free_all_blocks()
+    if "torch" in sys.modules:  # blocks torch's caching allocator still holds count as used otherwise
+        sys.modules["torch"].cuda.empty_cache()
     return int(cupy.cuda.runtime.memGetInfo()[0])
 
 

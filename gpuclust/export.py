@@ -48,6 +48,17 @@ def folder_name(cluster: int) -> str:
     return "noise" if cluster < 0 else f"cluster-{cluster:04d}"
 
 
+def best_of_sweep(sweep: Path) -> Path:
+    """A sweep directory stands for its best run by the sweep's own ranking (best.json's `rank_by`)."""
+    doc = json.loads((sweep / "best.json").read_text())
+    top = (doc.get("best") or {}).get(doc.get("rank_by"))
+    if not top:
+        raise UserError(f"{sweep}: the sweep has no finished run to export yet")
+    log.warning("export: %s is a sweep; exporting its best run by %s (%s = %.4f): %s", sweep, top["metric"],
+                top["metric"], top["value"], top["run_dir"])
+    return sweep / top["run_dir"]
+
+
 def _read_run(run: Path) -> tuple[dict, list[dict]]:
     """(config.json, labels.parquet rows) of a finished run, or a one-line error saying what is missing."""
     import pyarrow.parquet as pq
@@ -163,6 +174,8 @@ def export_clusters(run: Path | str, dest: Path | str, mode: str = "symlink", cl
     if mode not in MODES:
         raise UserError(f"--mode {mode!r}: one of {', '.join(MODES)}")
     run, dest = Path(run).expanduser(), Path(dest).expanduser()
+    if (run / "best.json").is_file() and not (run / "labels.parquet").exists():
+        run = best_of_sweep(run)
     config, rows = _read_run(run)
     kind = str((config.get("data") or {}).get("spec", "")).partition(":")[0]
     if kind == "embeddings":
@@ -228,7 +241,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Put a finished run's images into one folder per cluster (noise in noise/), with export.csv "
                     "listing where each row went.",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", metavar="RUN", help="a run directory (the one gpuclust.run printed, or a sweep's runs/...)")
+    p.add_argument("run", metavar="RUN", help="a run directory (the one gpuclust.run printed, or one of a sweep's "
+                   "runs/), or a sweep directory: its best run by the sweep's ranking")
     p.add_argument("dest", metavar="DEST", help="the folder to create (new or empty; see --force)")
     p.add_argument("--mode", choices=MODES, default="symlink",
                    help="how image files are placed: symlink (default, no space), hardlink (same filesystem) or "

@@ -65,8 +65,8 @@ def test_l1_single_linkage_too_large_for_the_device_runs_on_the_cpu_twin(monkeyp
     gpu = Backend("gpu", np, scipy.special)
     monkeypatch.setattr(backend_mod, "device_free_bytes", lambda: 2**30)  # 1 GiB free
     l1 = {"n_clusters": 10, "linkage": "single", "metric": "l1"}
-    assert _size_gap("agglomerative", l1, 8_000, gpu) is None  # 13 bytes a pair: 0.77 GiB
-    gap = _size_gap("agglomerative", l1, 9_000, gpu)  # 0.98 GiB, above 80% of what is free
+    assert _size_gap("agglomerative", l1, 5_600, gpu) is None  # 26 bytes a pair: 0.76 GiB
+    gap = _size_gap("agglomerative", l1, 6_400, gpu)  # 0.99 GiB, above 80% of what is free
     assert "1.0 GiB" in gap and "1.0 GiB free" in gap
     monkeypatch.setattr(backend_mod, "device_free_bytes", lambda: 2**40)
     assert "in 32 bits" in _size_gap("agglomerative", l1, 46_341, gpu)  # the edge count would overflow
@@ -77,7 +77,7 @@ def test_l1_single_linkage_too_large_for_the_device_runs_on_the_cpu_twin(monkeyp
     assert _size_gap("agglomerative", l1, 10**6, Backend("cpu", np, scipy.special)) is None
     est = make_estimator("agglomerative", gpu, gpu_gap=gap, **l1)
     assert est.twin == "cpu" and type(est.obj).__module__.startswith("sklearn.")
-    assert "lacks memory for l1 single linkage of 9000 rows" in caplog.text
+    assert "lacks memory for l1 single linkage of 6400 rows" in caplog.text
 
 
 def test_umap_metrics_and_inits_cuml_lacks_run_on_the_cpu_twin():
@@ -90,6 +90,29 @@ def test_umap_metrics_and_inits_cuml_lacks_run_on_the_cpu_twin():
     assert gap({"metric": "l1", "build_algo": "nn_descent"}) == "metric l1 with build_algo=nn_descent"
     assert gap({"metric": "cosine", "build_algo": "nn_descent"}) is None
     assert gap({"init": "pca"}) == "init pca"
+
+
+def test_umap_graph_settings_translate_per_twin(caplog):
+    """cuML's build_algo/build_kwds choose how its neighbour graph is searched: the CPU twin (umap-learn has neither)
+    drops them, also when it stands in for the GPU twin, and the GPU twin searches exactly for metrics that cuML's
+    nn_descent refuses, since its "auto" switches to nn_descent above 50,000 unseeded rows."""
+    import logging
+
+    from gpuclust.backend import _umap_params
+
+    gpu = Backend("gpu", np, scipy.special)  # numpy inside: only the twin choice matters here
+    caplog.set_level(logging.INFO, logger="gpuclust.backend")
+    for backend in (gpu, resolve_backend("cpu")):
+        est = make_estimator("umap", backend, n_components=2, metric="l1", build_algo="nn_descent",
+                             build_kwds={"nnd_graph_degree": 64}, random_state=0)
+        assert est.twin == "cpu" and type(est.obj).__module__.startswith("umap")
+        assert "build_algo" not in est.params and "build_kwds" not in est.params
+    assert "build_algo, build_kwds apply to cuML only" in caplog.text
+    assert _umap_params({"metric": "l1", "random_state": None}, "gpu")["build_algo"] == "brute_force_knn"
+    assert _umap_params({"metric": "correlation", "build_algo": "auto"}, "gpu")["build_algo"] == "brute_force_knn"
+    assert "build_algo" not in _umap_params({"metric": "cosine"}, "gpu")
+    assert "build_algo" not in _umap_params({}, "gpu")  # euclidean: cuML's own choice stands
+    assert _umap_params({"metric": "cosine", "build_algo": "nn_descent"}, "gpu")["build_algo"] == "nn_descent"
 
 
 def test_hdbscan_translation_keeps_cpu_results():

@@ -640,3 +640,15 @@ def test_force_discards_the_old_grids_summary_and_report(tmp_path):
     assert main([*base, "--k", "10", "--force"]) == 0  # varies nothing: no summary to write
     names = {p.name for p in (tmp_path / "s").iterdir()}
     assert "by_setting.csv" not in names and "report.html" in names and len(_rows(tmp_path / "s")) == 1
+
+
+def test_exporting_a_sweep_directory_exports_its_best_run(grid2x2, tmp_path):
+    from gpuclust.export import export_clusters
+
+    out, rc, _ = grid2x2
+    assert rc == 0
+    rows = _rows(out)
+    top = max(rows, key=lambda r: float(r["ami"]))
+    result = export_clusters(out, tmp_path / "best", progress=False)
+    assert json.loads((tmp_path / "best" / "export.json").read_text())["run"] == str((out / top["run_dir"]).resolve())
+    assert result.exported == N and len(result.clusters) == int(top["n_clusters"])

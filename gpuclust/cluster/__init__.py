@@ -203,12 +203,13 @@ def cluster(Z, method: str, k: int | None, params: dict, backend: Backend, seed:
     return backend.xp.asarray(labels).astype(backend.xp.int64), est.twin, resolved
 
 
-# The share of free device memory cuML's full pairwise single linkage may take. Its graph holds n^2 edges, each an
-# int32 column index and a float32 distance, and RAFT's MST solver adds a float32 weight and a bool flag per edge:
-# about 13 bytes per pair (cuML's pw_dist_graph.cuh, RAFT's mst solver). The edge count is a 32-bit int, so above
-# 46,340 rows it overflows whatever the memory.
+# The share of free device memory cuML's full pairwise single linkage may take. Per pair of rows (cuVS's
+# connectivities.cuh and single_linkage.cuh, RAFT's MST solver, as cuML 26.10 calls them): the graph's int32 column
+# index and float32 distance (8 bytes), the solver's altered weights in float64 (8), its MST-edge flag (1), and the
+# copy of every weight that alteration_max() sorts, with thrust's sort buffer (about 8): about 25 bytes, 26 with a
+# margin. The edge count is a 32-bit int, so above 46,340 rows it overflows whatever the memory.
 PAIRWISE_SHARE = 0.8
-PAIRWISE_BYTES_PER_PAIR = 13
+PAIRWISE_BYTES_PER_PAIR = 26
 PAIRWISE_MAX_ROWS = 46_340  # floor(sqrt(2^31 - 1))
 
 

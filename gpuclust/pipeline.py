@@ -274,11 +274,15 @@ def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: b
         log.info("encode: reusing stored embeddings %s", store.dir)
     computed_elsewhere = 0
     try:
+        if not store.ids_path.is_file() and (ids := ds.row_ids()) is not None:
+            store.save_row_ids(ids)  # (a complete store from before row identities becomes a donor too)
+        # Rows earlier stores hold; in process only, as Dask workers encode whole shards (fill_store).
+        donors = store.donors() if client is None and not store.complete else None
         if client is not None and not store.complete:
             computed_elsewhere = fill_store(client, cfg, store, progress)
         emb = extract(ds, enc, backend, store, cfg.encode.batch_size, cfg.encode.num_workers, progress,
                       cfg.encode.store_dtype, cfg.encode.precision, cfg.encode.compile, cfg.encode.decode,
-                      in_memory=not streamed(cfg, len(ds)))
+                      in_memory=not streamed(cfg, len(ds)), donors=donors)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
             raise

@@ -3,19 +3,29 @@
 Layout: `<cache>/<digest>/key.json` (the key), `shard-NNNNNN.npz` (rows [i*shard_size, (i+1)*shard_size) of the
 dataset: `emb` for the rows that decoded, their `rows`, and the `skipped` rows with reasons), `complete.json` once
 every shard is there. A shard file exists only when whole (write to a temporary name, fsync, rename), so a killed
-run resumes at the first missing shard.
+run resumes at the first missing shard. `row_ids.npy` holds a 64-bit identity of each row's image (see
+`ImageDataset.row_ids`): a new store whose key differs only in its rows (a folder that gained files, a larger
+`--limit`, another subsample) takes the rows it shares with earlier stores from them (`Donors`) and encodes the rest.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 STORE_FORMAT = 1
+# Key fields that say which rows a store holds; every other field (encoder, weights, preprocessing, precision, store
+# dtype, decoder) changes the numbers, so only stores equal in those may share rows.
+ROW_FIELDS = ("dataset", "rows", "n_rows", "shard_size")
+
+log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -84,8 +94,6 @@ class EmbeddingStore:
         return (self.dir / "complete.json").is_file()
 
     def write(self, i: int, shard: Shard) -> None:
-        import io
-
         buf = io.BytesIO()
         np.savez(buf, emb=shard.emb, rows=shard.rows.astype(np.int64),
                  skipped_rows=shard.skipped_rows.astype(np.int64),
@@ -98,6 +106,140 @@ class EmbeddingStore:
 
     def mark_complete(self, dim: int) -> None:
         atomic_write_json(self.dir / "complete.json", {"dim": int(dim), "n_shards": self.n_shards})
+
+    @property
+    def ids_path(self) -> Path:
+        return self.dir / "row_ids.npy"
+
+    def save_row_ids(self, ids: np.ndarray) -> None:
+        """Record each row's image identity, once, so later stores can take rows from this one."""
+        if len(ids) != self.n_rows or self.ids_path.is_file():
+            return
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(ids, dtype=np.uint64), allow_pickle=False)
+        atomic_write_bytes(self.ids_path, buf.getvalue())
+
+    def donors(self) -> "Donors | None":
+        """The rows still to encode that earlier stores with the same encoder settings already hold, judged by
+        the row identities (`save_row_ids`); None when there are none, or no identities."""
+        if not self.ids_path.is_file():
+            return None
+        try:
+            ids = np.load(self.ids_path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        return Donors.find(self, ids)
+
+
+def _model_key(key: dict) -> dict:
+    return {k: v for k, v in key.items() if k not in ROW_FIELDS}
+
+
+@lru_cache(maxsize=8)
+def _donor_shard(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, emb) of one donor shard file; the last few stay loaded, since neighbouring rows share shards."""
+    with np.load(path, allow_pickle=False) as z:
+        return z["rows"], z["emb"]
+
+
+class Donors:
+    """Rows of a new store found, by image identity, in earlier stores of the same model key: `rows` (ascending)
+    and, for each, the donor store and the donor's row. Only rows a donor kept (decoded) are taken; rows it skipped
+    are tried again."""
+
+    def __init__(self, rows: np.ndarray, sources: list[tuple[Path, int]], which: np.ndarray, donor_rows: np.ndarray):
+        self.rows, self.sources, self.which, self.donor_rows = rows, sources, which, donor_rows
+
+    @classmethod
+    def find(cls, store: EmbeddingStore, ids: np.ndarray) -> "Donors | None":
+        ids = np.asarray(ids, dtype=np.uint64)
+        want = _model_key(store.key)
+        need = np.zeros(len(ids), dtype=bool)
+        for i in store.missing():
+            need[store.shard_range(i).start:store.shard_range(i).stop] = True
+        need &= ids != 0
+        n_todo = sum(len(store.shard_range(i)) for i in store.missing())
+        found_rows, found_which, found_donor, sources = [], [], [], []
+        for key_file in sorted(store.dir.parent.glob("*/key.json")):
+            d = key_file.parent
+            if d == store.dir or not need.any() or not (d / "row_ids.npy").is_file():
+                continue
+            try:
+                key = json.loads(key_file.read_text())
+                if _model_key(key) != want:
+                    continue
+                donor_ids = np.load(d / "row_ids.npy", allow_pickle=False)
+            except (OSError, ValueError):  # a store being written by another process, or damaged: not a donor
+                continue
+            hits = cls._match(ids, need, donor_ids, d, int(key.get("shard_size", 2048)))
+            if hits is None:
+                continue
+            rows, donor_rows = hits
+            sources.append((d, int(key.get("shard_size", 2048))))
+            found_rows.append(rows)
+            found_which.append(np.full(len(rows), len(sources) - 1))
+            found_donor.append(donor_rows)
+            need[rows] = False
+        if not found_rows:
+            return None
+        rows = np.concatenate(found_rows)
+        order = np.argsort(rows, kind="stable")
+        log.info("encode: %d of the %d rows to encode are already in %d earlier store(s) with the same encoder "
+                 "settings: copied from there, not encoded", len(rows), n_todo, len(sources))
+        return cls(rows[order], sources, np.concatenate(found_which)[order], np.concatenate(found_donor)[order])
+
+    @staticmethod
+    def _match(ids, need, donor_ids, d: Path, shard_size: int):
+        """(rows of ours, donor rows) for our needed rows whose identity the donor holds in a shard it kept them in."""
+        if len(donor_ids) == 0:
+            return None
+        order = np.argsort(donor_ids, kind="stable")
+        sorted_ids = donor_ids[order]
+        ours = np.flatnonzero(need)
+        pos = np.searchsorted(sorted_ids, ids[ours])
+        pos[pos == len(sorted_ids)] = 0
+        hit = sorted_ids[pos] == ids[ours]
+        ours, theirs = ours[hit], order[pos[hit]]
+        if not len(ours):
+            return None
+        keep = np.zeros(len(ours), dtype=bool)
+        for s in np.unique(theirs // shard_size):
+            path = d / f"shard-{int(s):06d}.npz"
+            if not path.is_file():
+                continue  # the donor never finished that shard
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    kept_rows = z["rows"]
+            except (OSError, ValueError):
+                continue
+            in_shard = theirs // shard_size == s
+            keep[in_shard] = np.isin(theirs[in_shard], kept_rows)
+        if not keep.any():
+            return None
+        return ours[keep], theirs[keep]
+
+    def within(self, rng: range) -> np.ndarray:
+        """Our rows in `rng` that a donor holds (ascending)."""
+        lo, hi = np.searchsorted(self.rows, [rng.start, rng.stop])
+        return self.rows[lo:hi]
+
+    def fetch(self, rng: range) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings as stored, our rows) for the donated rows in `rng`, read from the donors' shards."""
+        lo, hi = np.searchsorted(self.rows, [rng.start, rng.stop])
+        rows, which, theirs = self.rows[lo:hi], self.which[lo:hi], self.donor_rows[lo:hi]
+        out = None
+        for w in np.unique(which):
+            d, shard_size = self.sources[int(w)]
+            sel = np.flatnonzero(which == w)
+            for s in np.unique(theirs[sel] // shard_size):
+                part = sel[theirs[sel] // shard_size == s]
+                kept_rows, emb = _donor_shard(str(d / f"shard-{int(s):06d}.npz"))
+                if out is None:
+                    out = np.empty((len(rows), emb.shape[1]), dtype=emb.dtype)
+                out[part] = emb[np.searchsorted(kept_rows, theirs[part])]
+        if out is None:
+            out = np.zeros((0, 0), dtype=np.float32)
+        return out, rows
 
 
 class ReductionCache:
@@ -118,8 +260,6 @@ class ReductionCache:
         return np.load(arr, allow_pickle=False), json.loads(meta.read_text())
 
     def put(self, key: dict, Z: np.ndarray, info: dict) -> None:
-        import io
-
         self.dir.mkdir(parents=True, exist_ok=True)
         arr, meta = self._paths(key)
         buf = io.BytesIO()

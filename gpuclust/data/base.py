@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -13,6 +14,15 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", "
 
 class SkipImage(Exception):
     """An image that cannot be decoded; it is skipped, counted and listed, never fatal."""
+
+
+def hash_ids(texts) -> np.ndarray:
+    """64-bit identities (blake2b) of the given strings or bytes, as uint64; 0 is kept for "no identity"."""
+    out = np.empty(len(texts), dtype=np.uint64)
+    for i, t in enumerate(texts):
+        data = t.encode("utf-8", "surrogatepass") if isinstance(t, str) else bytes(t)
+        out[i] = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") or 1
+    return out
 
 
 @dataclass
@@ -38,6 +48,12 @@ class ImageDataset:
     def fingerprint(self) -> str:
         """Identity of the rows (not of the spec string): part of the embedding store key."""
         raise NotImplementedError  # pragma: no cover
+
+    def row_ids(self) -> np.ndarray | None:
+        """A uint64 identity per row's image (its file's path, size and modification time, or its pixels), so that
+        another dataset holding the same image can reuse its stored embedding; 0 for a row that must not take
+        one (a row its source marks bad). None: the source has no such identities."""
+        return None
 
     def take(self, rows) -> "ImageDataset":
         """The dataset of `rows` (indices, in that order)."""
@@ -71,6 +87,11 @@ class ArrayDataset(ImageDataset):
         if self.labels is not None:
             h.update(np.ascontiguousarray(self.labels).tobytes())
         return h.hexdigest()[:16]
+
+    def row_ids(self) -> np.ndarray:
+        images = np.ascontiguousarray(self.images)
+        return hash_ids([b"array\0" + bytes(str(images.shape[1:]), "ascii") + images[i].tobytes()
+                         for i in range(len(images))])
 
     def take(self, rows) -> "ArrayDataset":
         rows = np.asarray(rows, dtype=np.int64)
@@ -126,6 +147,18 @@ class FileDataset(ImageDataset):
         if self.labels is not None:
             h.update(np.ascontiguousarray(self.labels).tobytes())
         return h.hexdigest()[:16]
+
+    def row_ids(self) -> np.ndarray:
+        texts = []
+        for p in self.paths or []:
+            try:
+                st = Path(p).stat()
+                texts.append(f"file\0{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}")
+            except OSError:
+                texts.append(f"missing\0{p}")  # never stored: the row is skipped
+        ids = hash_ids(texts)
+        ids[list(self.bad)] = 0
+        return ids
 
     def take(self, rows) -> "FileDataset":
         rows = np.asarray(rows, dtype=np.int64)

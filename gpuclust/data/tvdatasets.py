@@ -50,6 +50,11 @@ class TorchvisionDataset(ImageDataset):
             h.update(np.ascontiguousarray(self.labels).tobytes())
         return h.hexdigest()[:16]
 
+    def row_ids(self) -> np.ndarray:
+        from .base import hash_ids
+
+        return hash_ids([f"torchvision\0{self.ident}\0{r}" for r in self.rows.tolist()])
+
     def take(self, rows) -> "TorchvisionDataset":
         rows = np.asarray(rows, dtype=np.int64)
         return TorchvisionDataset(spec=self.spec, labels=None if self.labels is None else self.labels[rows],

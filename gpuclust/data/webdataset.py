@@ -84,6 +84,24 @@ class WebDataset(ImageDataset):
             h.update(np.ascontiguousarray(self.labels).tobytes())
         return h.hexdigest()[:16]
 
+    def row_ids(self) -> np.ndarray:
+        """A member is its shard (path, size, modification time) and its place in it: adding a shard to a set keeps
+        the other shards' members' identities."""
+        import os
+
+        from .base import hash_ids
+
+        shards = []
+        for path in self.shards:
+            try:
+                st = os.stat(path)
+                shards.append(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}")
+            except OSError:
+                shards.append(f"missing\0{path}")
+        ids = hash_ids([f"tar\0{shards[s]}\0{o}\0{n}" for s, o, n in self.index.tolist()])
+        ids[list(self.bad)] = 0
+        return ids
+
     def take(self, rows) -> "WebDataset":
         rows = np.asarray(rows, dtype=np.int64)
         return WebDataset(spec=self.spec, labels=None if self.labels is None else self.labels[rows],

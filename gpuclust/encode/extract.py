@@ -187,9 +187,10 @@ class _Pending:
 
 
 def encode_shards(dataset, encoder, forward, backend, shards: list[range], batch_size: int, num_workers: int, bar,
-                  decode: str = "cpu"):
+                  decode: str = "cpu", exclude: np.ndarray | None = None):
     """Encode the rows of `shards` (ascending, disjoint ranges) through one DataLoader and yield
-    (position in `shards`, xp embeddings, kept rows, skipped) as each shard completes, in order.
+    (position in `shards`, xp embeddings, kept rows, skipped) as each shard completes, in order. Rows in `exclude`
+    (ascending; rows stored elsewhere) are neither encoded nor waited for.
 
     One loader for every shard keeps its workers and their prefetched batches alive from one shard to the next
     (a loader per 2,048-row shard started and drained its workers every ~0.2 s of GPU work); a batch may hold the
@@ -200,13 +201,17 @@ def encode_shards(dataset, encoder, forward, backend, shards: list[range], batch
     xp = backend.xp
     rows = np.concatenate([np.arange(r.start, r.stop, dtype=np.int64) for r in shards]) if shards else []
     starts = np.array([r.start for r in shards], dtype=np.int64)
+    expected = [len(r) for r in shards]
+    if exclude is not None and len(exclude) and len(rows):
+        rows = rows[~np.isin(rows, exclude)]
+        expected = [len(r) - int(np.diff(np.searchsorted(exclude, [r.start, r.stop]))[0]) for r in shards]
     pending: dict[int, _Pending] = {}
     done = 0
 
     def finished():
         """The shards from `done` on whose every row has come in (an empty shard at once), in order."""
         nonlocal done
-        while done < len(shards) and pending.get(done, _Pending()).seen == len(shards[done]):
+        while done < len(shards) and pending.get(done, _Pending()).seen == expected[done]:
             p = pending.pop(done, None) or _Pending()
             X = xp.concatenate(p.parts) if p.parts else xp.zeros((0, encoder.dim), dtype=xp.float32)
             yield done, X, (np.concatenate(p.kept) if p.kept else np.zeros(0, np.int64)), sorted(p.bad)
@@ -275,10 +280,22 @@ def encode_and_store(dataset, encoder, forward, backend, store: EmbeddingStore, 
     return store_shard(backend, store, i, X, kept, bad, store_dtype), kept, bad
 
 
+def _with_donated(backend, donors, rng: range, X, kept: np.ndarray):
+    """A shard's fresh rows merged with the rows donors hold in its range, in row order; and how many were donated."""
+    xp = backend.xp
+    emb, given = donors.fetch(rng)
+    if not len(given):
+        return X, kept, 0
+    rows = np.concatenate([kept, given])
+    order = np.argsort(rows, kind="stable")
+    X = xp.concatenate([X, xp.asarray(emb, dtype=xp.float32)])[xp.asarray(order)]
+    return X, rows[order], len(given)
+
+
 def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: EmbeddingStore,
             batch_size: int = 128, num_workers: int = 0, progress: bool = True,
             store_dtype: str = "float32", precision: str = "fp32", compile: bool = False,
-            decode: str = "cpu", in_memory: bool = True) -> Embeddings:
+            decode: str = "cpu", in_memory: bool = True, donors=None) -> Embeddings:
     """Embeddings for every decodable row, reusing complete shards from `store` and writing the missing ones.
 
     With `store_dtype="float16"` shards take half the disk, and fresh rows are rounded the same way, so a run that
@@ -286,7 +303,8 @@ def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: Em
     autocast (part of the store key: the numbers differ); `compile` wraps it in torch.compile (same numbers).
     `decode="device"` reads files as bytes and decodes JPEGs on the encoder's device (nvJPEG on a GPU).
     `in_memory=False` fills the store without keeping what it encodes and returns the store's rows as chunks read
-    from disk on demand (`StoreRows`), for datasets whose embeddings do not fit in memory."""
+    from disk on demand (`StoreRows`), for datasets whose embeddings do not fit in memory. `donors` (store.Donors):
+    rows that earlier stores of the same encoder settings hold; they are copied into the new shards, not encoded."""
     from tqdm.auto import tqdm
 
     # One per run: a halved batch size carries over to later shards.
@@ -295,18 +313,23 @@ def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: Em
     parts, rows, skipped = [], [], []
     computed = reused = 0
     todo = store.missing()
-    total = sum(len(store.shard_range(i)) for i in todo)
+    given = donors.rows if donors is not None else np.zeros(0, np.int64)
+    total = sum(len(store.shard_range(i)) for i in todo) - len(given)
     to_encode = set(todo)
     with tqdm(total=total, unit="img", desc=f"encode {encoder.name}", disable=not progress or total == 0,
               dynamic_ncols=True) as bar, contextlib.closing(
             encode_shards(dataset, encoder, forward, backend, [store.shard_range(i) for i in todo], batch_size,
-                          num_workers, bar, decode)) as fresh:
+                          num_workers, bar, decode, exclude=given)) as fresh:
         for i in range(store.n_shards):
             rng = store.shard_range(i)
             if i in to_encode:  # the shards to encode come out of `fresh` in order, each written as soon as it is whole
                 _, X, kept, bad = next(fresh)
+                n_given = 0
+                if donors is not None:
+                    X, kept, n_given = _with_donated(backend, donors, rng, X, kept)
                 X = store_shard(backend, store, i, X, kept, bad, store_dtype)
-                computed += len(rng)
+                computed += len(rng) - n_given
+                reused += n_given
             elif not in_memory:
                 reused += len(rng)
                 continue

@@ -47,3 +47,23 @@ def write_digit_images(root: Path, n_per_class: int = 20, classes=(0, 1, 7), ext
             img.save(root / f"class_{c}" / f"{j:03d}{ext}")
             labels.append(c)
     return np.array(labels)
+
+
+def write_digit_shard(path: Path, first: int, n: int) -> None:
+    """A webdataset tar shard of real images: scikit-learn's digits `first` .. `first + n - 1` as PNG members
+    (`sNNNN.png`) with their `.cls` labels."""
+    import io
+    import tarfile
+
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    with tarfile.open(path, "w") as tar:
+        for i in range(first, first + n):
+            buf = io.BytesIO()
+            Image.fromarray((d.images[i] * 255 / 16).astype(np.uint8)).save(buf, format="PNG")
+            for name, data in ((f"s{i:04d}.png", buf.getvalue()), (f"s{i:04d}.cls", str(int(d.target[i])).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))

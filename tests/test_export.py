@@ -1,7 +1,6 @@
 """`python -m gpuclust.export RUN DEST`: a run's clusters as folders, on real images: files linked or copied,
 packaged and shard images written again from the dataset, every row exactly once, refusals in one line."""
 import csv
-import io
 import os
 import tarfile
 from pathlib import Path
@@ -16,7 +15,7 @@ from gpuclust.data import load_dataset
 from gpuclust.errors import UserError
 from gpuclust.export import export_clusters, main
 from gpuclust.pipeline import run_pipeline
-from helpers import write_digit_images
+from helpers import write_digit_images, write_digit_shard
 
 
 def _run(tmp_path, spec, name, k=None, cluster="kmeans", params=None, **data):
@@ -105,30 +104,11 @@ def test_packaged_rows_are_written_as_the_images_the_run_clustered(tmp_path):
         assert np.array_equal(written, np.asarray(ds.load(r.row)))
 
 
-def _png(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _shard(path: Path, first: int, n: int):
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    with tarfile.open(path, "w") as tar:
-        for i in range(first, first + n):
-            for name, data in ((f"s{i:04d}.png", _png((d.images[i] * 255 / 16).astype(np.uint8))),
-                               (f"s{i:04d}.cls", str(int(d.target[i])).encode())):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-
-
 def test_webdataset_members_are_exported_byte_for_byte_and_a_changed_shard_is_refused(tmp_path):
     shards = tmp_path / "shards"
     shards.mkdir()
-    _shard(shards / "a-000.tar", 0, 150)
-    _shard(shards / "a-001.tar", 150, 150)
+    write_digit_shard(shards / "a-000.tar", 0, 150)
+    write_digit_shard(shards / "a-001.tar", 150, 150)
     run = _run(tmp_path, f"webdataset:{shards}", "run", k=10)
     export_clusters(run, tmp_path / "out", progress=False)
     listing = _listing(tmp_path / "out")
@@ -137,7 +117,7 @@ def test_webdataset_members_are_exported_byte_for_byte_and_a_changed_shard_is_re
         member = tar.extractfile("s0200.png").read()
     row = listing[listing.source.str.endswith("a-001.tar:s0200.png")].iloc[0]
     assert Path(row.file).name == "s0200.png" and (tmp_path / "out" / row.file).read_bytes() == member
-    _shard(shards / "a-001.tar", 150, 100)  # the shard was rewritten with fewer samples
+    write_digit_shard(shards / "a-001.tar", 150, 100)  # the shard was rewritten with fewer samples
     with pytest.raises(UserError, match="not the one the run clustered"):
         export_clusters(run, tmp_path / "again", progress=False)
     assert not (tmp_path / "again").exists()  # refused before anything was written

@@ -1,10 +1,8 @@
 """Rows shared between stores: a folder that gains files, a larger --limit, another subsample or a set of shards
 with one more shard encodes only the images no earlier store of the same encoder settings holds, and the result is
 bit for bit what an empty store would have computed."""
-import io
 import json
 import os
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ from PIL import Image
 from gpuclust.config import ClusterConfig, DataConfig, EncodeConfig, EvalConfig, ReduceConfig, RunConfig
 from gpuclust.encode.extract import _Rows
 from gpuclust.pipeline import run_pipeline
-from helpers import write_digit_images
+from helpers import write_digit_images, write_digit_shard
 
 
 @pytest.fixture
@@ -117,33 +115,14 @@ def test_stores_of_other_encoder_settings_do_not_share_rows(tmp_path, encoded):
     assert np.array_equal(_stored(again)[0], _stored(fresh16)[0])
 
 
-def _png(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _shard(path: Path, first: int, n: int):
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    with tarfile.open(path, "w") as tar:
-        for i in range(first, first + n):
-            for name, data in ((f"s{i:04d}.png", _png((d.images[i] * 255 / 16).astype(np.uint8))),
-                               (f"s{i:04d}.cls", str(int(d.target[i])).encode())):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-
-
 def test_one_more_webdataset_shard_encodes_its_members_alone(tmp_path, encoded):
     shards = tmp_path / "shards"
     shards.mkdir()
-    _shard(shards / "d-000.tar", 0, 100)
-    _shard(shards / "d-001.tar", 100, 100)
+    write_digit_shard(shards / "d-000.tar", 0, 100)
+    write_digit_shard(shards / "d-001.tar", 100, 100)
     cache = tmp_path / "cache"
     _run(f"webdataset:{shards}", cache, tmp_path / "a")
-    _shard(shards / "d-002.tar", 200, 100)
+    write_digit_shard(shards / "d-002.tar", 200, 100)
     encoded.clear()
     grown = _run(f"webdataset:{shards}", cache, tmp_path / "b")
     assert sorted(encoded) == list(range(200, 300)) and grown.timings["rows_reused"] == 200

@@ -76,24 +76,63 @@ def _read_run(run: Path) -> tuple[dict, list[dict]]:
     return config, table.to_pylist()
 
 
-def _prepare(dest: Path, force: bool, run: Path, mode: str) -> None:
-    """DEST must be new or empty; --force replaces an earlier export there, never a folder of other files."""
+def _ours(dest: Path) -> bool:
+    """Whether DEST's marker was written by this command (another tool's export.json is not ours to replace)."""
+    try:
+        return json.loads((dest / MARKER).read_text()).get("tool") == "gpuclust.export"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([os.path.realpath(path), folder]) == folder
+
+
+def _clear(dest: Path) -> None:
+    """Remove what the earlier export listed in its export.csv (and its unfinished copies), nothing else: a file a
+    person added to a cluster's folder stays, and the new export names around it."""
+    import csv
+
+    listing = dest / LISTING
+    if listing.is_file():
+        with open(listing, newline="", encoding="utf-8", errors="surrogateescape") as f:
+            for r in csv.DictReader(f):
+                folder, _, name = (r.get("file") or "").partition("/")
+                if name and "/" not in name and _is_cluster_folder(folder) and name not in (".", ".."):
+                    (dest / folder / name).unlink(missing_ok=True)
+    for d in dest.iterdir():
+        if d.is_dir() and not d.is_symlink() and _is_cluster_folder(d.name):
+            for tmp in d.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+            if not any(d.iterdir()):
+                d.rmdir()
+    listing.unlink(missing_ok=True)
+
+
+def _is_cluster_folder(name: str) -> bool:
+    return name == "noise" or (name.startswith("cluster-") and name[8:].isdigit())
+
+
+def _prepare(dest: Path, force: bool, run: Path, mode: str, sources: list[str]) -> None:
+    """DEST must be new or empty; --force replaces an earlier export there (only what it wrote), and never one that
+    holds the run's own images."""
     from .store import atomic_write_json
 
     if dest.exists() and not dest.is_dir():
         raise UserError(f"{dest}: exists and is not a folder")
+    if dest.is_dir():
+        real = os.path.realpath(dest)
+        inside = next((s for s in sources if s and _inside(s, real)), None)
+        if inside is not None:
+            raise UserError(f"{dest}: the run's own images are inside it ({inside}); export to another folder")
     if dest.is_dir() and any(dest.iterdir()):
-        if not (dest / MARKER).is_file():
+        if not _ours(dest):
             raise UserError(f"{dest}: the folder is not empty and holds no earlier export; choose a new folder")
         if not force:
             raise UserError(f"{dest}: holds an earlier export; add --force to replace it, or choose a new folder")
-        for p in dest.iterdir():  # only what an export writes: its folders and its two files
-            if p.is_dir() and not p.is_symlink() and (p.name == "noise" or p.name.startswith("cluster-")):
-                shutil.rmtree(p)
-            elif p.name in (MARKER, LISTING):
-                p.unlink()
+        _clear(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(dest / MARKER, {"run": str(run.resolve()), "mode": mode})
+    atomic_write_json(dest / MARKER, {"tool": "gpuclust.export", "run": str(run.resolve()), "mode": mode})
 
 
 def _reopen(config: dict):
@@ -115,11 +154,19 @@ def _reopen(config: dict):
 
 
 def _name(used: set, base: str, row: int) -> str:
-    """The file's own name, unless the cluster's folder already has one of that name: then the row is added."""
+    """The file's own name, unless the cluster's folder already has one of that name: then NAME-ROW (and
+    NAME-ROW-2, ... should that be taken too)."""
     if base not in used:
         return base
     stem, dot, ext = base.rpartition(".")
-    return f"{stem}-{row}.{ext}" if dot and stem else f"{base}-{row}"
+    if not (dot and stem):
+        stem, ext = base, ""
+    suffix = f".{ext}" if ext else ""
+    name, n = f"{stem}-{row}{suffix}", 1
+    while name in used:
+        n += 1
+        name = f"{stem}-{row}-{n}{suffix}"
+    return name
 
 
 def _place(src: str, target: Path, mode: str) -> None:
@@ -140,23 +187,19 @@ def _place(src: str, target: Path, mode: str) -> None:
         os.replace(tmp, target)
 
 
-def _write_image(ds, row: int, target_dir: Path, used: set, width: int) -> str:
-    """A row that is not a file of its own: a shard member's original bytes, else the decoded image as PNG."""
+def _image_bytes(ds, row: int, width: int) -> tuple[bytes, str]:
+    """A row that is not a file of its own: (a shard member's original bytes, else the decoded image as PNG; its
+    name). Raises SkipImage when the row cannot be read."""
     import io
 
     from .data.base import ImageDataset
-    from .store import atomic_write_bytes
 
     if type(ds).read_bytes is not ImageDataset.read_bytes:  # webdataset: the member as it was stored
-        data = ds.read_bytes(row)
         base = ds.paths[row].rpartition(":")[2].rpartition("/")[2] if ds.paths else f"{row:0{width}d}"
-    else:
-        buf = io.BytesIO()
-        ds.load(row).save(buf, format="PNG")
-        data, base = buf.getvalue(), f"{row:0{width}d}.png"
-    name = _name(used, base, row)
-    atomic_write_bytes(target_dir / name, data)
-    return name
+        return ds.read_bytes(row), base
+    buf = io.BytesIO()
+    ds.load(row).save(buf, format="PNG")
+    return buf.getvalue(), f"{row:0{width}d}.png"
 
 
 def export_clusters(run: Path | str, dest: Path | str, mode: str = "symlink", clusters=None, noise: bool = True,
@@ -164,7 +207,6 @@ def export_clusters(run: Path | str, dest: Path | str, mode: str = "symlink", cl
     """Place every image of the run `run` in `dest/cluster-NNNN/` (noise in `dest/noise/`), list each row in
     `dest/export.csv` (row, cluster, source, file, skipped) and return the counts. `clusters` keeps only those ids."""
     import csv
-    import io
 
     from tqdm.auto import tqdm
 
@@ -189,33 +231,41 @@ def export_clusters(run: Path | str, dest: Path | str, mode: str = "symlink", cl
     chosen = [r for r in rows if (keep is None or r["label_pred"] in keep) and (noise or r["label_pred"] >= 0)]
     ds = None if kind in FILE_SOURCES else _reopen(config)  # before DEST is touched: a refusal leaves nothing
     width = len(str(max(len(ds) - 1, 0))) if ds is not None else 0
-    _prepare(dest, force, run, mode)
+    _prepare(dest, force, run, mode, [r["path"] or "" for r in chosen] if ds is None else [])
     result = ExportResult(dest, mode if ds is None else "written")
     used: dict[str, set] = {}
-    listing = io.StringIO()
-    table = csv.writer(listing)
-    table.writerow(["row", "cluster", "source", "file", "skipped"])
-    for r in tqdm(chosen, unit="img", desc=f"export to {dest.name}", disable=not progress or not chosen):
-        row, cluster, src = int(r["row"]), int(r["label_pred"]), r["path"] or ""
-        folder = folder_name(cluster)
-        (dest / folder).mkdir(exist_ok=True)
-        names = used.setdefault(folder, set())
-        try:
-            if ds is None:
-                if not os.path.isfile(src):
-                    raise SkipImage("no such file (moved or deleted since the run)")
-                name = _name(names, os.path.basename(src), row)
+    # Each row is listed before its file is placed, so a killed export's listing names all it wrote (--force
+    # removes those and nothing else).
+    with open(dest / LISTING, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        table = csv.writer(f)
+        table.writerow(["row", "cluster", "source", "file", "skipped"])
+        for r in tqdm(chosen, unit="img", desc=f"export to {dest.name}", disable=not progress or not chosen):
+            row, cluster, src = int(r["row"]), int(r["label_pred"]), r["path"] or ""
+            folder = folder_name(cluster)
+            if folder not in used:  # a folder kept from an earlier export may hold a person's own files
+                (dest / folder).mkdir(exist_ok=True)
+                used[folder] = set(os.listdir(dest / folder))
+            names = used[folder]
+            try:
+                if ds is None:
+                    if not os.path.isfile(src):
+                        raise SkipImage("no such file (moved or deleted since the run)")
+                    data, base = None, os.path.basename(src)
+                else:
+                    data, base = _image_bytes(ds, row, width)
+            except SkipImage as exc:
+                result.skipped += 1
+                table.writerow([row, cluster, src, "", str(exc)])
+                continue
+            name = _name(names, base, row)
+            names.add(name)
+            table.writerow([row, cluster, src, f"{folder}/{name}", ""])
+            f.flush()
+            if data is None:
                 _place(src, dest / folder / name, mode)
             else:
-                name = _write_image(ds, row, dest / folder, names, width)
-        except SkipImage as exc:
-            result.skipped += 1
-            table.writerow([row, cluster, src, "", str(exc)])
-            continue
-        names.add(name)
-        result.clusters[folder] = result.clusters.get(folder, 0) + 1
-        table.writerow([row, cluster, src, f"{folder}/{name}", ""])
-    atomic_write_bytes(dest / LISTING, listing.getvalue().encode())
+                atomic_write_bytes(dest / folder / name, data)
+            result.clusters[folder] = result.clusters.get(folder, 0) + 1
     if result.skipped:
         log.warning("export: skipped %d image(s) whose source could not be read; listed with the reason in %s",
                     result.skipped, dest / LISTING)

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -135,13 +134,6 @@ def _model_key(key: dict) -> dict:
     return {k: v for k, v in key.items() if k not in ROW_FIELDS}
 
 
-@lru_cache(maxsize=8)
-def _donor_shard(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, emb) of one donor shard file; the last few stay loaded, since neighbouring rows share shards."""
-    with np.load(path, allow_pickle=False) as z:
-        return z["rows"], z["emb"]
-
-
 class Donors:
     """Rows of a new store found, by image identity, in earlier stores of the same model key: `rows` (ascending)
     and, for each, the donor store and the donor's row. Only rows a donor kept (decoded) are taken; rows it skipped
@@ -218,28 +210,37 @@ class Donors:
             return None
         return ours[keep], theirs[keep]
 
-    def within(self, rng: range) -> np.ndarray:
-        """Our rows in `rng` that a donor holds (ascending)."""
-        lo, hi = np.searchsorted(self.rows, [rng.start, rng.stop])
-        return self.rows[lo:hi]
+    def gather(self, folder: Path) -> None:
+        """Read every donated row once, donor shard by donor shard, into `folder/.donated.npy` (memory-mapped), so
+        that rows in another order than the donor's cost no shard more than one read."""
+        path = folder / ".donated.npy"
+        out = None
+        for w in np.unique(self.which):
+            d, shard_size = self.sources[int(w)]
+            sel = np.flatnonzero(self.which == w)
+            shard_of = self.donor_rows[sel] // shard_size
+            for s in np.unique(shard_of):
+                part = sel[shard_of == s]
+                with np.load(d / f"shard-{int(s):06d}.npz", allow_pickle=False) as z:
+                    kept_rows, emb = z["rows"], z["emb"]
+                if out is None:
+                    out = np.lib.format.open_memmap(path, mode="w+", dtype=emb.dtype,
+                                                    shape=(len(self.rows), emb.shape[1]))
+                out[part] = emb[np.searchsorted(kept_rows, self.donor_rows[part])]
+        self.emb = out
+
+    def release(self) -> None:
+        """Drop the gathered rows (a killed run leaves the file; the next gather overwrites it)."""
+        emb, self.emb = getattr(self, "emb", None), None
+        if emb is not None:
+            path = Path(emb.filename)
+            del emb
+            path.unlink(missing_ok=True)
 
     def fetch(self, rng: range) -> tuple[np.ndarray, np.ndarray]:
-        """(embeddings as stored, our rows) for the donated rows in `rng`, read from the donors' shards."""
+        """(embeddings as stored, our rows) for the donated rows in `rng`, after `gather`."""
         lo, hi = np.searchsorted(self.rows, [rng.start, rng.stop])
-        rows, which, theirs = self.rows[lo:hi], self.which[lo:hi], self.donor_rows[lo:hi]
-        out = None
-        for w in np.unique(which):
-            d, shard_size = self.sources[int(w)]
-            sel = np.flatnonzero(which == w)
-            for s in np.unique(theirs[sel] // shard_size):
-                part = sel[theirs[sel] // shard_size == s]
-                kept_rows, emb = _donor_shard(str(d / f"shard-{int(s):06d}.npz"))
-                if out is None:
-                    out = np.empty((len(rows), emb.shape[1]), dtype=emb.dtype)
-                out[part] = emb[np.searchsorted(kept_rows, theirs[part])]
-        if out is None:
-            out = np.zeros((0, 0), dtype=np.float32)
-        return out, rows
+        return np.asarray(self.emb[lo:hi]), self.rows[lo:hi]
 
 
 class ReductionCache:

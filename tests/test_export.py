@@ -201,3 +201,50 @@ def test_hardlink_across_filesystems_is_one_line_naming_the_other_modes(folder_r
     monkeypatch.setattr(os, "link", cross_device)
     with pytest.raises(UserError, match="another filesystem.*--mode symlink or copy"):
         export_clusters(run, tmp_path / "out", mode="hardlink", progress=False)
+
+
+def test_renamed_files_never_take_another_files_name(tmp_path):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    for i, rel in enumerate(["a/x-2.png", "a/x.png", "b/x.png"] + [f"c/y{j}.png" for j in range(10)]):
+        (tmp_path / "imgs" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((d.images[i] * 255 / 16).astype(np.uint8)).resize((32, 32)).save(tmp_path / "imgs" / rel)
+    run = _run(tmp_path, f"imagefolder:{tmp_path / 'imgs'}", "run", k=1)
+    export_clusters(run, tmp_path / "out", mode="copy", progress=False)
+    listing = _listing(tmp_path / "out")
+    # b/x.png is row 2: NAME-ROW would be x-2.png, a/x-2.png's own name
+    assert listing.file.tolist()[:3] == ["cluster-0000/x-2.png", "cluster-0000/x.png", "cluster-0000/x-2-2.png"]
+    for _, r in listing.iterrows():
+        assert (tmp_path / "out" / r.file).read_bytes() == Path(r.source).read_bytes()
+
+
+def test_force_removes_only_what_the_earlier_export_wrote(folder_run, tmp_path):
+    _, run = folder_run
+    dest = tmp_path / "out"
+    export_clusters(run, dest, clusters=[0], progress=False)
+    mine = dest / "cluster-0000" / "mine.txt"
+    mine.write_text("a person's note")
+    (dest / "notes").mkdir()
+    (dest / "notes" / "todo.txt").write_text("keep")
+    export_clusters(run, dest, clusters=[1], force=True, progress=False)
+    assert mine.read_text() == "a person's note" and (dest / "notes" / "todo.txt").read_text() == "keep"
+    assert sorted(p.name for p in (dest / "cluster-0000").iterdir()) == ["mine.txt"]
+    assert set(_listing(dest).cluster) == {1}
+    other = tmp_path / "other-tool"
+    other.mkdir()
+    (other / "export.json").write_text('{"format": "something else"}')
+    with pytest.raises(UserError, match="holds no earlier export"):
+        export_clusters(run, other, force=True, progress=False)
+    assert (other / "export.json").is_file()
+
+
+def test_force_refuses_a_folder_that_holds_the_runs_own_images(folder_run, tmp_path):
+    _, run = folder_run
+    dest = tmp_path / "sorted"
+    export_clusters(run, dest, mode="copy", progress=False)
+    again = _run(tmp_path, f"imagefolder:{dest}", "again", k=2)  # the copies clustered in their new home
+    before = sorted(p.relative_to(dest) for p in dest.rglob("*.png"))
+    with pytest.raises(UserError, match="own images are inside it"):
+        export_clusters(again, dest, force=True, progress=False)
+    assert sorted(p.relative_to(dest) for p in dest.rglob("*.png")) == before and len(before) == 60

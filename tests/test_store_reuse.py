@@ -30,9 +30,9 @@ def encoded(monkeypatch):
     return seen
 
 
-def _run(spec, cache, out, store_dtype="float32", **data):
+def _run(spec, cache, out, store_dtype="float32", shard_size=64, **data):
     cfg = RunConfig(data=DataConfig(spec, **data),
-                    encode=EncodeConfig("pixels", cache_dir=str(cache), shard_size=64, store_dtype=store_dtype),
+                    encode=EncodeConfig("pixels", cache_dir=str(cache), shard_size=shard_size, store_dtype=store_dtype),
                     reduce=ReduceConfig("none"), cluster=ClusterConfig("kmeans", k=3),
                     evaluate=EvalConfig(silhouette_umap=False), device="cpu", output=str(out), gallery=0)
     return run_pipeline(cfg, progress=False)
@@ -127,3 +127,20 @@ def test_one_more_webdataset_shard_encodes_its_members_alone(tmp_path, encoded):
     grown = _run(f"webdataset:{shards}", cache, tmp_path / "b")
     assert sorted(encoded) == list(range(200, 300)) and grown.timings["rows_reused"] == 200
     assert _same_as_fresh(grown, f"webdataset:{shards}", tmp_path)
+
+
+def test_a_donor_with_other_shards_and_a_skipped_image_gives_each_row_its_own_embedding(tmp_path, encoded):
+    """The donor's shards are 7 rows and one of its images is unreadable: the rows after that one sit one place
+    earlier in the donor's shard than their row number says, and must still be matched by row."""
+    root = tmp_path / "imgs"
+    write_digit_images(root, n_per_class=12, classes=(0, 1))
+    (root / "class_0" / "004.png").write_bytes(b"not an image")
+    cache = tmp_path / "cache"
+    first = _run(f"folder:{root}", cache, tmp_path / "a", shard_size=7)
+    assert first.n_skipped == 1
+    write_digit_images(root, n_per_class=12, classes=(7,))
+    encoded.clear()
+    grown = _run(f"folder:{root}", cache, tmp_path / "b")
+    assert sorted(encoded) == [4] + list(range(24, 36))  # the unreadable one is tried again
+    assert grown.timings["rows_reused"] == 23 and grown.n_skipped == 1
+    assert _same_as_fresh(grown, f"folder:{root}", tmp_path)

@@ -141,9 +141,9 @@ class FileDataset(ImageDataset):
         for p in self.paths or []:
             try:
                 st = Path(p).stat()
-                h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogatepass"))
             except OSError:
-                h.update(f"{p}\0missing\n".encode())
+                h.update(f"{p}\0missing\n".encode("utf-8", "surrogatepass"))  # (a name that is not UTF-8)
         if self.labels is not None:
             h.update(np.ascontiguousarray(self.labels).tobytes())
         return h.hexdigest()[:16]
@@ -153,7 +153,8 @@ class FileDataset(ImageDataset):
         for p in self.paths or []:
             try:
                 st = Path(p).stat()
-                texts.append(f"file\0{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}")
+                # realpath: one file reached through a symlinked folder and by its own path is one image
+                texts.append(f"file\0{os.path.realpath(p)}\0{st.st_size}\0{st.st_mtime_ns}")
             except OSError:
                 texts.append(f"missing\0{p}")  # never stored: the row is skipped
         ids = hash_ids(texts)

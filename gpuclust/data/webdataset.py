@@ -95,7 +95,7 @@ class WebDataset(ImageDataset):
         for path in self.shards:
             try:
                 st = os.stat(path)
-                shards.append(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}")
+                shards.append(f"{os.path.realpath(path)}\0{st.st_size}\0{st.st_mtime_ns}")
             except OSError:
                 shards.append(f"missing\0{path}")
         ids = hash_ids([f"tar\0{shards[s]}\0{o}\0{n}" for s, o, n in self.index.tolist()])

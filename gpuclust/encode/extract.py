@@ -314,6 +314,8 @@ def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: Em
     computed = reused = 0
     todo = store.missing()
     given = donors.rows if donors is not None else np.zeros(0, np.int64)
+    if donors is not None:
+        donors.gather(store.dir)
     total = sum(len(store.shard_range(i)) for i in todo) - len(given)
     to_encode = set(todo)
     with tqdm(total=total, unit="img", desc=f"encode {encoder.name}", disable=not progress or total == 0,
@@ -343,6 +345,8 @@ def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: Em
             parts.append(X)
             rows.append(kept)
             skipped.extend(bad)
+    if donors is not None:
+        donors.release()
     store.mark_complete(encoder.dim)
     if not in_memory:
         from ..stream import StoreRows

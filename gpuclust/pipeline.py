@@ -276,10 +276,16 @@ def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: b
     try:
         if not store.ids_path.is_file() and (ids := ds.row_ids()) is not None:
             store.save_row_ids(ids)  # (a complete store from before row identities becomes a donor too)
-        # Rows earlier stores hold; in process only, as Dask workers encode whole shards (fill_store).
-        donors = store.donors() if client is None and not store.complete else None
+        donors = None if store.complete else store.donors()  # rows earlier stores of these settings hold
         if client is not None and not store.complete:
-            computed_elsewhere = fill_store(client, cfg, store, progress)
+            if donors is not None:
+                donors.gather(store.dir)
+            try:
+                computed_elsewhere = fill_store(client, cfg, store, progress, donors)
+            finally:
+                if donors is not None:
+                    donors.release()
+            donors = None
         emb = extract(ds, enc, backend, store, cfg.encode.batch_size, cfg.encode.num_workers, progress,
                       cfg.encode.store_dtype, cfg.encode.precision, cfg.encode.compile, cfg.encode.decode,
                       in_memory=not streamed(cfg, len(ds)), donors=donors)

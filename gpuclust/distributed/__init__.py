@@ -99,8 +99,9 @@ class _NoBar:
         pass
 
 
-def encode_shard_task(cfg, store, i: int, torch_threads: int) -> tuple[int, int]:
-    """Runs on a worker: encode shard `i` into `store` unless it is already there. Returns (shard, rows encoded)."""
+def encode_shard_task(cfg, store, i: int, torch_threads: int, given=None) -> tuple[int, int]:
+    """Runs on a worker: encode shard `i` into `store` unless it is already there; `given` (embeddings, rows) are
+    the shard's rows other stores hold, copied in. Returns (shard, rows encoded)."""
     import torch
 
     from ..encode.extract import encode_and_store
@@ -111,14 +112,15 @@ def encode_shard_task(cfg, store, i: int, torch_threads: int) -> tuple[int, int]
         torch.set_num_threads(torch_threads)
     ds, enc, forward, backend = _state(cfg)
     encode_and_store(ds, enc, forward, backend, store, i, cfg.encode.batch_size, 0, _NoBar(), cfg.encode.decode,
-                     cfg.encode.store_dtype)
+                     cfg.encode.store_dtype, given)
     if backend.is_gpu:
         torch.cuda.empty_cache()
-    return i, len(store.shard_range(i))
+    return i, len(store.shard_range(i)) - (0 if given is None else len(given[1]))
 
 
-def fill_store(client, cfg, store, progress: bool = True) -> int:
-    """Encode every missing shard of `store` on the cluster's workers; returns the number of rows encoded."""
+def fill_store(client, cfg, store, progress: bool = True, donors=None) -> int:
+    """Encode every missing shard of `store` on the cluster's workers; returns the number of rows encoded.
+    `donors` (store.Donors, gathered): rows other stores hold; each task gets its shard's share and copies them."""
     from distributed import as_completed
     from tqdm.auto import tqdm
 
@@ -128,8 +130,9 @@ def fill_store(client, cfg, store, progress: bool = True) -> int:
     n_workers = n_dask_workers(client)
     threads = 0 if cfg.gpus > 1 else max(1, (os.cpu_count() or 1) // n_workers)
     log.info("encode: %d shard(s) over %d Dask worker(s)", len(todo), n_workers)
-    futures = [client.submit(encode_shard_task, cfg, store, i, threads, key=f"gpuclust-shard-{store.digest}-{i}",
-                             retries=3, pure=False) for i in todo]
+    futures = [client.submit(encode_shard_task, cfg, store, i, threads,
+                             None if donors is None else donors.fetch(store.shard_range(i)),
+                             key=f"gpuclust-shard-{store.digest}-{i}", retries=3, pure=False) for i in todo]
     done_rows = 0
     with tqdm(total=sum(len(store.shard_range(i)) for i in todo), unit="img", desc="encode (dask)",
               disable=not progress, dynamic_ncols=True) as bar:

@@ -242,10 +242,10 @@ def encode_shards(dataset, encoder, forward, backend, shards: list[range], batch
 
 
 def _encode_shard(dataset, encoder, forward, backend, rows: range, batch_size: int, num_workers: int, bar,
-                  decode: str = "cpu"):
-    """One shard: returns (xp array of embeddings, kept rows, skipped list)."""
+                  decode: str = "cpu", exclude: np.ndarray | None = None):
+    """One shard (but the rows in `exclude`): returns (xp array of embeddings, kept rows, skipped list)."""
     for _, X, kept, bad in encode_shards(dataset, encoder, forward, backend, [rows], batch_size, num_workers, bar,
-                                         decode):
+                                         decode, exclude):
         return X, kept, bad
 
 
@@ -273,17 +273,22 @@ def store_shard(backend, store: EmbeddingStore, i: int, X, kept, bad, store_dtyp
 
 
 def encode_and_store(dataset, encoder, forward, backend, store: EmbeddingStore, i: int, batch_size: int,
-                     num_workers: int, bar, decode: str = "cpu", store_dtype: str = "float32"):
-    """Encode shard `i` and write it to the store atomically; returns what was written (X as stored, rounded)."""
+                     num_workers: int, bar, decode: str = "cpu", store_dtype: str = "float32", given=None):
+    """Encode shard `i` and write it to the store atomically; returns what was written (X as stored, rounded).
+    `given`: (embeddings, rows) of the shard's rows that other stores hold (`Donors.fetch`), copied, not encoded."""
+    exclude = None if given is None else given[1]
     X, kept, bad = _encode_shard(dataset, encoder, forward, backend, store.shard_range(i), batch_size, num_workers,
-                                 bar, decode)
+                                 bar, decode, exclude)
+    if given is not None:
+        X, kept, _ = _with_donated(backend, given, X, kept)
     return store_shard(backend, store, i, X, kept, bad, store_dtype), kept, bad
 
 
-def _with_donated(backend, donors, rng: range, X, kept: np.ndarray):
-    """A shard's fresh rows merged with the rows donors hold in its range, in row order; and how many were donated."""
+def _with_donated(backend, donated: tuple[np.ndarray, np.ndarray], X, kept: np.ndarray):
+    """A shard's fresh rows merged with the donated (embeddings, rows) in its range, in row order; and how many
+    were donated."""
     xp = backend.xp
-    emb, given = donors.fetch(rng)
+    emb, given = donated
     if not len(given):
         return X, kept, 0
     rows = np.concatenate([kept, given])
@@ -328,7 +333,7 @@ def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: Em
                 _, X, kept, bad = next(fresh)
                 n_given = 0
                 if donors is not None:
-                    X, kept, n_given = _with_donated(backend, donors, rng, X, kept)
+                    X, kept, n_given = _with_donated(backend, donors.fetch(rng), X, kept)
                 X = store_shard(backend, store, i, X, kept, bad, store_dtype)
                 computed += len(rng) - n_given
                 reused += n_given

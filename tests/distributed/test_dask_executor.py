@@ -1,5 +1,6 @@
 """The encode stage across a real distributed.LocalCluster (2 worker processes): the same store rows and the same
 labels as the in-process run, and a worker killed with SIGKILL mid-extraction costs nothing but time."""
+import dataclasses
 import json
 import logging
 import os
@@ -165,3 +166,20 @@ def test_cli_workers_run_writes_the_usual_results(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     t = json.loads((out / "timings.json").read_text())
     assert m["n_rows"] == 1797 and m["ami"] > 0.5 and t["rows_encoded"] == 1797
+
+
+def test_workers_take_rows_earlier_stores_hold_and_encode_the_rest(tmp_path):
+    """--limit 900 after --limit 500: the workers encode the 400 new rows and copy the 500 others into the shards."""
+    first = _cfg(tmp_path, "grow", limit=500)
+    run_pipeline(first, progress=False)
+    grown = run_pipeline(dataclasses.replace(_cfg(tmp_path, "grow", limit=900, workers=2),
+                                             output=str(tmp_path / "run-grown")), progress=False)
+    assert grown.timings["rows_encoded"] == 400 and grown.timings["rows_reused"] == 500
+    fresh = run_pipeline(_cfg(tmp_path, "fresh", limit=900), progress=False)
+    store = json.loads((grown.output / "config.json").read_text())["resolved"]["store"]
+    rows_f, emb_f = _store_rows(str(tmp_path / "cache-fresh"))
+    shards = sorted(f for f in os.listdir(store) if f.startswith("shard-"))
+    rows_g = np.concatenate([np.load(os.path.join(store, f))["rows"] for f in shards])
+    emb_g = np.concatenate([np.load(os.path.join(store, f))["emb"] for f in shards])
+    assert np.array_equal(rows_g, rows_f) and np.array_equal(emb_g, emb_f)
+    assert fresh.timings["rows_encoded"] == 900

@@ -211,9 +211,10 @@ class Donors:
         return ours[keep], theirs[keep]
 
     def gather(self, folder: Path) -> None:
-        """Read every donated row once, donor shard by donor shard, into `folder/.donated.npy` (memory-mapped), so
-        that rows in another order than the donor's cost no shard more than one read."""
-        path = folder / ".donated.npy"
+        """Read every donated row once, donor shard by donor shard, into `folder/.donated-PID.npy` (memory-mapped;
+        per process, as two runs may fill one store), so rows in another order than the donor's cost no shard more
+        than one read."""
+        path = folder / f".donated-{os.getpid()}.npy"
         out = None
         for w in np.unique(self.which):
             d, shard_size = self.sources[int(w)]

@@ -130,6 +130,17 @@ class EmbeddingStore:
         return Donors.find(self, ids)
 
 
+def _alive(pid: str) -> bool:
+    """Whether process `pid` (text) exists on this machine."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _model_key(key: dict) -> dict:
     return {k: v for k, v in key.items() if k not in ROW_FIELDS}
 
@@ -214,6 +225,9 @@ class Donors:
         """Read every donated row once, donor shard by donor shard, into `folder/.donated-PID.npy` (memory-mapped;
         per process, as two runs may fill one store), so rows in another order than the donor's cost no shard more
         than one read."""
+        for stale in folder.glob(".donated-*.npy"):  # left by a killed run
+            if not _alive(stale.stem.rpartition("-")[2]):
+                stale.unlink(missing_ok=True)
         path = folder / f".donated-{os.getpid()}.npy"
         out = None
         for w in np.unique(self.which):

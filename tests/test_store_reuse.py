@@ -57,6 +57,7 @@ def test_a_larger_limit_and_another_subsample_encode_only_new_rows(tmp_path, enc
     assert sorted(encoded) == list(range(300))
     encoded.clear()
     grown = _run("digits", cache, tmp_path / "b", limit=600)
+    assert not list(cache.glob("*/.donated-*"))  # the gathered rows' memory map is gone once the store is whole
     assert sorted(encoded) == list(range(300, 600))  # rows 0-299 came from the first store
     assert grown.timings["rows_encoded"] == 300 and grown.timings["rows_reused"] == 300
     assert _same_as_fresh(grown, "digits", tmp_path, limit=600)
@@ -144,3 +145,19 @@ def test_a_donor_with_other_shards_and_a_skipped_image_gives_each_row_its_own_em
     assert sorted(encoded) == [4] + list(range(24, 36))  # the unreadable one is tried again
     assert grown.timings["rows_reused"] == 23 and grown.n_skipped == 1
     assert _same_as_fresh(grown, f"folder:{root}", tmp_path)
+
+
+def test_gather_removes_the_memory_maps_killed_runs_left(tmp_path):
+    import subprocess
+    import sys
+
+    from gpuclust.store import Donors
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".donated-{gone.stdout.strip()}.npy"
+    running = tmp_path / f".donated-{os.getppid()}.npy"  # another process's, still at work
+    stale.write_bytes(b"left by a killed run")
+    running.write_bytes(b"in use")
+    empty = np.zeros(0, np.int64)
+    Donors(empty, [], empty, empty).gather(tmp_path)
+    assert not stale.exists() and running.exists()

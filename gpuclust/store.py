@@ -152,6 +152,7 @@ class Donors:
 
     def __init__(self, rows: np.ndarray, sources: list[tuple[Path, int]], which: np.ndarray, donor_rows: np.ndarray):
         self.rows, self.sources, self.which, self.donor_rows = rows, sources, which, donor_rows
+        self.emb = None  # (len(rows), dim) in the store's dtype, memory-mapped, once gathered
 
     @classmethod
     def find(cls, store: EmbeddingStore, ids: np.ndarray) -> "Donors | None":
@@ -245,8 +246,8 @@ class Donors:
         self.emb = out
 
     def release(self) -> None:
-        """Drop the gathered rows (a killed run leaves the file; the next gather overwrites it)."""
-        emb, self.emb = getattr(self, "emb", None), None
+        """Drop the gathered rows and their file (a killed run leaves the file; the next gather removes it)."""
+        emb, self.emb = self.emb, None
         if emb is not None:
             path = Path(emb.filename)
             del emb

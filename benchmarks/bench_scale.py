@@ -52,13 +52,13 @@ def _gpu_peak():
         return None
 
 
-def one(device: str, n: int, dim: int, k: int, fit_sample: int, seed: int, gen: str, seeded: bool) -> dict:
+def one(device: str, n: int, dim: int, k: int, fit_sample: int, seed: int, gen: str, seeded: str) -> dict:
     """One (device, N) row; runs in its own process."""
     from gpuclust.backend import resolve_backend
     from gpuclust.cluster import cluster
     from gpuclust.evaluate import evaluate
     from gpuclust.pipeline import peak_rss_bytes
-    from gpuclust.reduce import reduce, reduce_streamed
+    from gpuclust.reduce import reduce, reduce_streamed, umap_seed
     from gpuclust.stream import ArrayRows
 
     be = resolve_backend(device)
@@ -69,7 +69,7 @@ def one(device: str, n: int, dim: int, k: int, fit_sample: int, seed: int, gen: 
             rmm.statistics.enable_statistics()
         except Exception:
             pass
-    row = {"device": device, "n": n, "dim": dim, "k": k, "fit_sample": min(n, fit_sample), "umap_seeded": seeded}
+    row = {"device": device, "n": n, "dim": dim, "k": k, "fit_sample": min(n, fit_sample), "umap_seeded": None}
 
     def stage(name, fn):
         be.synchronize()
@@ -97,8 +97,10 @@ def one(device: str, n: int, dim: int, k: int, fit_sample: int, seed: int, gen: 
 
     X, y = stage("generate", generate)
 
-    # Unseeded by default: a seeded UMAP runs its optimisation serially (umap-learn on one core, cuML epoch by epoch)
-    params = {} if seeded else {"random_state": None}
+    # By default what a run does (gpuclust.reduce.umap_seed: seeded on the CPU twin, and on the GPU twin up to
+    # GPU_SEEDED_UMAP_MAX_ROWS fitted rows); --umap-seed always/never overrides it.
+    params = {"pipeline": {}, "always": {"random_state": seed}, "never": {"random_state": None}}[seeded]
+    row["umap_seeded"] = umap_seed(min(n, fit_sample), params, seed, be) is not None
 
     def umap(X=X):
         if n <= fit_sample:
@@ -116,8 +118,8 @@ def one(device: str, n: int, dim: int, k: int, fit_sample: int, seed: int, gen: 
 
 def run_isolated(args, device: str, n: int) -> dict | None:
     cmd = [sys.executable, __file__, "--one", device, str(n), "--dim", str(args.dim), "--k", str(args.k),
-           "--fit-sample", str(args.fit_sample), "--seed", str(args.seed), "--gen", args.gen] + \
-        (["--seeded"] if args.seeded else [])
+           "--fit-sample", str(args.fit_sample), "--seed", str(args.seed), "--gen", args.gen,
+           "--umap-seed", args.umap_seed]
     p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=args.timeout)
     if p.returncode != 0:
         print(f"{device} n={n:,}: failed (exit {p.returncode})", file=sys.stderr)
@@ -188,7 +190,9 @@ def main() -> int:
     ap.add_argument("--cpu-max", type=int, default=1_000_000, help="skip the CPU twin above this N")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gen", choices=["auto", "cpu", "gpu"], default="auto", help="where the blobs are made")
-    ap.add_argument("--seeded", action="store_true", help="seed UMAP too (repeatable, much slower at large N)")
+    ap.add_argument("--umap-seed", choices=["pipeline", "always", "never"], default="pipeline",
+                    help="UMAP's seed: as a run seeds it (default), always (repeatable, much slower on a GPU at "
+                         "large N) or never")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds allowed per (device, N)")
     ap.add_argument("--out-dir", default=str(RESULTS), help="where the CSV and plot go")
     ap.add_argument("--replace", action="store_true",
@@ -197,7 +201,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.one:
         print(json.dumps(one(args.one[0], int(args.one[1]), args.dim, args.k, args.fit_sample, args.seed, args.gen,
-                             args.seeded)))
+                             args.umap_seed)))
         return 0
 
     from bench_pipeline import device_name

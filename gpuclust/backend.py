@@ -5,6 +5,7 @@ twin table `ALGORITHMS`. Nothing outside this module and the report decides betw
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -169,6 +170,30 @@ def _kmeans_params(params: dict, twin: str) -> dict:
     return p
 
 
+# cuML's PCA solvers (26.10: auto/full, both a full eigendecomposition of the covariance, and jacobi) are exact; its
+# PCA has no randomized solver and so no random_state.
+CUML_PCA_SOLVERS = ("auto", "full")
+
+
+def _pca_params(params: dict, twin: str) -> dict:
+    p = dict(params)
+    if twin == "gpu":
+        p.pop("random_state", None)  # seeds scikit-learn's randomized solver; cuML's solvers are exact
+    return p
+
+
+def _pca_gap(p: dict) -> str | None:
+    solver = p.get("svd_solver", "auto")
+    return None if solver in CUML_PCA_SOLVERS else f"svd_solver {solver}"
+
+
+def _kmeans_gap(p: dict) -> str | None:
+    init = p.get("init", "k-means++")
+    if isinstance(init, str) and init not in ("k-means++", "random"):
+        return f"init {init}"  # (scikit-learn's names; a callable init is scikit-learn's alone)
+    return None if isinstance(init, str) or hasattr(init, "shape") else "a callable init"
+
+
 def _faiss_kmeans_params(params: dict, twin: str) -> dict:
     p = dict(params)
     p["gpu"] = twin == "gpu"
@@ -271,7 +296,9 @@ def _spectral_gap(p: dict) -> str | None:
 
 @dataclass(frozen=True)
 class Algorithm:
-    """A CPU/GPU pair. Dotted paths resolve lazily; `gpu_params` lists what the GPU twin accepts (None: all)."""
+    """A CPU/GPU pair. Dotted paths resolve lazily. Users speak the CPU twin's parameter names (scikit-learn's,
+    umap-learn's); `gpu_params` lists those the GPU twin honours (None only where both twins are one class), and
+    `translate` turns them into what each twin's class takes (tests check the result against cuML's signatures)."""
 
     name: str
     cpu: str
@@ -281,6 +308,7 @@ class Algorithm:
     gpu_check: Callable[[dict], str | None] | None = None  # what in these values the GPU twin cannot do
     notes: str = ""
     cpu_install: str = "pip install gpuclust"
+    gpu_only: frozenset[str] = frozenset()  # the GPU class's own settings a user may give; `translate` drops them
 
     def gpu_gap(self, params: dict) -> str | None:
         """None when the GPU twin can run `params`, else what it lacks."""
@@ -295,7 +323,15 @@ class Algorithm:
 ALGORITHMS: dict[str, Algorithm] = {
     a.name: a
     for a in [
-        Algorithm("pca", "sklearn.decomposition.PCA", "cuml.decomposition.PCA"),
+        Algorithm(
+            "pca",
+            "sklearn.decomposition.PCA",
+            "cuml.decomposition.PCA",
+            translate=_pca_params,
+            gpu_params=frozenset({"n_components", "whiten", "copy", "svd_solver", "random_state"}),
+            gpu_check=_pca_gap,
+            notes="cuML: exact solvers only (a randomized or arpack svd_solver runs on the CPU twin)",
+        ),
         Algorithm(
             "umap",
             "umap.UMAP",
@@ -306,9 +342,18 @@ ALGORITHMS: dict[str, Algorithm] = {
                  "spread", "negative_sample_rate", "build_algo", "build_kwds", "learning_rate", "precomputed_knn"}
             ),
             gpu_check=_umap_gap,
+            gpu_only=frozenset(CUML_UMAP_GRAPH_PARAMS),
             cpu_install="pip install umap-learn",
         ),
-        Algorithm("kmeans", "sklearn.cluster.KMeans", "cuml.cluster.KMeans", translate=_kmeans_params),
+        Algorithm(
+            "kmeans",
+            "sklearn.cluster.KMeans",
+            "cuml.cluster.KMeans",
+            translate=_kmeans_params,
+            gpu_params=frozenset({"n_clusters", "init", "n_init", "max_iter", "tol", "random_state"}),
+            gpu_check=_kmeans_gap,
+            notes="cuML has no algorithm or copy_x (those run on the CPU twin)",
+        ),
         Algorithm(
             "faiss_kmeans",
             "gpuclust.cluster.faiss_kmeans.FaissKMeans",
@@ -434,21 +479,42 @@ def planned_twin(name: str, backend: Backend, params: dict, warn: bool = False, 
     return "cpu" if gap else "gpu"
 
 
+def accepted_keywords(cls) -> frozenset[str] | None:
+    """The keyword arguments `cls(...)` takes, from its signature; None when it takes any (**kwargs)."""
+    params = inspect.signature(cls).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params
+                     if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
+
+
+def check_keywords(name: str, params: dict) -> None:
+    """A user's keywords against the CPU twin's class (the convention users speak on both twins): one line naming
+    the ones it lacks and the ones it takes."""
+    algo = ALGORITHMS[name]
+    cls = _resolve(algo.cpu, algo, "cpu")
+    accepted = accepted_keywords(cls)
+    accepted = None if accepted is None else accepted | algo.gpu_only
+    unknown = sorted(set(params) - accepted) if accepted is not None else []
+    if unknown:
+        raise UserError(f"{name}: {cls.__name__} has no parameter {', '.join(unknown)}; it takes "
+                        f"{', '.join(sorted(accepted))}")
+
+
 def make_estimator(name: str, backend: Backend, *, gpu_gap: str | None = None, **params) -> Built:
     """Build `name` for `backend` from the twin table, translating parameters in one place.
 
     If the GPU twin lacks the algorithm or one of the requested parameters (or the caller names a `gpu_gap` that
     depends on the data, such as its size), the CPU twin is built instead and `twin` says so; the caller moves data
-    to the host for that step only.
+    to the host for that step only. Keywords are checked against the classes' signatures first; an exception while
+    building is then a fault of ours, not the user's, and is left to propagate.
     """
     algo = ALGORITHMS[name]
+    check_keywords(name, params)
     twin = planned_twin(name, backend, params, warn=True, gap=gpu_gap)
     p = algo.translate(params, twin)
     path = algo.gpu if twin == "gpu" else algo.cpu
     target = _resolve(path, algo, twin)
     if path.startswith("cuml."):
         p.setdefault("output_type", "cupy")
-    try:
-        return Built(target(**p), twin, p)
-    except TypeError as exc:  # an unknown keyword from --cluster-param / --reduce-param
-        raise UserError(f"{name}: {exc}") from None
+    return Built(target(**p), twin, p)

@@ -12,7 +12,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .backend import Backend, resolve_backend
+from .backend import ALGORITHMS, Backend, resolve_backend
 from .config import RunConfig
 from .data import ImageDataset, load_dataset
 from .distributed import fill_store, open_client, wants_cluster
@@ -264,7 +264,8 @@ def precomputed_stage(src, cfg: RunConfig, backend: Backend) -> tuple[Embeddings
 
 def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: bool,
                  client=None) -> tuple[Embeddings, dict]:
-    enc = build_encoder(cfg.encode.spec, cfg.encode.weights, cfg.encode.arch, cfg.encode.preprocess)
+    enc = build_encoder(cfg.encode.spec, cfg.encode.weights, cfg.encode.arch, cfg.encode.preprocess,
+                        ds.native_size() if cfg.encode.preprocess == "study" else None)
     key = {**enc.key, "dataset": ds.spec, "rows": ds.fingerprint(), "precision": cfg.encode.precision,
            "store_dtype": cfg.encode.store_dtype}
     if cfg.encode.decode != "cpu":  # another decoder and resize kernel: close, not identical numbers
@@ -338,7 +339,7 @@ def cached(store_dir: str | None, key: dict, backend: Backend, compute):
 
 
 def reduce_stage(X, cfg: RunConfig, backend: Backend, store_dir: str | None = None, rows=None, client=None):
-    from .reduce import KNN_AUTO_RULE, reduce, reduce_streamed
+    from .reduce import KNN_AUTO_RULE, SEED_RULE, reduce, reduce_streamed
     from .stream import RowChunks
 
     r = cfg.reduce
@@ -346,6 +347,8 @@ def reduce_stage(X, cfg: RunConfig, backend: Backend, store_dir: str | None = No
            "seed": cfg.seed}
     if r.method == "umap":
         key["knn_auto"] = KNN_AUTO_RULE
+        if backend.is_gpu:  # (the CPU twin's spaces do not depend on it)
+            key["seed_rule"] = SEED_RULE
     if isinstance(X, RowChunks):
         key["fit_sample"] = r.fit_sample
         return cached(store_dir, key, backend,
@@ -361,6 +364,10 @@ def multi_gpu(cfg: RunConfig, backend: Backend, client) -> bool:
     wanted = client is not None and backend.is_gpu and cfg.workers is None and cfg.cluster.method == "kmeans" \
         and cfg.cluster.k != "auto"
     if not wanted:
+        return False
+    gap = ALGORITHMS["kmeans"].gpu_gap(dict(cfg.cluster.params))
+    if gap:  # the step runs where a single-GPU run would run it: on the CPU twin
+        log.warning("kmeans runs on this process, not across the Dask workers: cuML's KMeans lacks %s", gap)
         return False
     from .distributed import CUML_DASK_INSTALL, cuml_dask_missing, workers_have_gpus
 
@@ -397,7 +404,7 @@ def umap_space(X, Z, cfg: RunConfig, backend: Backend, force: bool = False, stor
     """(space, rows) for `silhouette_umap`: the run's own UMAP output when it reduced with UMAP, else the study's
     UMAP; rows is None when the space holds every row, else the sample positions it holds (a streamed run scores
     the UMAP space of its fit sample rather than transforming every row a second time)."""
-    from .reduce import KNN_AUTO_RULE, umap
+    from .reduce import KNN_AUTO_RULE, SEED_RULE, umap
     from .stream import RowChunks, sample_positions
 
     if not (cfg.evaluate.silhouette_umap or force):
@@ -406,7 +413,7 @@ def umap_space(X, Z, cfg: RunConfig, backend: Backend, force: bool = False, stor
         return Z, None
     rows = None
     key = {"method": "umap", "params": {}, "zscore": False, "normalize": "none", "seed": cfg.seed,
-           "knn_auto": KNN_AUTO_RULE}
+           "knn_auto": KNN_AUTO_RULE, **({"seed_rule": SEED_RULE} if backend.is_gpu else {})}
     if isinstance(X, RowChunks):
         rows = sample_positions(X.n_rows, cfg.reduce.fit_sample, cfg.seed)
         key["sample"] = cfg.reduce.fit_sample
@@ -514,4 +521,6 @@ def _run(cfg: RunConfig, backend: Backend, client, progress: bool) -> RunResult:
         timings["report"] = timer.seconds["report"]
         timings["total"] = round(time.perf_counter() - t_start, 4)
         atomic_write_json(out / "timings.json", timings)
-        return RunResult(metrics, timings, out, twins, len(emb.skipped))
+    # A rerun into an earlier run's folder was written beside it and has now taken its place (report.run_dir).
+    final = Path(cfg.output).expanduser() if cfg.output is not None else out
+    return RunResult(metrics, timings, final, twins, len(emb.skipped))

@@ -1,4 +1,8 @@
 """The backend and its twin table: resolution, parameter translation, CPU fallback recorded."""
+import inspect
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.special
@@ -137,13 +141,95 @@ def test_gpu_twin_lacking_a_parameter_falls_back_to_cpu_and_says_so(caplog):
     assert labels.shape == (60,)
 
 
-def test_unknown_estimator_parameter_is_a_user_error():
-    with pytest.raises(UserError, match="kmeans"):
-        make_estimator("kmeans", resolve_backend("cpu"), n_clusters=3, nonsense=1)
-
-
 def test_to_host_scalars_and_arrays():
     be = resolve_backend("cpu")
     assert be.to_host(np.float64(2.5)) == 2.5 and isinstance(be.to_host(np.float64(2.5)), float)
     a = np.arange(3)
     assert be.to_host(a) is a
+
+
+# cuML 26.10's constructors, read from its wheel's sources (tests/data/cuml_26_10_signatures.json says which).
+CUML_SIGNATURES = json.loads((Path(__file__).parent / "data" / "cuml_26_10_signatures.json").read_text())["classes"]
+# Values for parameters a GPU twin honours whose scikit-learn/umap-learn default would not show the translation.
+EXAMPLE_VALUES = {"n_clusters": 5, "n_components": 5, "min_samples": 7, "max_cluster_size": None,
+                  "distance_threshold": None, "random_state": 0, "build_algo": "auto", "build_kwds": {},
+                  "precomputed_knn": None, "metric": "euclidean", "linkage": "single",
+                  "affinity": "nearest_neighbors", "assign_labels": "kmeans"}
+
+
+def _cpu_defaults(algo) -> dict:
+    """Every parameter a user can give this algorithm (its CPU class's), at that class's default."""
+    from gpuclust.backend import _resolve
+
+    cls = _resolve(algo.cpu, algo, "cpu")
+    return {name: p.default for name, p in inspect.signature(cls).parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+CUML_ROWS = sorted(n for n, a in ALGORITHMS.items() if a.gpu and a.gpu.startswith("cuml."))
+
+
+def test_every_cuml_class_the_table_names_has_a_recorded_signature():
+    assert CUML_ROWS and all(ALGORITHMS[n].gpu in CUML_SIGNATURES for n in CUML_ROWS)
+    assert all(ALGORITHMS[n].gpu_params is not None for n in CUML_ROWS)  # each GPU twin knows what its class takes
+
+
+@pytest.mark.parametrize("name", CUML_ROWS)
+def test_what_each_gpu_class_receives_is_in_its_signature(name):
+    """For every parameter a user can give (alone, and all the GPU twin honours at once): when the table sends it to
+    the GPU twin, the translated keywords are ones cuML 26.10's class takes."""
+    algo = ALGORITHMS[name]
+    takes = set(CUML_SIGNATURES[algo.gpu])
+    defaults = _cpu_defaults(algo)
+    together = {k: EXAMPLE_VALUES.get(k, defaults.get(k)) for k in algo.gpu_params | algo.gpu_only}
+    cases = [{k: v} for k, v in defaults.items()] + [{k: v} for k, v in together.items()] + [together]
+    assert algo.gpu_gap(together) is None  # everything the GPU twin honours, at once, does reach it
+    for params in cases:
+        if algo.gpu_gap(params) is None:
+            handed = {**algo.translate(params, "gpu"), "output_type": "cupy"}
+            assert set(handed) <= takes, (params, sorted(set(handed) - takes))
+
+
+def test_gpu_pca_takes_no_seed_and_sklearn_only_settings_run_on_the_cpu_twin(caplog):
+    """cuML 26.10's PCA has no random_state (its solvers are exact); KMeans has no algorithm or copy_x: those run on
+    the CPU twin, with a log line, instead of failing on the GPU."""
+    fake_gpu = Backend("gpu", np, scipy.special)
+    pca = ALGORITHMS["pca"]
+    assert pca.gpu_gap({"n_components": 5, "random_state": 0}) is None
+    assert "random_state" not in pca.translate({"n_components": 5, "random_state": 0}, "gpu")
+    assert pca.translate({"n_components": 5, "random_state": 0}, "cpu")["random_state"] == 0
+    assert "svd_solver randomized" in pca.gpu_gap({"svd_solver": "randomized"})
+    for params in ({"algorithm": "elkan"}, {"copy_x": False}, {"init": "k-means++", "algorithm": "lloyd"}):
+        built = make_estimator("kmeans", fake_gpu, n_clusters=3, **params)
+        assert built.twin == "cpu" and type(built.obj).__module__.startswith("sklearn")
+    assert "kmeans: the GPU twin lacks parameter(s) algorithm" in caplog.text
+    assert ALGORITHMS["kmeans"].gpu_gap({"n_clusters": 3, "init": "random", "n_init": 4}) is None
+
+
+def test_an_unknown_keyword_names_the_ones_the_estimator_takes():
+    with pytest.raises(UserError, match=r"kmeans: KMeans has no parameter nonsense; it takes .*n_clusters"):
+        make_estimator("kmeans", resolve_backend("cpu"), n_clusters=3, nonsense=1)
+    # cuML's own graph settings are known keywords (the CPU twin drops them), not typos
+    assert make_estimator("umap", resolve_backend("cpu"), build_algo="nn_descent").twin == "cpu"
+
+
+def test_an_error_while_building_is_internal_not_bad_input(monkeypatch):
+    """A keyword of ours that the class lacks (as cuML's PCA lacked random_state) is a bug: it surfaces as itself,
+    exit 1 with a traceback, and is never worded as the user's mistake."""
+    from dataclasses import replace
+
+    broken = replace(ALGORITHMS["kmeans"], translate=lambda p, twin: {**p, "made_up_by_us": 1})
+    monkeypatch.setitem(ALGORITHMS, "kmeans", broken)
+    with pytest.raises(TypeError, match="made_up_by_us"):
+        make_estimator("kmeans", resolve_backend("cpu"), n_clusters=3)
+
+
+def test_recorded_signatures_match_the_installed_cuml():
+    """Where cuML imports, its classes' real signatures must be the recorded ones (a new cuML release shows here)."""
+    pytest.importorskip("cuml")
+    from gpuclust.backend import _resolve, accepted_keywords
+
+    for name in CUML_ROWS:
+        algo = ALGORITHMS[name]
+        cls = _resolve(algo.gpu, algo, "gpu")
+        assert accepted_keywords(cls) == frozenset(CUML_SIGNATURES[algo.gpu]), name

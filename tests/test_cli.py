@@ -252,3 +252,10 @@ def test_an_error_naming_a_file_with_control_characters_stays_one_line(tmp_path,
                  "--output", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "none of the 2 images" in err and "\\x1e" in err, err
+
+
+def test_a_keyword_the_estimator_lacks_names_the_ones_it_takes(tmp_path):
+    proc = run_cli("--dataset", "digits", "--encoder", "pixels", "--reduce", "pca", "--dims", "10", "-q",
+                   "--cluster-param", "n_inits=3", "--output", str(tmp_path / "run"),
+                   "--cache-dir", str(tmp_path / "cache"))
+    _one_line_error(proc, "KMeans has no parameter n_inits", "n_init")

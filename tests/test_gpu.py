@@ -160,6 +160,35 @@ def test_each_gpu_clusterer_matches_its_cpu_twin(fashion_space, method, k, param
     assert abs(a_gpu - a_cpu) <= 0.05, (a_gpu, a_cpu)
 
 
+def test_seeded_pca_runs_on_the_gpu_and_matches_the_cpu_twin(fashion_space):
+    """The pipeline always seeds PCA; cuML 26.10's PCA has no random_state. The GPU twin must run it (not exit 2),
+    and give the CPU twin's components up to sign."""
+    import cupy
+
+    from gpuclust.backend import resolve_backend
+    from gpuclust.reduce import reduce
+
+    Z, _ = fashion_space
+    cpu, gpu = resolve_backend("cpu"), resolve_backend("gpu")
+    Zc, tc = reduce(Z, "pca", 5, {}, cpu, seed=0)
+    Zg, tg = reduce(cupy.asarray(Z), "pca", 5, {}, gpu, seed=0)
+    assert tc == "cpu" and tg == "gpu" and isinstance(Zg, cupy.ndarray)
+    corr = np.abs(np.sum(Zc * cupy.asnumpy(Zg), axis=0)) / (np.linalg.norm(Zc, axis=0) * np.linalg.norm(
+        cupy.asnumpy(Zg), axis=0))
+    assert np.all(corr > 0.999), corr
+
+
+def test_sklearn_only_kmeans_parameter_runs_on_the_cpu_twin_of_a_gpu_run(fashion_space):
+    import cupy
+
+    from gpuclust.backend import resolve_backend
+    from gpuclust.cluster import cluster
+
+    Z, _ = fashion_space
+    labels, twin, _ = cluster(cupy.asarray(Z), "kmeans", 10, {"algorithm": "elkan"}, resolve_backend("gpu"))
+    assert twin == "cpu" and isinstance(labels, cupy.ndarray)
+
+
 @pytest.mark.parametrize("metric", ["euclidean", "l1", "chebyshev", "cosine"])
 def test_gpu_silhouette_at_scale_matches_cpu_sample(metric):
     """Exact on the device at 50,000 rows; the CPU twin's sampled estimate must fall inside its own interval."""

@@ -182,12 +182,13 @@ def cluster(Z, method: str, k: int | None, params: dict, backend: Backend, seed:
     p = {**_resolve_k(method, k, params, n, n_classes), **params}
     if spec.seeded:
         p.setdefault("random_state", seed)
+    normalize_threshold = p.pop("threshold_normalize", True) if method == "agglomerative" else True
     single_cosine = (method == "agglomerative" and p.get("linkage") == "single" and p.get("metric") == "cosine"
                      and p.get("distance_threshold") is None)  # (a threshold is in cosine units: left as asked)
     if single_cosine:
         Z, p = unit_rows(backend, Z), {**p, "metric": "euclidean"}
     elif method == "agglomerative" and p.get("distance_threshold") is not None:
-        if p.pop("threshold_normalize", True):
+        if normalize_threshold:
             Z = threshold_space(backend, Z, p.get("metric", "euclidean"))
     elif method == "dbscan":
         Z = Z.copy()  # cuML's cosine DBSCAN rewrites its input in place; Z may share memory with torch's tensor

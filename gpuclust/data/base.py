@@ -55,6 +55,16 @@ class ImageDataset:
         one (a row its source marks bad). None: the source has no such identities."""
         return None
 
+    def native_size(self) -> int | None:
+        """The shorter side of the source's images, from the first one that loads (None when none of the first few
+        does): the study's raw-pixel baseline keeps images smaller than 32 px at their own size."""
+        for i in range(min(len(self), 16)):
+            try:
+                return min(self.load(i).size)
+            except SkipImage:
+                continue
+        return None
+
     def take(self, rows) -> "ImageDataset":
         """The dataset of `rows` (indices, in that order)."""
         raise NotImplementedError  # pragma: no cover
@@ -81,6 +91,9 @@ class ArrayDataset(ImageDataset):
         from PIL import Image
 
         return Image.fromarray(self.images[i]).convert("RGB")
+
+    def native_size(self) -> int | None:
+        return int(min(self.images.shape[1:3])) if len(self.images) else None
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(np.ascontiguousarray(self.images).tobytes())

@@ -88,7 +88,8 @@ def _state(cfg):
         backend = resolve_backend(cfg.device)
         ds = load_dataset(cfg.data.spec, cfg.data.limit, cfg.data.root, cfg.data.subsample, cfg.seed,
                           cfg.data.download)
-        enc = build_encoder(cfg.encode.spec, cfg.encode.weights, cfg.encode.arch, cfg.encode.preprocess)
+        enc = build_encoder(cfg.encode.spec, cfg.encode.weights, cfg.encode.arch, cfg.encode.preprocess,
+                            ds.native_size() if cfg.encode.preprocess == "study" else None)
         forward = prepare_forward(enc, backend, cfg.encode.batch_size, cfg.encode.precision, cfg.encode.compile)
         _WORKER_STATE[key] = (ds, enc, forward, backend)
     return _WORKER_STATE[key]
@@ -214,12 +215,7 @@ def dask_kmeans(client, Z, k, params: dict, backend, seed: int, n_classes: int |
                               meta=cupy.empty((0, d), np.float32))
               for f, a, b in zip(futures, bounds[:-1], bounds[1:])]
     X = client.persist(da.concatenate(blocks, axis=0))
-    try:
-        model = cuml_dask.KMeans(client=client, **p)
-    except TypeError as exc:
-        from ..errors import UserError
-
-        raise UserError(f"kmeans (multi-GPU): {exc}") from None
+    model = cuml_dask.KMeans(client=client, **p)  # (the caller checked p against cuML's KMeans: multi_gpu)
     model.fit(X)
     labels = model.predict(X).compute()
     return backend.xp.asarray(labels).astype(backend.xp.int64), "gpu-dask", p

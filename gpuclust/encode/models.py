@@ -5,7 +5,6 @@ from a local file (`--weights PATH`) or from the hub through timm (online users)
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,17 +42,21 @@ def _timm():
     return require("timm", "image encoders", TORCH_INSTALL)
 
 
+_IDENTITIES: dict[tuple, str] = {}
+
+
 def file_identity(path: str | Path) -> str:
-    """A cheap, stable identity for a weights file: its size and the hash of its first and last MiB."""
-    p = Path(path)
-    size = p.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(p, "rb") as f:
-        h.update(f.read(1 << 20))
-        if size > 2 << 20:
-            f.seek(-(1 << 20), 2)
-            h.update(f.read())
-    return h.hexdigest()[:16]
+    """A weights file's identity for the embedding store: the SHA-256 of all of its bytes (16 hex digits), worked out
+    once per process for each (real path, size, modification time). Part of a file is not enough: two checkpoints
+    can share their first and last MiB (a fine-tune that changed only middle layers)."""
+    from .zoo import sha256_file
+
+    p = Path(path).expanduser().resolve()
+    st = p.stat()
+    memo = (str(p), st.st_size, st.st_mtime_ns)
+    if memo not in _IDENTITIES:
+        _IDENTITIES[memo] = sha256_file(p)[:16]
+    return _IDENTITIES[memo]
 
 
 def load_state_dict(path: str | Path) -> dict:
@@ -117,19 +120,39 @@ def imagenet_style_transform(cfg: dict) -> Callable:
                       T.ToTensor(), T.Normalize(cfg["mean"], cfg["std"])])
 
 
-def study_preprocess(enc: "Encoder") -> "Encoder":
-    """The study's preprocessing: Resize(224) + CenterCrop(224) with the encoder's own normalisation/interpolation."""
-    if enc.name == "pixels":  # already the study's own 32x32 recipe
-        return enc
-    cfg = dict(enc.key.get("preprocess", {}))
-    if "mean" not in cfg:
+# The study's normalisation (zs-ssl-clustering, data_transformations.NORMALIZATION), chosen by model name in its
+# embed.py: CLIP's statistics for models whose name starts with "clip", ImageNet's for every other model and for raw
+# pixels, whatever statistics the weights were trained with.
+STUDY_NORMALIZATION = {"imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+                       "clip": ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])}
+STUDY_PIXELS_MAX = 32  # the study's raw-pixel baseline: min(32, the dataset's own image size) px
+
+
+def study_normalization(name: str) -> str:
+    return "clip" if name.startswith("clip") else "imagenet"
+
+
+def study_preprocess(enc: "Encoder", native_size: int | None = None) -> "Encoder":
+    """The study's own transform, step for step: torchvision's Resize(S) (bilinear, its default) and CenterCrop(S),
+    ToTensor, Normalize with the study's statistics for the encoder's name. S is 224 for encoders; for raw pixels
+    the dataset's own size up to 32 (`native_size`, the shorter side of its images; 32 when unknown)."""
+    if "mean" not in enc.key.get("preprocess", {}):
         raise UserError(f"--preprocess study does not apply to {enc.name}")
-    interp = cfg.get("interpolation", "bilinear")
-    cfg.update({"input_size": [3, 224, 224], "resize_size": [224], "crop_size": [224], "crop_pct": 1.0,
-                "interpolation": interp if interp in ("bilinear", "bicubic", "nearest") else "bilinear",
-                "mean": list(cfg["mean"]), "std": list(cfg["std"]), "recipe": "study"})
+    torch = _torch()
+    own = enc.key["preprocess"]
+    norm = study_normalization(enc.name)
+    mean, std = STUDY_NORMALIZATION[norm]
+    size = min(STUDY_PIXELS_MAX, int(native_size or STUDY_PIXELS_MAX)) if enc.name == "pixels" else 224
+    cfg = {"input_size": [3, size, size], "resize_size": [size], "crop_size": [size], "interpolation": "bilinear",
+           "mean": list(mean), "std": list(std), "recipe": "study"}
+    if [list(own["mean"]), list(own["std"])] != [cfg["mean"], cfg["std"]] and enc.name != "pixels":
+        log.info("--preprocess study: %s normalised with %s statistics, as the study's code does for this name "
+                 "(its weights' own: mean %s, std %s)", enc.name, norm, list(own["mean"]), list(own["std"]))
     enc.transform = imagenet_style_transform(cfg)
     enc.key = {**enc.key, "preprocess": cfg}
+    if enc.name == "pixels":
+        with torch.inference_mode():
+            enc.dim = int(enc.model(torch.zeros(1, *cfg["input_size"])).shape[-1])
     return enc
 
 
@@ -207,8 +230,10 @@ class PixelsTransform:
 
 
 def pixels(weights: str | None = None) -> Encoder:
-    """The study's baseline: the image resized to 32x32 RGB, normalised with ImageNet's mean/std as the study did,
-    flattened to 3,072 values."""
+    """The study's baseline, raw pixels: by default the image resized to 32x32 RGB, normalised with ImageNet's
+    mean/std, flattened to 3,072 values. That is the study's recipe for square images of 32 px or more; with
+    `--preprocess study` it is the study's for every image (shorter side to min(32, the dataset's size), centre
+    crop)."""
     torch = _torch()
     if weights is not None:
         raise UserError("the pixels encoder has no weights; drop --weights")
@@ -260,11 +285,26 @@ def hub_create(timm, model_name: str, what: str, offline: bool = False, **kwargs
         if cache_only:
             why = "offline" if offline else f"{constants.ENDPOINT} is unreachable"
             raise UserError(f"{what}: {why} and {model_name} is not in the local hub cache; pass --weights PATH "
-                            f"with its weights ({type(exc).__name__})") from None
-        raise UserError(f"{what}: could not fetch {model_name} ({type(exc).__name__}); offline, pass --weights PATH"
+                            f"with its weights ({_why(exc)})") from None
+        raise UserError(f"{what}: could not create {model_name} ({_why(exc)}); offline, pass --weights PATH"
                         ) from None
     finally:
         constants.HF_HUB_OFFLINE = saved
+
+
+def _why(exc: BaseException) -> str:
+    """An exception as one line, its type and the first line of its message: a typo in a model name reads
+    differently from a refused connection."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
+
+
+def hub_identity(model, name: str) -> str:
+    """The weights' identity for the store: timm's resolved pretrained tag (`timm:mobilenetv2_100` loads
+    `mobilenetv2_100.ra_in1k`; a name without a tag would silently follow timm's default tag when it changes)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    arch, tag = cfg.get("architecture"), cfg.get("tag")
+    return f"hub:{arch}.{tag}" if arch and tag else f"hub:{name}"
 
 
 # -- timm:NAME ------------------------------------------------------------------------------------------------------
@@ -283,7 +323,7 @@ def timm_encoder(name: str, weights: str | None = None) -> Encoder:
         model = hub_create(timm, name, f"timm:{name}", offline(), num_classes=0)
     else:
         model = timm.create_model(name, pretrained=False, num_classes=0)
-    ident = f"hub:{name}"
+    ident = hub_identity(model, name)
     if weights is not None:
         sd = load_state_dict(weights)
         missing, _unexpected = model.load_state_dict(sd, strict=False)
@@ -319,7 +359,9 @@ def check_encoder_spec(spec: str) -> None:
 
 
 def build_encoder(spec: str, weights: str | None = None, arch: str | None = None,
-                  preprocess: str = "default") -> Encoder:
+                  preprocess: str = "default", native_size: int | None = None) -> Encoder:
+    """The encoder a spec names, with its weights' own transform or (`preprocess="study"`) the study's;
+    `native_size` is the dataset's image size, which the study's raw-pixel baseline keeps below 32 px."""
     from .zoo import ZOO, build_checkpoint, build_torchvision, build_zoo
 
     check_encoder_spec(spec)
@@ -340,4 +382,4 @@ def build_encoder(spec: str, weights: str | None = None, arch: str | None = None
         enc = build_zoo(spec, weights)
     else:
         enc = ENCODERS[spec].build(weights)
-    return study_preprocess(enc) if preprocess == "study" else enc
+    return study_preprocess(enc, native_size) if preprocess == "study" else enc

@@ -1,17 +1,21 @@
 """The study's encoder zoo: short names for each pretrained encoder, where its weights come from, how it pools.
 
-Weights come from one of three places, all cached in torch's hub cache (`$TORCH_HOME/hub`, or timm's Hugging Face
-cache for timm tags): torchvision's weight URLs, the publishers' own checkpoint URLs (loaded into torchvision or timm
+Weights come from one of three places, all cached (URLs under `$TORCH_HOME/hub/checkpoints/gpuclust/`, one folder per
+URL; timm tags in timm's Hugging Face cache): torchvision's weight URLs, the publishers' own checkpoint URLs (loaded into torchvision or timm
 architectures after stripping the wrapper prefix and dropping training heads), or timm's pretrained tags. Every
 download goes through `download()`, and `--weights PATH` (or `checkpoint:PATH --arch A`) loads a local file instead,
 so offline machines and tests never touch the network.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..errors import UserError, require
 
@@ -91,21 +95,79 @@ def offline() -> bool:
     return any(os.environ.get(v, "") not in ("", "0") for v in ("GPUCLUST_OFFLINE", "HF_HUB_OFFLINE"))
 
 
+def _url_cache_path(url: str) -> Path:
+    """Where `url` is cached: `checkpoints/gpuclust/<sha256 of the whole URL, 16 hex>/<file name>`. The file name
+    alone is not an identity (VICReg's and Barlow Twins' checkpoints are both `resnet50.pth`)."""
+    import torch.hub
+
+    name = Path(urlsplit(url).path).name or "weights"
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return Path(torch.hub.get_dir()) / "checkpoints" / "gpuclust" / digest / name
+
+
+def hash_prefix(url: str) -> str | None:
+    """The publisher's SHA-256 prefix in the file name (torchvision's `resnet50-11ad3fa6.pth`), as torch.hub reads
+    it; None when the URL carries none."""
+    import torch.hub
+
+    m = re.search(torch.hub.HASH_REGEX, Path(urlsplit(url).path).name)
+    return m.group(1) if m and len(m.group(1)) >= 8 else None
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _adopt(src: Path, dest: Path) -> None:
+    """Put a verified file from torch.hub's own cache at `dest` (a hard link where the file system allows)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + f".{os.getpid()}.part")
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+
+
 def download(url: str) -> Path:
-    """The weights file at `url`, from torch's hub cache or downloaded into it (the one place that downloads)."""
+    """The weights file at `url`, from the cache or downloaded into it (the one place that downloads). A file whose
+    name carries the publisher's hash prefix is checked against it; torch.hub's own copy (`checkpoints/<name>`,
+    where torchvision caches its weights) is reused once it passes that check."""
     torch = require("torch", "pretrained encoders", "pip install torch torchvision timm")
-    dest = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    dest, want = _url_cache_path(url), hash_prefix(url)
     if dest.is_file():
         return dest
+    theirs = Path(torch.hub.get_dir()) / "checkpoints" / dest.name
+    if want and theirs.is_file() and sha256_file(theirs).startswith(want):
+        _adopt(theirs, dest)
+        return dest
     if offline():
-        raise UserError(f"offline and {dest.name} is not in the hub cache: download {url} and pass --weights PATH")
+        raise UserError(f"offline and {url} is not in the hub cache: download it and pass --weights PATH")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + f".{os.getpid()}.part")
     log.info("downloading %s", url)
     try:
-        torch.hub.download_url_to_file(url, str(dest), progress=True)
+        torch.hub.download_url_to_file(url, str(tmp), progress=True)
     except Exception as exc:  # urllib raises many types for network failures
-        raise UserError(f"could not download {url} ({type(exc).__name__}); offline, pass --weights PATH") from None
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"could not download {url} ({type(exc).__name__}: {_first_line(exc)}); offline, pass "
+                        "--weights PATH") from None
+    got = sha256_file(tmp) if want else None
+    if want and not got.startswith(want):
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{url}: the downloaded file's SHA-256 starts {got[:len(want)]}, the publisher's name says "
+                        f"{want}; it was not kept (retry, or pass --weights PATH)")
+    os.replace(tmp, dest)  # a killed download never leaves a partial file under the final name
     return dest
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else "no message"
 
 
 def build_arch(arch: str, seed: int | None = None, **timm_kwargs):

@@ -51,6 +51,15 @@ EXACT_QUERY_METRICS = ("euclidean", "l2", "cosine", "manhattan", "l1", "citybloc
 # Part of every stored UMAP space's key, so that spaces stored under another `auto` rule are not reused.
 KNN_AUTO_RULE = f"exact for {EXACT_AUTO_METRICS}, rows^2 x dims <= {EXACT_AUTO_WORK}"
 
+# What the run's seed means for UMAP. cuML 26.10 turns a random_state into an exact (brute-force) neighbour search
+# and deterministic, buffered optimisation epochs (umap.pyx: build_algo "auto" -> brute_force_knn, params.deterministic):
+# repeatable, and fast enough up to here (100,000 x 768 rows: 8.6 s on an H100, benchmarks/results), but an H100 did
+# not finish 1,000,000 rows. Above this many rows the GPU twin therefore fits unseeded (cuML's nn_descent graph,
+# parallel epochs) unless the user sets random_state themselves. The CPU twin always seeds: umap-learn's unseeded
+# epochs gain at most the core count, and its neighbour graph comes from `knn=` whatever the seed.
+GPU_SEEDED_UMAP_MAX_ROWS = 100_000
+SEED_RULE = f"GPU: the run's seed up to {GPU_SEEDED_UMAP_MAX_ROWS} rows; CPU: always"  # in stored spaces' keys
+
 # UMAP's distances: umap-learn's named ones (umap.distances.named_distances; a test keeps this list in step with
 # the library), then the names only cuML's UMAP knows (its metric table).
 UMAP_LEARN_METRICS = ("braycurtis", "canberra", "categorical", "chebyshev", "correlation", "cosine", "count", "dice",
@@ -200,7 +209,7 @@ def _umap_settings(n: int, dims, params: dict, seed: int, backend: Backend) -> t
     if p["n_neighbors"] >= n:
         log.warning("umap: n_neighbors %d >= %d rows; using %d", p["n_neighbors"], n, n - 1)
         p["n_neighbors"] = n - 1
-    p.setdefault("random_state", seed)
+    p["random_state"] = umap_seed(n, p, seed, backend)
     knn = p.pop("knn", "auto")
     if p["metric"] not in UMAP_LEARN_METRICS and planned_twin("umap", backend, p) == "cpu":
         same = {"cityblock": "manhattan", "sqeuclidean": "euclidean (the same neighbours)"}.get(p["metric"], "")
@@ -215,6 +224,19 @@ def _umap_settings(n: int, dims, params: dict, seed: int, backend: Backend) -> t
         raise UserError(f"--reduce-param knn=faiss computes euclidean neighbours; metric {p['metric']} "
                         "needs knn=exact or knn=library")
     return dims, p, knn
+
+
+def umap_seed(n: int, params: dict, seed: int, backend: Backend) -> int | None:
+    """The random_state a UMAP fit of n rows gets: the user's own when given, else the run's seed, except on the GPU
+    twin above GPU_SEEDED_UMAP_MAX_ROWS rows (see there), which fits unseeded and says so."""
+    if "random_state" in params:
+        return params["random_state"]
+    if n > GPU_SEEDED_UMAP_MAX_ROWS and planned_twin("umap", backend, {**params, "random_state": seed}) == "gpu":
+        log.info("umap: %d rows on the GPU twin are fitted unseeded, for speed (cuML's seeded UMAP searches "
+                 "exactly and optimises deterministically; above %d rows that costs too much): results vary a "
+                 "little between runs; --reduce-param random_state=%d insists", n, GPU_SEEDED_UMAP_MAX_ROWS, seed)
+        return None
+    return seed
 
 
 def knn_plan(knn: str, shape: tuple, metric: str, twin: str) -> str:

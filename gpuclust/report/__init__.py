@@ -66,15 +66,79 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:40] or "run"
 
 
+# What a run writes into its directory; a folder holding any of these (and nothing but RUN_FILES) is an earlier run.
+RESULT_FILES = frozenset({"config.json", "metrics.json", "labels.parquet", "timings.json", "report.html", "map.png",
+                          "sizes.png", "contingency.png", "k_auto.png", "skipped.csv", "gallery"})
+# A sweep's child writes its log.txt (its stdout, open while the run runs) and, when it fails, error.txt there too.
+LOG_FILES = frozenset({"log.txt", "error.txt"})
+RUN_FILES = RESULT_FILES | LOG_FILES
+
+
+def _new_default_dir(name: str) -> Path:
+    """`runs/<name>`, or `runs/<name>-2`, `-3`, ... when an earlier run took it (two runs started in the same second
+    get two directories: mkdir without exist_ok is atomic)."""
+    root = Path("runs")
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        out = root / (name if i == 1 else f"{name}-{i}")
+        try:
+            out.mkdir()
+            return out
+        except FileExistsError:
+            continue
+    raise UserError(f"runs/{name}: 10,000 runs share this name; pass --output DIR")
+
+
+def _stale_staging(out: Path) -> list[Path]:
+    """Staging folders of runs into `out` whose process is gone (killed before it could swap them in)."""
+    stale = []
+    for p in out.parent.glob(f".{out.name}.gpuclust-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        try:
+            os.kill(int(pid), 0)
+        except (ValueError, ProcessLookupError):
+            stale.append(p)
+        except PermissionError:  # another user's live process
+            continue
+    return stale
+
+
+def _earlier_run(out: Path) -> bool:
+    """Whether the existing folder `out` holds an earlier run's files and nothing else; a folder with other files is
+    refused, so a rerun never deletes a person's own files."""
+    names = [p.name for p in out.iterdir()]
+    foreign = sorted(n for n in names if n not in RUN_FILES and not n.startswith("."))
+    if foreign:
+        raise UserError(f"--output {out}: the folder holds files that are not a gpuclust run's (e.g. {foreign[0]!r});"
+                        " choose a new or empty folder")
+    return any(n in RESULT_FILES for n in names)
+
+
 @contextmanager
 def run_dir(output: str | None, dataset: str, encoder: str, reduce: str, cluster: str):
-    """The run directory, made and probed before the long stages; a run that fails before writing anything there
-    removes the directory it made, so a bad setting found late leaves no empty run behind."""
+    """The run directory, made and probed before the long stages; it holds one run's files only.
+
+    Without --output each run gets a directory of its own. A rerun into a folder that holds an earlier run is
+    written into a staging folder beside it and replaces the earlier run only when it succeeds, so a failed rerun
+    keeps the earlier results and a finished one leaves none of their files behind. A run that fails before
+    writing anything removes the directory it made."""
+    import shutil
+
     if output is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        output = str(Path("runs") / f"{stamp}-{_slug(dataset.split('/')[-1])}-{_slug(encoder)}-{reduce}-{cluster}")
-    out = Path(output).expanduser()
-    fresh = not out.exists()
+        name = f"{stamp}-{_slug(dataset.split('/')[-1])}-{_slug(encoder)}-{reduce}-{cluster}"
+        try:
+            out = final = _new_default_dir(name)
+        except OSError as exc:
+            raise UserError(f"runs/: cannot write there ({exc.strerror or exc})") from None
+        fresh = True
+    else:
+        final = Path(output).expanduser()
+        for p in _stale_staging(final):
+            shutil.rmtree(p, ignore_errors=True)
+        replace = final.is_dir() and _earlier_run(final)
+        out = final.parent / f".{final.name}.gpuclust-{os.getpid()}" if replace else final
+        fresh = replace or not final.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -85,9 +149,18 @@ def run_dir(output: str | None, dataset: str, encoder: str, reduce: str, cluster
     try:
         yield out
     except BaseException:
-        if fresh and out.is_dir() and not any(out.iterdir()):
+        if out != final:
+            shutil.rmtree(out, ignore_errors=True)
+        elif fresh and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         raise
+    if out != final:  # the rerun succeeded: it takes the earlier run's place whole
+        if (final / "log.txt").is_file() and not (out / "log.txt").exists():
+            os.replace(final / "log.txt", out / "log.txt")  # this run's own log (a sweep child's open stdout)
+        old = final.parent / f".{final.name}.gpuclust-old-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(out, final)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_labels(path: Path, rows: np.ndarray, paths, labels_true, labels_pred, classes=None) -> None:

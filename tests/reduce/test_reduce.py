@@ -74,3 +74,27 @@ def test_zscore_and_normalisations(backend, digits):
     S, _ = reduce(Xd, "none", 0, {}, backend, post="spherical")
     Sh = backend.to_host(S)
     assert Sh.std(0).mean() == pytest.approx(1.0, rel=1e-4) and np.abs(Sh.mean(0)).max() < 1e-4
+
+
+def test_what_the_seed_means_for_umap_on_each_twin(caplog):
+    """The run's seed seeds UMAP on the CPU twin always and on the GPU twin up to GPU_SEEDED_UMAP_MAX_ROWS fitted
+    rows; above that the GPU twin fits unseeded (cuML's seeded path is exact and deterministic, too slow at scale)
+    and says so. A random_state the user gives is always kept. (A GPU run's decision, numpy standing in for CuPy.)"""
+    import logging
+
+    import numpy as np
+    import scipy.special
+
+    from gpuclust.backend import Backend, resolve_backend
+    from gpuclust.reduce import GPU_SEEDED_UMAP_MAX_ROWS, _umap_settings, umap_seed
+
+    caplog.set_level(logging.INFO)
+    gpu, cpu = Backend("gpu", np, scipy.special), resolve_backend("cpu")
+    big = GPU_SEEDED_UMAP_MAX_ROWS + 1
+    assert umap_seed(GPU_SEEDED_UMAP_MAX_ROWS, {}, 7, gpu) == 7
+    assert umap_seed(big, {}, 7, gpu) is None and "fitted unseeded" in caplog.text
+    assert umap_seed(big, {"random_state": 3}, 7, gpu) == 3
+    assert umap_seed(10 * big, {}, 7, cpu) == 7
+    assert umap_seed(big, {"metric": "haversine"}, 7, gpu) == 7  # runs on the CPU twin: seeded there
+    assert _umap_settings(big, 50, {}, 7, gpu)[1]["random_state"] is None
+    assert _umap_settings(big, 50, {}, 7, cpu)[1]["random_state"] == 7

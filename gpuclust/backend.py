@@ -5,6 +5,7 @@ twin table `ALGORITHMS`. Nothing outside this module and the report decides betw
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from dataclasses import dataclass, field
@@ -164,9 +165,16 @@ def _umap_params(params: dict, twin: str) -> dict:
     return p
 
 
+# cuML's names for its k-means++ variants; the CPU twin runs scikit-learn's k-means++ for them.
+CUML_KMEANS_INITS = ("scalable-k-means++", "k-means||")
+
+
 def _kmeans_params(params: dict, twin: str) -> dict:
     p = dict(params)
     p.setdefault("n_init", 1)
+    if twin == "cpu" and p.get("init") in CUML_KMEANS_INITS:
+        log.info("kmeans: init %s is cuML's; the CPU twin runs scikit-learn's k-means++", p["init"])
+        p["init"] = "k-means++"
     return p
 
 
@@ -189,7 +197,7 @@ def _pca_gap(p: dict) -> str | None:
 
 def _kmeans_gap(p: dict) -> str | None:
     init = p.get("init", "k-means++")
-    if isinstance(init, str) and init not in ("k-means++", "random"):
+    if isinstance(init, str) and init not in ("k-means++", "random", *CUML_KMEANS_INITS):
         return f"init {init}"  # (scikit-learn's names; a callable init is scikit-learn's alone)
     return None if isinstance(init, str) or hasattr(init, "shape") else "a callable init"
 
@@ -350,8 +358,10 @@ ALGORITHMS: dict[str, Algorithm] = {
             "sklearn.cluster.KMeans",
             "cuml.cluster.KMeans",
             translate=_kmeans_params,
-            gpu_params=frozenset({"n_clusters", "init", "n_init", "max_iter", "tol", "random_state"}),
+            gpu_params=frozenset({"n_clusters", "init", "n_init", "max_iter", "tol", "random_state",
+                                  "oversampling_factor", "max_samples_per_batch"}),
             gpu_check=_kmeans_gap,
+            gpu_only=frozenset({"oversampling_factor", "max_samples_per_batch"}),
             notes="cuML has no algorithm or copy_x (those run on the CPU twin)",
         ),
         Algorithm(
@@ -370,9 +380,10 @@ ALGORITHMS: dict[str, Algorithm] = {
             translate=_hdbscan_params,
             gpu_params=frozenset(
                 {"min_cluster_size", "min_samples", "cluster_selection_epsilon", "cluster_selection_method",
-                 "max_cluster_size", "alpha", "allow_single_cluster", "metric"}
+                 "max_cluster_size", "alpha", "allow_single_cluster", "metric", "build_algo", "build_kwds"}
             ),
             gpu_check=_hdbscan_gap,
+            gpu_only=frozenset({"build_algo", "build_kwds"}),
             notes="cuML is euclidean only; min_samples translated (see _hdbscan_params)",
         ),
         Algorithm(
@@ -388,8 +399,9 @@ ALGORITHMS: dict[str, Algorithm] = {
             "dbscan",
             "sklearn.cluster.DBSCAN",
             "cuml.cluster.DBSCAN",
-            gpu_params=frozenset({"eps", "min_samples", "metric"}),
+            gpu_params=frozenset({"eps", "min_samples", "metric", "max_mbytes_per_batch"}),
             gpu_check=_dbscan_gap,
+            gpu_only=frozenset({"max_mbytes_per_batch"}),
             notes="cuML: euclidean and cosine; its cosine path rewrites the input, so the stage passes a copy",
         ),
         Algorithm(
@@ -488,16 +500,22 @@ def accepted_keywords(cls) -> frozenset[str] | None:
                      if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
 
 
-def check_keywords(name: str, params: dict) -> None:
-    """A user's keywords against the CPU twin's class (the convention users speak on both twins): one line naming
-    the ones it lacks and the ones it takes."""
+@functools.lru_cache(maxsize=None)
+def _user_keywords(name: str) -> tuple[str, frozenset[str] | None]:
+    """(CPU class name, the keywords a user may give `name`): its CPU class's (the convention users speak on both
+    twins) and the GPU class's own tuning settings; None when the class takes any."""
     algo = ALGORITHMS[name]
     cls = _resolve(algo.cpu, algo, "cpu")
     accepted = accepted_keywords(cls)
-    accepted = None if accepted is None else accepted | algo.gpu_only
+    return cls.__name__, None if accepted is None else accepted | algo.gpu_only
+
+
+def check_keywords(name: str, params: dict) -> None:
+    """A user's keywords against what `name` takes: one line naming the ones it lacks and the ones it takes."""
+    cls_name, accepted = _user_keywords(name)
     unknown = sorted(set(params) - accepted) if accepted is not None else []
     if unknown:
-        raise UserError(f"{name}: {cls.__name__} has no parameter {', '.join(unknown)}; it takes "
+        raise UserError(f"{name}: {cls_name} has no parameter {', '.join(unknown)}; it takes "
                         f"{', '.join(sorted(accepted))}")
 
 
@@ -512,6 +530,10 @@ def make_estimator(name: str, backend: Backend, *, gpu_gap: str | None = None, *
     algo = ALGORITHMS[name]
     check_keywords(name, params)
     twin = planned_twin(name, backend, params, warn=True, gap=gpu_gap)
+    dropped = sorted(set(params) & algo.gpu_only) if twin == "cpu" else []
+    if dropped:  # a configuration written for the GPU still runs here: these tune cuML, not the model
+        log.info("%s: %s apply to cuML only; the CPU twin runs without them", name, ", ".join(dropped))
+        params = {k: v for k, v in params.items() if k not in algo.gpu_only}
     p = algo.translate(params, twin)
     path = algo.gpu if twin == "gpu" else algo.cpu
     target = _resolve(path, algo, twin)

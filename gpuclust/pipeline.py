@@ -12,7 +12,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .backend import ALGORITHMS, Backend, resolve_backend
+from .backend import ALGORITHMS, Backend, check_keywords, resolve_backend
 from .config import RunConfig
 from .data import ImageDataset, load_dataset
 from .distributed import fill_store, open_client, wants_cluster
@@ -165,6 +165,9 @@ def check_config(cfg: RunConfig) -> None:
     if cfg.cluster.method not in CLUSTERERS:
         raise UserError(f"unknown clusterer {cfg.cluster.method!r}; known: {', '.join(CLUSTERERS)}")
     CLUSTERERS[cfg.cluster.method].check(dict(cfg.cluster.params))  # before any work, not after the encode
+    check_keywords(cfg.cluster.method, {k: v for k, v in cfg.cluster.params.items() if k != "threshold_normalize"})
+    if cfg.reduce.method in ALGORITHMS:
+        check_keywords(cfg.reduce.method, {k: v for k, v in cfg.reduce.params.items() if k != "knn"})
     if cfg.encode.store_dtype not in ("float32", "float16"):
         raise UserError(f"store dtype {cfg.encode.store_dtype!r}: float32 or float16")
     if cfg.encode.preprocess not in ("default", "study"):
@@ -307,20 +310,22 @@ def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: b
     return emb, {"encoder": enc.name, "dim": enc.dim, "store": str(store.dir)}
 
 
-def report_skipped(skipped: list, ds: ImageDataset, out: Path) -> None:
-    """Skipped rows are a warning; all of them skipped is the user's error, with the first reason and the list."""
+def report_skipped(skipped: list, ds: ImageDataset, out: Path, final: Path | None = None) -> None:
+    """Skipped rows are a warning; all of them skipped is the user's error, with the first reason and the list.
+    `out` is where the run writes, `final` its run directory (they differ for a rerun: report.run_dir)."""
     if not skipped:
         return
     from .report import write_skipped
 
     write_skipped(out / "skipped.csv", skipped, ds.paths)
+    final = final or out
     if len(skipped) >= len(ds):
         row, reason = skipped[0]
         where = ds.paths[row] if ds.paths is not None else f"row {row}"
         raise UserError(f"{ds.spec}: none of the {len(ds)} images could be read (the first, {where}: {reason}); "
                         f"every row is listed in {out / 'skipped.csv'}")
     log.warning("encode: skipped %d image(s) that could not be used (unreadable, or outside --data-root; listed "
-                "with the reason in %s)", len(skipped), out / "skipped.csv")
+                "with the reason in %s)", len(skipped), final / "skipped.csv")
 
 
 def cached(store_dir: str | None, key: dict, backend: Backend, compute):
@@ -455,13 +460,13 @@ def _run(cfg: RunConfig, backend: Backend, client, progress: bool) -> RunResult:
                               cfg.data.download)
     check_against_data(cfg, ds)
     with run_dir(cfg.output, ds.spec, "precomputed" if precomputed else cfg.encode.spec, cfg.reduce.method,
-                 cfg.cluster.method) as out:
+                 cfg.cluster.method) as (out, final):
         with timer("encode", rows=len(ds)):
             if precomputed:
                 emb, enc_info = precomputed_stage(ds, cfg, backend)
             else:
                 emb, enc_info = encode_stage(ds, cfg, backend, progress, client)
-        report_skipped(emb.skipped, ds, out)
+        report_skipped(emb.skipped, ds, out, final)
         is_streamed = isinstance(emb.X, RowChunks)
         if is_streamed:
             log.info("embeddings: %d x %d read from disk in chunks; %s fitted on %d rows", emb.X.n_rows, emb.X.dim,
@@ -517,10 +522,9 @@ def _run(cfg: RunConfig, backend: Backend, client, progress: bool) -> RunResult:
             write_run(out, backend=backend, config=config, metrics=metrics, timings=timings, rows=emb.rows,
                       paths=ds.paths, labels_true=labels_true, labels_pred=labels_pred, Z=Z,
                       classes=ds.classes, seed=cfg.seed, images=None if precomputed else ds.load,
-                      gallery=cfg.gallery)
+                      gallery=cfg.gallery, name=final.name)
         timings["report"] = timer.seconds["report"]
         timings["total"] = round(time.perf_counter() - t_start, 4)
         atomic_write_json(out / "timings.json", timings)
-    # A rerun into an earlier run's folder was written beside it and has now taken its place (report.run_dir).
-    final = Path(cfg.output).expanduser() if cfg.output is not None else out
+    # A rerun into an earlier run's folder was staged inside it and has now taken the earlier run's place.
     return RunResult(metrics, timings, final, twins, len(emb.skipped))

@@ -154,7 +154,8 @@ CUML_SIGNATURES = json.loads((Path(__file__).parent / "data" / "cuml_26_10_signa
 EXAMPLE_VALUES = {"n_clusters": 5, "n_components": 5, "min_samples": 7, "max_cluster_size": None,
                   "distance_threshold": None, "random_state": 0, "build_algo": "auto", "build_kwds": {},
                   "precomputed_knn": None, "metric": "euclidean", "linkage": "single",
-                  "affinity": "nearest_neighbors", "assign_labels": "kmeans"}
+                  "affinity": "nearest_neighbors", "assign_labels": "kmeans", "oversampling_factor": 2.0,
+                  "max_samples_per_batch": 32768, "max_mbytes_per_batch": 1024}
 
 
 def _cpu_defaults(algo) -> dict:
@@ -233,3 +234,26 @@ def test_recorded_signatures_match_the_installed_cuml():
         algo = ALGORITHMS[name]
         cls = _resolve(algo.gpu, algo, "gpu")
         assert accepted_keywords(cls) == frozenset(CUML_SIGNATURES[algo.gpu]), name
+
+
+def test_multi_gpu_kmeans_hands_cumls_dask_class_only_keywords_it_takes():
+    """cuml.dask's KMeans forwards its keywords to cuML's KMeans on the workers, where a wrong one fails only at fit."""
+    algo = ALGORITHMS["kmeans"]
+    together = {k: EXAMPLE_VALUES.get(k, 1) for k in algo.gpu_params} | {"init": "scalable-k-means++"}
+    assert algo.gpu_gap(together) is None
+    assert set(algo.translate(together, "gpu")) <= set(CUML_SIGNATURES["cuml.dask.cluster.KMeans"])
+
+
+def test_cumls_own_settings_tune_the_gpu_twin_and_are_dropped_on_the_cpu(caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="gpuclust.backend")
+    fake_gpu = Backend("gpu", np, scipy.special)
+    for name, params in [("kmeans", {"n_clusters": 3, "oversampling_factor": 4.0, "init": "scalable-k-means++"}),
+                         ("hdbscan", {"build_algo": "nn_descent"}), ("dbscan", {"max_mbytes_per_batch": 512})]:
+        assert ALGORITHMS[name].gpu_gap(params) is None  # the GPU twin takes them
+        built = make_estimator(name, resolve_backend("cpu"), **params)
+        assert built.twin == "cpu" and not set(built.params) & ALGORITHMS[name].gpu_only
+    assert make_estimator("kmeans", resolve_backend("cpu"), init="k-means||").params["init"] == "k-means++"
+    assert "kmeans: oversampling_factor apply to cuML only" in caplog.text
+    assert make_estimator("kmeans", fake_gpu, n_clusters=3, algorithm="elkan", oversampling_factor=2.0).twin == "cpu"

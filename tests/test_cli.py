@@ -255,7 +255,12 @@ def test_an_error_naming_a_file_with_control_characters_stays_one_line(tmp_path,
 
 
 def test_a_keyword_the_estimator_lacks_names_the_ones_it_takes(tmp_path):
+    """Checked before any work: no run directory, no encode."""
     proc = run_cli("--dataset", "digits", "--encoder", "pixels", "--reduce", "pca", "--dims", "10", "-q",
                    "--cluster-param", "n_inits=3", "--output", str(tmp_path / "run"),
                    "--cache-dir", str(tmp_path / "cache"))
     _one_line_error(proc, "KMeans has no parameter n_inits", "n_init")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+    proc = run_cli("--dataset", "digits", "--encoder", "pixels", "--reduce", "pca", "--dims", "10", "-q",
+                   "--reduce-param", "svd_solve=full", "--output", str(tmp_path / "run"))
+    _one_line_error(proc, "PCA has no parameter svd_solve", "svd_solver")

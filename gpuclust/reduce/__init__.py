@@ -209,8 +209,8 @@ def _umap_settings(n: int, dims, params: dict, seed: int, backend: Backend) -> t
     if p["n_neighbors"] >= n:
         log.warning("umap: n_neighbors %d >= %d rows; using %d", p["n_neighbors"], n, n - 1)
         p["n_neighbors"] = n - 1
+    knn = p.pop("knn", "auto")  # ours, not the estimator's: out before the twin is planned
     p["random_state"] = umap_seed(n, p, seed, backend)
-    knn = p.pop("knn", "auto")
     if p["metric"] not in UMAP_LEARN_METRICS and planned_twin("umap", backend, p) == "cpu":
         same = {"cityblock": "manhattan", "sqeuclidean": "euclidean (the same neighbours)"}.get(p["metric"], "")
         raise UserError(f"--reduce-param metric={p['metric']}: cuML's name, which umap-learn (the CPU twin) does not "

@@ -72,6 +72,14 @@ RESULT_FILES = frozenset({"config.json", "metrics.json", "labels.parquet", "timi
 # A sweep's child writes its log.txt (its stdout, open while the run runs) and, when it fails, error.txt there too.
 LOG_FILES = frozenset({"log.txt", "error.txt"})
 RUN_FILES = RESULT_FILES | LOG_FILES
+LOCK = ".gpuclust.lock"  # held (flock) by the run writing into the folder
+STAGING, OLD = ".gpuclust-staging-", ".gpuclust-old-"  # a rerun's new files, and the earlier run's on their way out
+_ATOMIC_TMP = re.compile(r"\..+\.\d+\.tmp")  # store.atomic_write_bytes's temporary names
+
+
+def _ours(name: str) -> bool:
+    return (name in RUN_FILES or name in (LOCK, ".write-test") or name.startswith((STAGING, OLD))
+            or bool(_ATOMIC_TMP.fullmatch(name)))
 
 
 def _new_default_dir(name: str) -> Path:
@@ -89,78 +97,100 @@ def _new_default_dir(name: str) -> Path:
     raise UserError(f"runs/{name}: 10,000 runs share this name; pass --output DIR")
 
 
-def _stale_staging(out: Path) -> list[Path]:
-    """Staging folders of runs into `out` whose process is gone (killed before it could swap them in)."""
-    stale = []
-    for p in out.parent.glob(f".{out.name}.gpuclust-*"):
-        pid = p.name.rsplit("-", 1)[-1]
-        try:
-            os.kill(int(pid), 0)
-        except (ValueError, ProcessLookupError):
-            stale.append(p)
-        except PermissionError:  # another user's live process
-            continue
-    return stale
-
-
 def _earlier_run(out: Path) -> bool:
-    """Whether the existing folder `out` holds an earlier run's files and nothing else; a folder with other files is
-    refused, so a rerun never deletes a person's own files."""
-    names = [p.name for p in out.iterdir()]
-    foreign = sorted(n for n in names if n not in RUN_FILES and not n.startswith("."))
+    """Whether the folder `out` holds an earlier run's results. A folder with files a run does not write (a person's
+    own, dot-files included) is refused, so a rerun never deletes them."""
+    try:
+        names = [p.name for p in out.iterdir()]
+    except OSError as exc:
+        raise UserError(f"--output {out}: cannot read the folder ({exc.strerror or exc})") from None
+    foreign = sorted(n for n in names if not _ours(n))
     if foreign:
         raise UserError(f"--output {out}: the folder holds files that are not a gpuclust run's (e.g. {foreign[0]!r});"
                         " choose a new or empty folder")
     return any(n in RESULT_FILES for n in names)
 
 
+def _lock(final: Path):
+    """The folder's lock file, held: one run writes into a folder at a time (a second one is told so)."""
+    import fcntl
+
+    handle = open(final / LOCK, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(f"--output {final}: another gpuclust run is writing there; wait for it to finish or choose "
+                        "another folder") from None
+    return handle
+
+
+def _swap(staging: Path, final: Path) -> None:
+    """A successful rerun takes the earlier run's place: its result files move aside, the new ones move up, the old
+    ones go. Everything moves inside `final`, so `--output .`, a symlink or a mount point work alike. A sweep
+    child's log.txt stays where its process writes it."""
+    import shutil
+    import uuid
+
+    old = final / f"{OLD}{uuid.uuid4().hex[:12]}"
+    old.mkdir()
+    for p in list(final.iterdir()):
+        if p.name in RESULT_FILES or p.name == "error.txt":
+            os.replace(p, old / p.name)
+    for p in list(staging.iterdir()):
+        os.replace(p, final / p.name)
+    staging.rmdir()
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @contextmanager
 def run_dir(output: str | None, dataset: str, encoder: str, reduce: str, cluster: str):
-    """The run directory, made and probed before the long stages; it holds one run's files only.
+    """(folder to write into, the run directory), made, locked and probed before the long stages. The run directory
+    holds one run's files only.
 
-    Without --output each run gets a directory of its own. A rerun into a folder that holds an earlier run is
-    written into a staging folder beside it and replaces the earlier run only when it succeeds, so a failed rerun
-    keeps the earlier results and a finished one leaves none of their files behind. A run that fails before
-    writing anything removes the directory it made."""
+    Without --output each run gets a directory of its own. A rerun into a folder that holds an earlier run writes
+    into a staging folder inside it and replaces the earlier run's files only when it succeeds, so a failed rerun
+    keeps the earlier results (and, when every image was unreadable, its skipped.csv in the staging folder, which the
+    next run into the folder removes). A run that fails before writing anything removes the directory it made."""
     import shutil
+    import uuid
 
-    if output is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        name = f"{stamp}-{_slug(dataset.split('/')[-1])}-{_slug(encoder)}-{reduce}-{cluster}"
-        try:
-            out = final = _new_default_dir(name)
-        except OSError as exc:
-            raise UserError(f"runs/: cannot write there ({exc.strerror or exc})") from None
-        fresh = True
-    else:
-        final = Path(output).expanduser()
-        for p in _stale_staging(final):
-            shutil.rmtree(p, ignore_errors=True)
-        replace = final.is_dir() and _earlier_run(final)
-        out = final.parent / f".{final.name}.gpuclust-{os.getpid()}" if replace else final
-        fresh = replace or not final.exists()
+    where = output
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        if output is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            final = _new_default_dir(f"{stamp}-{_slug(dataset.split('/')[-1])}-{_slug(encoder)}-{reduce}-{cluster}")
+            where, made = str(final), True
+        else:
+            final = Path(output).expanduser()
+            if final.exists() and not final.is_dir():
+                raise UserError(f"--output {output}: a file, not a folder; choose a folder")
+            made = not final.exists()
+            final.mkdir(parents=True, exist_ok=True)
+        lock = _lock(final)
     except OSError as exc:
-        raise UserError(f"--output {output}: cannot write there ({exc.strerror or exc})") from None
-    try:
-        yield out
-    except BaseException:
+        raise UserError(f"--output {where}: cannot write there ({exc.strerror or exc})") from None
+    with lock:
+        for p in [*final.glob(STAGING + "*"), *final.glob(OLD + "*")]:  # a killed run's (the lock is ours now)
+            shutil.rmtree(p, ignore_errors=True)
+        out = final / f"{STAGING}{uuid.uuid4().hex[:12]}" if _earlier_run(final) else final
+        try:
+            out.mkdir(exist_ok=True)
+            probe = out / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise UserError(f"--output {where}: cannot write there ({exc.strerror or exc})") from None
+        try:
+            yield out, final
+        except BaseException:
+            if out != final and not (out / "skipped.csv").exists():
+                shutil.rmtree(out, ignore_errors=True)
+            elif made and all(p.name == LOCK for p in final.iterdir()):
+                shutil.rmtree(final, ignore_errors=True)
+            raise
         if out != final:
-            shutil.rmtree(out, ignore_errors=True)
-        elif fresh and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        raise
-    if out != final:  # the rerun succeeded: it takes the earlier run's place whole
-        if (final / "log.txt").is_file() and not (out / "log.txt").exists():
-            os.replace(final / "log.txt", out / "log.txt")  # this run's own log (a sweep child's open stdout)
-        old = final.parent / f".{final.name}.gpuclust-old-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(out, final)
-        shutil.rmtree(old, ignore_errors=True)
+            _swap(out, final)
 
 
 def write_labels(path: Path, rows: np.ndarray, paths, labels_true, labels_pred, classes=None) -> None:
@@ -195,7 +225,8 @@ def write_skipped(path: Path, skipped: list[tuple[int, str]], paths) -> None:
 
 
 def write_run(out: Path, *, backend, config: dict, metrics: dict, timings: dict, rows, paths, labels_true,
-              labels_pred, Z=None, classes=None, seed: int = 0, images=None, gallery: int = 0) -> None:
+              labels_pred, Z=None, classes=None, seed: int = 0, images=None, gallery: int = 0,
+              name: str | None = None) -> None:
     """Write config.json, metrics.json, labels.parquet, report.html with its plots and, when `images` can read the
     dataset's rows again (`images(row)` -> PIL image), a gallery of `gallery` images per cluster; skipped.csv is
     written when the encode stage ends, and timings.json last by the caller, once the report itself is timed."""
@@ -218,6 +249,6 @@ def write_run(out: Path, *, backend, config: dict, metrics: dict, timings: dict,
             n_clusters = int(len(np.unique(labels_pred[labels_pred >= 0])))
             section = write_gallery(out, groups, images, np.asarray(rows), labels_pred, labels_true, classes,
                                     n_clusters, paths)
-        write_html(out, title=f"gpuclust: {out.name}", metrics=metrics, timings=timings, Z_sample=Z_sample, idx=idx,
+        write_html(out, title=f"gpuclust: {name or out.name}", metrics=metrics, timings=timings, Z_sample=Z_sample, idx=idx,
                    labels_pred=labels_pred, labels_true=labels_true, classes=classes, gallery=section,
                    k_scores=(config.get("resolved") or {}).get("cluster_params", {}).get("k_auto_scores"))

@@ -1,7 +1,7 @@
 """The encode stage across a real distributed.LocalCluster (2 worker processes): the same store rows and the same
 labels as the in-process run, and a worker killed with SIGKILL mid-extraction costs nothing but time."""
-import importlib.util
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -132,6 +132,9 @@ def test_multi_gpu_kmeans_without_cuml_dask_runs_on_the_clients_gpu(monkeypatch,
     assert not multi_gpu(cfg, Backend("cpu", np, scipy.special), client)
     assert not multi_gpu(RunConfig(cluster=ClusterConfig("hdbscan"), gpus=2), gpu, client)
     assert not multi_gpu(cfg, gpu, None)
+    elkan = RunConfig(cluster=ClusterConfig("kmeans", k=10, params={"algorithm": "elkan"}), gpus=2)
+    assert not multi_gpu(elkan, gpu, client)  # scikit-learn's alone: the CPU twin, as on one GPU
+    assert "cuML's KMeans lacks parameter(s) algorithm" in caplog.text
 
 
 def test_cpu_workers_of_an_existing_cluster_do_not_get_the_multi_gpu_kmeans(monkeypatch, caplog):

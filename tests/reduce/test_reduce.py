@@ -97,4 +97,5 @@ def test_what_the_seed_means_for_umap_on_each_twin(caplog):
     assert umap_seed(10 * big, {}, 7, cpu) == 7
     assert umap_seed(big, {"metric": "haversine"}, 7, gpu) == 7  # runs on the CPU twin: seeded there
     assert _umap_settings(big, 50, {}, 7, gpu)[1]["random_state"] is None
+    assert _umap_settings(big, 50, {"knn": "auto"}, 7, gpu)[1]["random_state"] is None  # knn is gpuclust's own
     assert _umap_settings(big, 50, {}, 7, cpu)[1]["random_state"] == 7

@@ -97,11 +97,26 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def ort_step(enc: Encoder, example, threads: int | None, opt: str):
+    """The encoder exported to ONNX (export not timed) and run by ONNX Runtime with these settings."""
+    import torch
+
+    from gpuclust.encode import runtime as rt
+
+    folder = Path(tempfile.mkdtemp())
+    rt.export(enc.model.eval(), example[:1], folder / "model.onnx")
+    session = rt.open_session(folder / "model.onnx", threads, opt)
+
+    def step(x):
+        return torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+    return step
+
+
 def time_tensors(enc: Encoder, device, precision: str, batch: int, n: int, plain: bool,
-                 compile_mode: str | None = None) -> float:
+                 compile_mode: str | None = None, ort: tuple | None = None) -> float:
     """Images/s of the forward pass alone over n images held in memory (rotating among 4 random input buffers);
     with `compile_mode`, the model goes through torch.compile in that mode first (compile time not counted: the
-    warm-up steps trigger it)."""
+    warm-up steps trigger it); with `ort` (threads, optimisation level), ONNX Runtime runs the exported model."""
     import torch
 
     from gpuclust.encode.extract import _Forward
@@ -110,7 +125,9 @@ def time_tensors(enc: Encoder, device, precision: str, batch: int, n: int, plain
     gen = torch.Generator(device="cpu").manual_seed(0)
     inputs = [torch.randn(batch, *size, generator=gen).to(device) for _ in range(4)]
     model = enc.model.to(device)
-    if plain:  # the study's loop: fp32, no_grad, default memory format
+    if ort:
+        step = ort_step(enc, inputs[0], *ort)
+    elif plain:  # the study's loop: fp32, no_grad, default memory format
         model = model.to(memory_format=torch.contiguous_format)
 
         def step(x):
@@ -144,7 +161,7 @@ def time_tensors(enc: Encoder, device, precision: str, batch: int, n: int, plain
 
 
 def time_files(enc: Encoder, folder: Path, device_name: str, precision: str, batch: int, workers: int,
-               decode: str = "cpu") -> float:
+               decode: str = "cpu", runtime: str = "torch") -> float:
     """Images/s of gpuclust's extraction (decode, transform, forward, store write) over the JPEG folder, the
     DataLoader workers' start included; with decode="device" the pipeline's own --decode device path (nvJPEG on a
     GPU)."""
@@ -157,16 +174,20 @@ def time_files(enc: Encoder, folder: Path, device_name: str, precision: str, bat
     # Untimed warm-up on the first batches: the model's move to the device, cuDNN's algorithm search and the first
     # kernels' compilation are paid once per run, not per image.
     warm = load_dataset(f"folder:{folder}", limit=min(len(ds), 2 * batch))
+    # (with ONNX Runtime the warm-up also exports the model and checks it against torch, once, as a first run does)
+    ort_cache = tempfile.TemporaryDirectory()
     with tempfile.TemporaryDirectory() as cache:
         extract(warm, enc, be, EmbeddingStore(cache, {"bench": "warm-up"}, len(warm), 4096), batch, 0,
-                progress=False, precision=precision, decode=decode)
+                progress=False, precision=precision, decode=decode, runtime=runtime, cache_dir=ort_cache.name)
     with tempfile.TemporaryDirectory() as cache:
         store = EmbeddingStore(cache, {"bench": enc.name, "precision": precision}, len(ds), 4096)
         be.synchronize()
         t = time.perf_counter()
-        emb = extract(ds, enc, be, store, batch, workers, progress=False, precision=precision, decode=decode)
+        emb = extract(ds, enc, be, store, batch, workers, progress=False, precision=precision, decode=decode,
+                      runtime=runtime, cache_dir=ort_cache.name)
         be.synchronize()
         dt = time.perf_counter() - t
+    ort_cache.cleanup()
     assert emb.X.shape[0] == len(ds) and not emb.skipped
     return len(ds) / dt
 
@@ -188,6 +209,14 @@ def save(out: Path, rows: list[dict]) -> None:
     tmp.replace(out)
 
 
+def _ort_path(ort: tuple, source: str) -> str:
+    """`onnx` for the pipeline's own settings (a thread per core, every optimisation), else what differs."""
+    threads, opt = ort
+    if source != "tensors" or (threads == 0 and opt == "all"):
+        return "onnx"
+    return "onnx" + (f"-t{threads}" if threads else "") + ("" if opt == "all" else f"-{opt}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--encoders", nargs="+", default=["efficientnet_lite0", "mobilenetv2"])
@@ -206,6 +235,12 @@ def main(argv=None) -> int:
                    choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
                    help="tensors source: also time the model after torch.compile in these modes (rows with path "
                         "compile-MODE; reduce-overhead and max-autotune add CUDA graphs)")
+    p.add_argument("--runtimes", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"],
+                   help="CPU only: also time ONNX Runtime (rows with path onnx) beside torch")
+    p.add_argument("--ort-threads", type=int, nargs="+", default=[0],
+                   help="ONNX Runtime intra-op threads to time (tensors source; 0: one per core, the pipeline's)")
+    p.add_argument("--ort-opt", nargs="+", default=["all"], choices=["disable", "basic", "extended", "all"],
+                   help="ONNX Runtime graph optimisation levels to time (tensors source; the pipeline uses all)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     p.add_argument("--out", default=None, help="CSV path (default: results/extract-<device>-<versions>.csv)")
     args = p.parse_args(argv)
@@ -225,6 +260,9 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else RESULTS / f"extract-{tag}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
+    from gpuclust.encode.runtime import has_onnxruntime
+
+    use_ort = not on_gpu and "onnx" in args.runtimes and has_onnxruntime()
     tmp = tempfile.TemporaryDirectory()
     if set(args.sources) & {"files", "device-jpeg"}:
         make_jpegs(Path(tmp.name), args.files)
@@ -235,16 +273,23 @@ def main(argv=None) -> int:
             batches = args.batch_sizes if source == "tensors" else (args.file_batch_sizes or args.batch_sizes)
             modes = [None] + (args.compile_modes if source == "tensors" else [])
             combos += [(pr, b, False, m) for m in modes for pr in precisions for b in batches]
+            if use_ort and source in ("tensors", "files"):
+                orts = [(t, o) for t in args.ort_threads for o in args.ort_opt] if source == "tensors" else [(0, "all")]
+                combos += [("fp32", b, False, ("onnx", t, o)) for b in batches for t, o in orts]
             for precision, batch, plain, mode in combos:
                 enc = architecture(enc_name)  # fresh module each time: no state carried between settings
+                ort = mode[1:] if isinstance(mode, tuple) else None
                 if source == "tensors":
-                    ips = time_tensors(enc, device, precision, batch, args.n, plain, mode)
+                    ips = time_tensors(enc, device, precision, batch, args.n, plain, None if ort else mode,
+                                       (ort[0] or None, ort[1]) if ort else None)
                 elif source == "files":
-                    ips = time_files(enc, Path(tmp.name), "gpu" if on_gpu else "cpu", precision, batch, args.workers)
+                    ips = time_files(enc, Path(tmp.name), "gpu" if on_gpu else "cpu", precision, batch, args.workers,
+                                     runtime="onnx" if ort else "torch")
                 else:
                     ips = time_files(enc, Path(tmp.name), "gpu" if on_gpu else "cpu", precision, batch, args.workers,
                                      decode="device")
-                path = "plain" if plain else (f"compile-{mode}" if mode else "gpuclust")
+                path = ("plain" if plain else _ort_path(ort, source) if ort else
+                        f"compile-{mode}" if mode else "gpuclust")
                 row = {"encoder": enc_name, "source": source, "path": path,
                        "precision": precision, "batch": batch, "img_per_s": ips, "device": name,
                        "workers": args.workers if source != "tensors" else 0}

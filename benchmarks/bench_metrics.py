@@ -28,10 +28,44 @@ from gpuclust.report import versions  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+SKLEARN_METRIC = {"euclidean": "euclidean", "l1": "manhattan", "chebyshev": "chebyshev", "cosine": "cosine"}
+
+
+def silhouettes(X, y, n, metric, devices, args, report, rows) -> None:
+    """The exact silhouette with one distance on each twin, and scikit-learn's silhouette_score on the same arrays
+    beside the CPU twin (`vs_sklearn`: its seconds over ours; `sklearn_rel_diff`: the values' relative difference)."""
+    import sklearn.metrics as skm
+
+    vals = {}
+    for dev in devices:
+        if dev == "cpu" and n > args.cpu_max:
+            continue
+        be = resolve_backend(dev)
+        res, s = timed(be, silhouette_score, be, be.asarray(X), be.asarray(y), metric, max_exact=n + 1)
+        vals[dev] = res["value"]
+        report({"task": f"silhouette-{metric}", "n": n, "device": dev, "twin": "xp", "seconds": s,
+                "result": f"exact={res['exact']} value={res['value']:.8f}", "value": res["value"]})
+        last = rows[-1]
+        if dev == "cpu":
+            ours = rows[-1]
+            cpu = resolve_backend("cpu")
+            ref, s_ref = timed(cpu, skm.silhouette_score, X, y, metric=SKLEARN_METRIC[metric])
+            ours["vs_sklearn"] = s_ref / ours["seconds"]
+            ours["sklearn_rel_diff"] = abs(ours["value"] - ref) / abs(ref)
+            report({"task": f"silhouette-{metric}", "n": n, "device": "cpu", "twin": "sklearn", "seconds": s_ref,
+                    "result": f"value={ref:.8f}; ours {ours['vs_sklearn']:.2f}x its speed, relative difference "
+                              f"{ours['sklearn_rel_diff']:.1e}", "value": ref})
+    if len(vals) == 2:  # (set on the row of the twin timed last)
+        last["twin_rel_diff"] = abs(vals["gpu"] - vals["cpu"]) / abs(vals["cpu"])
+        print(f"{'':>10} relative difference between twins: {last['twin_rel_diff']:.2e}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ap-sizes", type=int, nargs="*", default=[2000])
     p.add_argument("--sil-sizes", type=int, nargs="*", default=[5000, 20000])
+    p.add_argument("--sil-metrics", nargs="+", default=["euclidean", "l1", "chebyshev", "cosine"],
+                   help="silhouette distances, each timed on every twin and, on the CPU, against scikit-learn's")
     p.add_argument("--dim", type=int, default=50)
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--damping", type=float, default=0.9)
@@ -68,18 +102,8 @@ def main(argv=None) -> int:
 
     for n in args.sil_sizes:
         X, y = blobs(n, args.dim, args.k, seed=2)
-        vals = {}
-        for dev in devices:
-            if dev == "cpu" and n > args.cpu_max:
-                continue
-            be = resolve_backend(dev)
-            res, s = timed(be, silhouette_score, be, be.asarray(X), be.asarray(y), "euclidean", max_exact=n + 1)
-            vals[dev] = res["value"]
-            report({"task": "silhouette", "n": n, "device": dev, "twin": "xp", "seconds": s,
-                    "result": f"exact={res['exact']} value={res['value']:.8f}", "value": res["value"]})
-        if len(vals) == 2:
-            rows[-1]["twin_rel_diff"] = abs(vals["gpu"] - vals["cpu"]) / abs(vals["cpu"])
-            print(f"{'':>10} relative difference between twins: {rows[-1]['twin_rel_diff']:.2e}")
+        for metric in args.sil_metrics:
+            silhouettes(X, y, n, metric, devices, args, report, rows)
 
     v = versions()
     tag = f"{device_name(devices)}-sklearn{v.get('scikit-learn', 'na')}"
@@ -87,7 +111,8 @@ def main(argv=None) -> int:
         tag += f"-cupy{v['cupy-cuda13x']}"
     out = Path(args.out) if args.out else RESULTS / f"metrics-{tag}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
-    fields = ["task", "n", "dim", "device", "twin", "seconds", "value", "twin_agreement_ami", "twin_rel_diff"]
+    fields = ["task", "n", "dim", "device", "twin", "seconds", "value", "twin_agreement_ami", "twin_rel_diff",
+              "vs_sklearn", "sklearn_rel_diff"]
     with open(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()

@@ -32,6 +32,7 @@ class EncodeConfig:
     preprocess: str = "default"  # default (the weights' own) | study (Resize 224 + CenterCrop 224)
     decode: str = "cpu"  # cpu: PIL in DataLoader workers | device: JPEG bytes decoded on the encoder's device
     compile: bool = False  # torch.compile the encoder
+    runtime: str = "auto"  # auto | torch | onnx: ONNX Runtime runs the CPU twin's encoder when it is installed
 
 
 @dataclass(frozen=True)

@@ -172,6 +172,8 @@ def check_config(cfg: RunConfig) -> None:
         raise UserError(f"store dtype {cfg.encode.store_dtype!r}: float32 or float16")
     if cfg.encode.preprocess not in ("default", "study"):
         raise UserError(f"preprocess {cfg.encode.preprocess!r}: default or study")
+    if cfg.encode.runtime not in ("auto", "torch", "onnx"):
+        raise UserError(f"runtime {cfg.encode.runtime!r}: auto, torch or onnx")
     if cfg.encode.spec.startswith("checkpoint:"):
         if not cfg.encode.arch:
             raise UserError("checkpoint:PATH needs --arch, e.g. --arch torchvision:resnet50 (or timm:NAME)")
@@ -292,7 +294,8 @@ def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: b
             donors = None
         emb = extract(ds, enc, backend, store, cfg.encode.batch_size, cfg.encode.num_workers, progress,
                       cfg.encode.store_dtype, cfg.encode.precision, cfg.encode.compile, cfg.encode.decode,
-                      in_memory=not streamed(cfg, len(ds)), donors=donors)
+                      in_memory=not streamed(cfg, len(ds)), donors=donors, runtime=cfg.encode.runtime,
+                      cache_dir=cfg.encode.cache_dir or default_cache_dir())
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
             raise

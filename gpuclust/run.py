@@ -86,6 +86,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="cpu: decode images with PIL in DataLoader workers (default); device: decode JPEGs on the "
                    "encoder's device (nvJPEG on a GPU)")
     p.add_argument("--compile", action="store_true", default=S, help="torch.compile the encoder (long runs)")
+    p.add_argument("--runtime", default=S, choices=["auto", "torch", "onnx"],
+                   help="where the CPU twin's encoder runs: auto (ONNX Runtime when installed, else torch; the GPU "
+                        "twin always uses torch), torch, or onnx")
     p.add_argument("--reduce", default=S, choices=["none", "zscore", "pca", "umap"], help="reducer (default umap)")
     p.add_argument("--dims", type=_dims, default=S, metavar="N",
                    help="reduced dimensions (default 50); for pca a share of variance to keep, e.g. 0.9")
@@ -132,7 +135,7 @@ _FLAG_TO_KEY = {
     "num_workers": ("encode", "num_workers"), "cache_dir": ("encode", "cache_dir"),
     "shard_size": ("encode", "shard_size"), "store_dtype": ("encode", "store_dtype"),
     "precision": ("encode", "precision"), "compile": ("encode", "compile"), "arch": ("encode", "arch"),
-    "decode": ("encode", "decode"),
+    "decode": ("encode", "decode"), "runtime": ("encode", "runtime"),
     "preprocess": ("encode", "preprocess"),
     "reduce": ("reduce", "method"), "dims": ("reduce", "dims"), "zscore": ("reduce", "zscore"),
     "normalize": ("reduce", "normalize"),

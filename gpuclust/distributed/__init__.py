@@ -81,6 +81,7 @@ def _state(cfg):
     from ..data import load_dataset
     from ..encode.extract import prepare_forward
     from ..encode.models import build_encoder
+    from ..store import default_cache_dir
 
     key = (cfg.data, cfg.encode, cfg.device, cfg.seed)
     if key not in _WORKER_STATE:
@@ -90,7 +91,8 @@ def _state(cfg):
                           cfg.data.download)
         enc = build_encoder(cfg.encode.spec, cfg.encode.weights, cfg.encode.arch, cfg.encode.preprocess,
                             ds.native_size() if cfg.encode.preprocess == "study" else None)
-        forward = prepare_forward(enc, backend, cfg.encode.batch_size, cfg.encode.precision, cfg.encode.compile)
+        forward = prepare_forward(enc, backend, cfg.encode.batch_size, cfg.encode.precision, cfg.encode.compile,
+                                  cfg.encode.runtime, cfg.encode.cache_dir or default_cache_dir())
         _WORKER_STATE[key] = (ds, enc, forward, backend)
     return _WORKER_STATE[key]
 

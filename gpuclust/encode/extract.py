@@ -250,17 +250,24 @@ def _encode_shard(dataset, encoder, forward, backend, rows: range, batch_size: i
 
 
 def prepare_forward(encoder: Encoder, backend: Backend, batch_size: int, precision: str = "fp32",
-                    compile: bool = False) -> _Forward:
-    """Move the encoder to the backend's device (channels_last for convolutions) and wrap its forward pass."""
+                    compile: bool = False, runtime: str = "torch", cache_dir=None) -> _Forward:
+    """Move the encoder to the backend's device (channels_last for convolutions) and wrap its forward pass; with
+    `runtime` auto/onnx on the CPU twin, ONNX Runtime runs it (encode.runtime; its model cached under `cache_dir`)."""
     import torch
 
+    from .runtime import OrtEncoder, resolve_runtime
+
+    device_type = torch.device(backend.torch_device).type
     model = encoder.model.to(backend.torch_device)
     if any(p.ndim == 4 for p in model.parameters()):
         model = model.to(memory_format=torch.channels_last)
     encoder.model = model
     if compile:
         model = torch.compile(model, dynamic=False)
-    return _Forward(model, batch_size, precision, torch.device(backend.torch_device).type)
+    has_weights = any(True for _ in model.parameters())  # (raw pixels are a reshape: nothing to speed up)
+    if cache_dir is not None and has_weights and resolve_runtime(runtime, device_type, precision, compile) == "onnx":
+        model = OrtEncoder(model, encoder.key, cache_dir)
+    return _Forward(model, batch_size, precision, device_type)
 
 
 def store_shard(backend, store: EmbeddingStore, i: int, X, kept, bad, store_dtype: str = "float32"):
@@ -300,7 +307,8 @@ def _with_donated(backend, donated: tuple[np.ndarray, np.ndarray], X, kept: np.n
 def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: EmbeddingStore,
             batch_size: int = 128, num_workers: int = 0, progress: bool = True,
             store_dtype: str = "float32", precision: str = "fp32", compile: bool = False,
-            decode: str = "cpu", in_memory: bool = True, donors=None) -> Embeddings:
+            decode: str = "cpu", in_memory: bool = True, donors=None, runtime: str = "torch",
+            cache_dir=None) -> Embeddings:
     """Embeddings for every decodable row, reusing complete shards from `store` and writing the missing ones.
 
     With `store_dtype="float16"` shards take half the disk, and fresh rows are rounded the same way, so a run that
@@ -313,7 +321,7 @@ def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: Em
     from tqdm.auto import tqdm
 
     # One per run: a halved batch size carries over to later shards.
-    forward = prepare_forward(encoder, backend, batch_size, precision, compile)
+    forward = prepare_forward(encoder, backend, batch_size, precision, compile, runtime, cache_dir)
     xp = backend.xp
     parts, rows, skipped = [], [], []
     computed = reused = 0

@@ -14,13 +14,19 @@ from ..errors import UserError
 
 METRICS = ("euclidean", "l1", "chebyshev", "cosine")
 _ALIASES = {"manhattan": "l1", "cityblock": "l1", "l2": "euclidean"}
-# Elements of the temporary (chunk, n, d) block for l1/chebyshev, (chunk, n) for the others: 64 MB / 2 GB in float64
-# (a few such temporaries are alive at once, so host memory stays well under a GB at any n).
+# Elements of the temporary (chunk, n, d) block for l1/chebyshev on the GPU, (chunk, n) otherwise: 64 MB / 2 GB in
+# float64 (a few such temporaries are alive at once, so host memory stays well under a GB at any n).
 BLOCK_ELEMENTS = {"cpu": 1 << 23, "gpu": 1 << 28}
 
 
-def _pairwise(xp, A, X, metric: str, sq_norms=None):
-    """Distances (len(A), len(X)) in float64, computed in place in one (len(A), len(X)) buffer."""
+# scipy's names for the distances the CPU twin takes from its compiled cdist.
+_CDIST = {"l1": "cityblock", "chebyshev": "chebyshev"}
+
+
+def _pairwise(xp, A, X, metric: str, sq_norms=None, host: bool = False):
+    """Distances (len(A), len(X)) in float64, computed in place in one (len(A), len(X)) buffer. On the host, l1 and
+    chebyshev come from scipy's compiled cdist: the (len(A), len(X), d) broadcast below is memory-bound on a CPU (16 s
+    against scikit-learn's 3.6 s for l1 on 2,000 x 1,280 rows here), while on a GPU it is what ran on the H100."""
     if metric == "euclidean":
         d2 = A @ X.T
         d2 *= -2.0
@@ -32,6 +38,10 @@ def _pairwise(xp, A, X, metric: str, sq_norms=None):
         d = A @ X.T  # rows pre-normalised by the caller
         xp.subtract(1.0, d, out=d)
         return xp.maximum(d, 0.0, out=d)
+    if host:
+        from scipy.spatial.distance import cdist
+
+        return cdist(A, X, _CDIST[metric])
     diff = xp.abs(A[:, None, :] - X[None, :, :])
     return diff.sum(axis=2) if metric == "l1" else diff.max(axis=2)
 
@@ -60,13 +70,13 @@ def silhouette_samples(backend: Backend, X, labels, metric: str = "euclidean", r
     starts = ends - sizes + 1
     sq_norms = (Xs * Xs).sum(axis=1) if metric == "euclidean" else None
     rows = xp.arange(n) if rows is None else xp.asarray(rows)
-    per_row = n * (d if metric in ("l1", "chebyshev") else 1)
+    per_row = n * (d if metric in _CDIST and backend.is_gpu else 1)
     chunk = max(1, BLOCK_ELEMENTS[backend.name] // max(per_row, 1))
     out = []
     sizes_f = sizes.astype(xp.float64)
     for start in range(0, int(rows.shape[0]), chunk):
         r = rows[start:start + chunk]
-        D = _pairwise(xp, X[r], Xs, metric, sq_norms)
+        D = _pairwise(xp, X[r], Xs, metric, sq_norms, host=not backend.is_gpu)
         if not backend.is_gpu:  # one read of D; the GPU keeps the cumulative-sum form that ran on the H100
             sums = xp.add.reduceat(D, starts, axis=1)  # (c, k): total distance to each cluster
         else:

@@ -30,7 +30,7 @@ def _cfg(tmp_path, name, encoder="pixels", limit=None, **kw):
 
 
 def _store_rows(cache: str) -> tuple[np.ndarray, np.ndarray]:
-    (d,) = [p for p in os.scandir(cache) if p.is_dir()]
+    (d,) = [p for p in os.scandir(cache) if os.path.isfile(os.path.join(p.path, "key.json"))]
     shards = sorted(f for f in os.listdir(d.path) if f.startswith("shard-"))
     rows, embs = [], []
     for f in shards:

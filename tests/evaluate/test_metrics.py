@@ -135,3 +135,25 @@ def test_evaluate_reports_noise_and_clusters(backend, digits_space):
     # over every row, noise scoring 0: the clustered rows' silhouette times their share
     assert m["silhouette_all"] == pytest.approx(skm.silhouette_score(X[keep], pred[keep]) * keep.mean(), rel=1e-5)
     assert "silhouette_umap_all" not in m
+
+
+@pytest.mark.parametrize("metric", ["l1", "chebyshev"])
+def test_cpu_twin_takes_l1_and_chebyshev_from_scipys_compiled_cdist(digits_space, metric, monkeypatch):
+    """The (chunk, n, d) broadcast is memory-bound on a CPU: the CPU twin asks scipy's cdist, in (chunk, n) blocks,
+    and gets scikit-learn's values."""
+    import scipy.spatial.distance as ssd
+
+    from gpuclust.backend import resolve_backend
+    import importlib
+
+    sil_module = importlib.import_module("gpuclust.evaluate.silhouette")
+
+    X, y = digits_space
+    want = skm.silhouette_score(X, y, metric={"l1": "manhattan"}.get(metric, metric))
+    calls = []
+    real = ssd.cdist
+    monkeypatch.setattr(ssd, "cdist", lambda A, B, m: calls.append((A.shape, B.shape, m)) or real(A, B, m))
+    monkeypatch.setitem(sil_module.BLOCK_ELEMENTS, "cpu", 500 * 1000)  # several blocks of rows
+    s = silhouette(resolve_backend("cpu"), X, y, metric)
+    assert s["value"] == pytest.approx(want, rel=1e-6)
+    assert len(calls) > 1 and all(b == (len(X), X.shape[1]) and a[0] <= 500 for a, b, _ in calls)

@@ -138,10 +138,10 @@ def test_evaluate_reports_noise_and_clusters(backend, digits_space):
 
 
 @pytest.mark.parametrize("metric", ["l1", "chebyshev"])
-def test_cpu_twin_takes_l1_and_chebyshev_from_scipys_compiled_cdist(digits_space, metric, monkeypatch):
-    """The (chunk, n, d) broadcast is memory-bound on a CPU: the CPU twin asks scipy's cdist, in (chunk, n) blocks,
-    and gets scikit-learn's values."""
-    import scipy.spatial.distance as ssd
+def test_cpu_twin_takes_l1_and_chebyshev_from_compiled_pairwise_code(digits_space, metric, monkeypatch):
+    """The (chunk, n, d) broadcast is memory-bound on a CPU: the CPU twin asks scikit-learn's pairwise_distances
+    (scipy's compiled loops), in (chunk, n) blocks, and gets scikit-learn's silhouette."""
+    import sklearn.metrics
 
     from gpuclust.backend import resolve_backend
     import importlib
@@ -151,8 +151,9 @@ def test_cpu_twin_takes_l1_and_chebyshev_from_scipys_compiled_cdist(digits_space
     X, y = digits_space
     want = skm.silhouette_score(X, y, metric={"l1": "manhattan"}.get(metric, metric))
     calls = []
-    real = ssd.cdist
-    monkeypatch.setattr(ssd, "cdist", lambda A, B, m: calls.append((A.shape, B.shape, m)) or real(A, B, m))
+    real = sklearn.metrics.pairwise_distances
+    monkeypatch.setattr(sklearn.metrics, "pairwise_distances",
+                        lambda A, B, metric, n_jobs: calls.append((A.shape, B.shape, metric)) or real(A, B, metric))
     monkeypatch.setitem(sil_module.BLOCK_ELEMENTS, "cpu", 500 * 1000)  # several blocks of rows
     s = silhouette(resolve_backend("cpu"), X, y, metric)
     assert s["value"] == pytest.approx(want, rel=1e-6)

@@ -525,7 +525,7 @@ def _run(cfg: RunConfig, backend: Backend, client, progress: bool) -> RunResult:
             write_run(out, backend=backend, config=config, metrics=metrics, timings=timings, rows=emb.rows,
                       paths=ds.paths, labels_true=labels_true, labels_pred=labels_pred, Z=Z,
                       classes=ds.classes, seed=cfg.seed, images=None if precomputed else ds.load,
-                      gallery=cfg.gallery, name=final.name)
+                      gallery=cfg.gallery, name=final.resolve().name)
         timings["report"] = timer.seconds["report"]
         timings["total"] = round(time.perf_counter() - t_start, 4)
         atomic_write_json(out / "timings.json", timings)

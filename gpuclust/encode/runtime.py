@@ -15,6 +15,9 @@ import importlib.util
 import json
 import logging
 import os
+import tempfile
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -64,10 +67,10 @@ def model_dir(cache_root: Path, key: dict, input_shape: tuple) -> Path:
 
 
 def _threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    """torch's thread count: the budget a Dask worker or a fanned-out sweep run set for this process."""
+    import torch
+
+    return max(1, torch.get_num_threads())
 
 
 class OrtEncoder:
@@ -78,13 +81,29 @@ class OrtEncoder:
         self.torch_model, self.key, self.cache_root = torch_model, key, Path(cache_root)
         self.session = None
         self.failed = False
+        self.folder = None
+        self._lock = threading.Lock()
 
     def __call__(self, x):
         if self.failed:
             return self.torch_model(x)
         if self.session is None:
-            return self._first(x)
-        return self._run(x)
+            with self._lock:
+                if self.session is None and not self.failed:
+                    return self._first(x)
+            return self(x)
+        try:
+            return self._run(x)
+        except Exception as exc:  # onnxruntime's own error types (Fail, InvalidArgument, ...) for a graph gone wrong
+            return self._broken(x, exc)
+
+    def _broken(self, x, exc):
+        """A checked model that fails on a later batch: torch from here on, and the next run exports again."""
+        self.session = None
+        for name in ("checked.json", "model.onnx"):
+            (self.folder / name).unlink(missing_ok=True)
+        return self._give_up(x, f"ONNX Runtime failed on a batch of {x.shape[0]} ({type(exc).__name__}: "
+                                f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''})")
 
     def _run(self, x):
         import torch
@@ -94,31 +113,42 @@ class OrtEncoder:
 
     def _first(self, x):
         """Open (export first if needed) and, unless an earlier run did, check against torch on this batch."""
-        folder = model_dir(self.cache_root, self.key, tuple(x.shape[1:]))
+        import torch
+
+        folder = self.folder = model_dir(self.cache_root, self.key, tuple(x.shape[1:]))
         try:
             if not (folder / "model.onnx").is_file():
-                import torch
-
+                # Two rows, so that tracing cannot take the batch size for a constant.
+                example = x[:2] if x.shape[0] > 1 else torch.cat([x[:1], x[:1]])
                 with torch.inference_mode(False), torch.no_grad():  # tracing cannot use inference-mode tensors
-                    export(self.torch_model, x[:1].clone(), folder / "model.onnx")
+                    export(self.torch_model, example.clone(), folder / "model.onnx")
             self.session = open_session(folder / "model.onnx")
         except Exception as exc:  # exporters and runtimes raise many types for operators they lack
+            (folder / "model.onnx").unlink(missing_ok=True)  # a damaged file is exported again next time
             return self._give_up(x, f"it does not export to ONNX ({type(exc).__name__}: {str(exc)[:160]})")
         if (folder / "checked.json").is_file():
-            return self._run(x)
-        ref = self.torch_model(x[:CHECK_ROWS])
-        out = self._run(x)
-        rel, cos = compare(out[:CHECK_ROWS], ref)
+            return self(x)
+        # The check batch: up to CHECK_ROWS of the run's images, at least two (a row repeated if need be).
+        check = x[:CHECK_ROWS] if x.shape[0] > 1 else torch.cat([x[:1], x[:1]])
+        ref = self.torch_model(check)
+        try:
+            got = self._run(check)
+        except Exception as exc:
+            return self._broken(x, exc)
+        rel, cos = compare(got, ref) if tuple(got.shape) == tuple(ref.shape) else (float("inf"), -1.0)
         if rel > MAX_REL_ERROR or cos < MIN_COSINE:
             self.session = None
             return self._give_up(x, f"its outputs differ from torch's (relative error {rel:.1e}, cosine {cos:.6f})")
         from ..store import atomic_write_json
 
-        rows = min(CHECK_ROWS, int(x.shape[0]))
-        atomic_write_json(folder / "checked.json", {"rows": rows, "max_rel_error": rel, "min_cosine": cos})
+        rows = int(check.shape[0])
+        try:
+            atomic_write_json(folder / "checked.json", {"rows": rows, "max_rel_error": rel, "min_cosine": cos})
+        except OSError as exc:  # (checked again next run)
+            log.warning("encode: cannot record the ONNX check in %s (%s)", folder, exc.strerror or exc)
         log.info("encode: ONNX Runtime checked against torch on %d images (relative error %.1e, cosine %.7f)",
                  rows, rel, cos)
-        return out
+        return self(x)
 
     def _give_up(self, x, why: str):
         self.failed = True
@@ -141,7 +171,15 @@ def export(model, example, path: Path) -> None:
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # a killed export's (files older than an hour)
+        try:
+            if stale.stat().st_mtime < time.time() - 3600:
+                stale.unlink()
+        except OSError:
+            continue
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
         with warnings.catch_warnings():
             # The TorchScript exporter is deprecated in favour of torch.export's, which needs onnxscript; it exports
@@ -150,6 +188,8 @@ def export(model, example, path: Path) -> None:
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(model, (example.contiguous(),), str(tmp), input_names=["x"], output_names=["y"],
                               dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17, dynamo=False)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

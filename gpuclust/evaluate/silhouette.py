@@ -23,6 +23,15 @@ BLOCK_ELEMENTS = {"cpu": 1 << 23, "gpu": 1 << 28}
 _CDIST = {"l1": "manhattan", "chebyshev": "chebyshev"}
 
 
+def _host_threads() -> int:
+    """Threads for the CPU twin's distances: the process's OMP_NUM_THREADS budget (a fanned-out sweep run's share of
+    the cores), else every core."""
+    import os
+
+    budget = os.environ.get("OMP_NUM_THREADS", "")
+    return int(budget) if budget.isdigit() and int(budget) > 0 else -1
+
+
 def _pairwise(xp, A, X, metric: str, sq_norms=None, host: bool = False):
     """Distances (len(A), len(X)) in float64, computed in place in one (len(A), len(X)) buffer. On the host, l1 and
     chebyshev come from scikit-learn's pairwise_distances (scipy's compiled loops, a thread per core): the
@@ -42,7 +51,7 @@ def _pairwise(xp, A, X, metric: str, sq_norms=None, host: bool = False):
     if host:
         from sklearn.metrics import pairwise_distances
 
-        return pairwise_distances(A, X, metric=_CDIST[metric], n_jobs=-1)
+        return pairwise_distances(A, X, metric=_CDIST[metric], n_jobs=_host_threads())
     diff = xp.abs(A[:, None, :] - X[None, :, :])
     return diff.sum(axis=2) if metric == "l1" else diff.max(axis=2)
 

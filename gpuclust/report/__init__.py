@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import platform
 import re
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+
+log = logging.getLogger(__name__)
 from ..store import atomic_write_bytes, atomic_write_json
 
 VERSIONED = ["gpuclust", "numpy", "scipy", "scikit-learn", "umap-learn", "torch", "torchvision", "timm", "cupy-cuda13x",
@@ -122,6 +125,9 @@ def _lock(final: Path):
         handle.close()
         raise UserError(f"--output {final}: another gpuclust run is writing there; wait for it to finish or choose "
                         "another folder") from None
+    except OSError as exc:  # a file system without flock (some NFS and FUSE mounts): go on unguarded
+        log.warning("--output %s: cannot lock the folder (%s); runs into it are not kept apart", final,
+                    exc.strerror or exc)
     return handle
 
 

@@ -120,3 +120,26 @@ def test_the_store_is_shared_between_runtimes(tmp_path):
         shard = next((tmp_path / cache).glob("*/shard-*.npz"))
         store[cache] = np.load(shard)["emb"]
     np.testing.assert_allclose(store["d"], store["c"], rtol=1e-4, atol=1e-4)
+
+
+def test_a_graph_that_breaks_on_another_batch_size_falls_back_to_torch(tmp_path, caplog):
+    """Tracing turns a Python int of the batch size into a constant: ONNX Runtime then fails on another batch size.
+    The run goes on with torch (never exit 1), and nothing marks the model as checked."""
+    from gpuclust.encode.models import Encoder
+
+    class BatchBaked(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(8))
+
+        def forward(self, x):
+            return x.reshape(int(x.shape[0]), -1)[:, :8] * self.w
+
+    enc = Encoder("toy", BatchBaked().eval(), None, 8, key={"encoder": "toy", "weights": "ones"})
+    fwd = prepare_forward(enc, resolve_backend("cpu"), 64, runtime="onnx", cache_dir=tmp_path)
+    for n in (20, 1, 5):
+        x = torch.randn(n, 3, 4, 4, generator=torch.Generator().manual_seed(n))
+        with torch.inference_mode():
+            torch.testing.assert_close(fwd(x), x.reshape(n, -1)[:, :8])
+    assert fwd.model.failed and "runs on torch" in caplog.text
+    assert not list(tmp_path.glob("onnx/*/checked.json"))

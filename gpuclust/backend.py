@@ -147,14 +147,8 @@ CUML_UMAP_GRAPH_PARAMS = ("build_algo", "build_kwds")
 
 
 def _umap_params(params: dict, twin: str) -> dict:
-    p = dict(params)
+    p = dict(params)  # (build_algo/build_kwds never reach the CPU twin: make_estimator drops `gpu_only` there)
     if twin == "cpu":
-        dropped = [k for k in CUML_UMAP_GRAPH_PARAMS if k in p]
-        if dropped:  # a config written for the GPU still runs here: they choose a search, not the model
-            log.info("umap: %s apply to cuML only; the CPU twin builds its neighbour graph as --reduce-param knn "
-                     "says", ", ".join(dropped))
-            for k in dropped:
-                del p[k]
         if p.get("random_state") is not None:
             p.setdefault("n_jobs", 1)  # umap-learn runs single-threaded when seeded; saying so avoids its warning
         return p
@@ -316,13 +310,13 @@ class Algorithm:
     gpu_check: Callable[[dict], str | None] | None = None  # what in these values the GPU twin cannot do
     notes: str = ""
     cpu_install: str = "pip install gpuclust"
-    gpu_only: frozenset[str] = frozenset()  # the GPU class's own settings a user may give; `translate` drops them
+    gpu_only: frozenset[str] = frozenset()  # the GPU class's own tuning settings: honoured there, dropped on the CPU
 
     def gpu_gap(self, params: dict) -> str | None:
         """None when the GPU twin can run `params`, else what it lacks."""
         if self.gpu is None:
             return "a GPU implementation"
-        extra = sorted(set(params) - self.gpu_params) if self.gpu_params is not None else []
+        extra = sorted(set(params) - self.gpu_params - self.gpu_only) if self.gpu_params is not None else []
         if extra:
             return "parameter(s) " + ", ".join(extra)
         return self.gpu_check(params) if self.gpu_check else None
@@ -347,7 +341,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             translate=_umap_params,
             gpu_params=frozenset(
                 {"n_components", "n_neighbors", "min_dist", "metric", "random_state", "n_epochs", "init",
-                 "spread", "negative_sample_rate", "build_algo", "build_kwds", "learning_rate", "precomputed_knn"}
+                 "spread", "negative_sample_rate", "learning_rate", "precomputed_knn"}
             ),
             gpu_check=_umap_gap,
             gpu_only=frozenset(CUML_UMAP_GRAPH_PARAMS),
@@ -358,8 +352,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             "sklearn.cluster.KMeans",
             "cuml.cluster.KMeans",
             translate=_kmeans_params,
-            gpu_params=frozenset({"n_clusters", "init", "n_init", "max_iter", "tol", "random_state",
-                                  "oversampling_factor", "max_samples_per_batch"}),
+            gpu_params=frozenset({"n_clusters", "init", "n_init", "max_iter", "tol", "random_state"}),
             gpu_check=_kmeans_gap,
             gpu_only=frozenset({"oversampling_factor", "max_samples_per_batch"}),
             notes="cuML has no algorithm or copy_x (those run on the CPU twin)",
@@ -380,7 +373,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             translate=_hdbscan_params,
             gpu_params=frozenset(
                 {"min_cluster_size", "min_samples", "cluster_selection_epsilon", "cluster_selection_method",
-                 "max_cluster_size", "alpha", "allow_single_cluster", "metric", "build_algo", "build_kwds"}
+                 "max_cluster_size", "alpha", "allow_single_cluster", "metric"}
             ),
             gpu_check=_hdbscan_gap,
             gpu_only=frozenset({"build_algo", "build_kwds"}),
@@ -399,7 +392,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             "dbscan",
             "sklearn.cluster.DBSCAN",
             "cuml.cluster.DBSCAN",
-            gpu_params=frozenset({"eps", "min_samples", "metric", "max_mbytes_per_batch"}),
+            gpu_params=frozenset({"eps", "min_samples", "metric"}),
             gpu_check=_dbscan_gap,
             gpu_only=frozenset({"max_mbytes_per_batch"}),
             notes="cuML: euclidean and cosine; its cosine path rewrites the input, so the stage passes a copy",

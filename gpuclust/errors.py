@@ -41,6 +41,13 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.name}: error: {message} (see --help)\n")
 
 
+def exception_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception as one line, its type and the first line of its message: a typo in a model name reads
+    differently from a refused connection."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:limit]}" if text else type(exc).__name__
+
+
 def one_line(text: object) -> str:
     """A message as one printable line: characters that break or hide a line (a file name may hold any) are escaped."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))

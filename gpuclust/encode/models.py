@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import UserError, require
+from ..errors import UserError, exception_line, require
 
 log = logging.getLogger(__name__)
 
@@ -285,18 +285,11 @@ def hub_create(timm, model_name: str, what: str, offline: bool = False, **kwargs
         if cache_only:
             why = "offline" if offline else f"{constants.ENDPOINT} is unreachable"
             raise UserError(f"{what}: {why} and {model_name} is not in the local hub cache; pass --weights PATH "
-                            f"with its weights ({_why(exc)})") from None
-        raise UserError(f"{what}: could not create {model_name} ({_why(exc)}); offline, pass --weights PATH"
+                            f"with its weights ({exception_line(exc)})") from None
+        raise UserError(f"{what}: could not create {model_name} ({exception_line(exc)}); offline, pass --weights PATH"
                         ) from None
     finally:
         constants.HF_HUB_OFFLINE = saved
-
-
-def _why(exc: BaseException) -> str:
-    """An exception as one line, its type and the first line of its message: a typo in a model name reads
-    differently from a refused connection."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
 
 
 def hub_identity(model, name: str) -> str:

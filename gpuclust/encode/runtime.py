@@ -21,7 +21,7 @@ import time
 import warnings
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, exception_line
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,7 @@ class OrtEncoder:
         self.session = None
         for name in ("checked.json", "model.onnx"):
             (self.folder / name).unlink(missing_ok=True)
-        return self._give_up(x, f"ONNX Runtime failed on a batch of {x.shape[0]} ({type(exc).__name__}: "
-                                f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''})")
+        return self._give_up(x, f"ONNX Runtime failed on a batch of {x.shape[0]} ({exception_line(exc)})")
 
     def _run(self, x):
         import torch
@@ -125,7 +124,7 @@ class OrtEncoder:
             self.session = open_session(folder / "model.onnx")
         except Exception as exc:  # exporters and runtimes raise many types for operators they lack
             (folder / "model.onnx").unlink(missing_ok=True)  # a damaged file is exported again next time
-            return self._give_up(x, f"it does not export to ONNX ({type(exc).__name__}: {str(exc)[:160]})")
+            return self._give_up(x, f"it does not export to ONNX ({exception_line(exc)})")
         if (folder / "checked.json").is_file():
             return self(x)
         # The check batch: up to CHECK_ROWS of the run's images, at least two (a row repeated if need be).

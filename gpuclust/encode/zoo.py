@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..errors import UserError, require
+from ..errors import UserError, exception_line, require
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def download(url: str) -> Path:
         torch.hub.download_url_to_file(url, str(tmp), progress=True)
     except Exception as exc:  # urllib raises many types for network failures
         tmp.unlink(missing_ok=True)
-        raise UserError(f"could not download {url} ({type(exc).__name__}: {_first_line(exc)}); offline, pass "
+        raise UserError(f"could not download {url} ({exception_line(exc)}); offline, pass "
                         "--weights PATH") from None
     got = sha256_file(tmp) if want else None
     if want and not got.startswith(want):
@@ -163,11 +163,6 @@ def download(url: str) -> Path:
                         f"{want}; it was not kept (retry, or pass --weights PATH)")
     os.replace(tmp, dest)  # a killed download never leaves a partial file under the final name
     return dest
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else "no message"
 
 
 def build_arch(arch: str, seed: int | None = None, **timm_kwargs):

@@ -114,193 +114,27 @@ def resolve_backend(device: str) -> Backend:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The twin table: one row per algorithm.
+# The twin records: one per algorithm, registered by its stage (gpuclust/cluster/algorithms/, gpuclust/reduce/twins.py).
 
 
 def _same(params: dict, twin: str) -> dict:
     return dict(params)
 
 
-def _hdbscan_params(params: dict, twin: str) -> dict:
-    """sklearn counts the point itself among its `min_samples` neighbours; cuML (like the hdbscan library) does not.
-
-    Users speak sklearn's convention everywhere; the GPU twin receives min_samples - 1 so both compute the same
-    core distances. sklearn's default (None -> min_cluster_size) is made explicit first so the shift applies to it.
-    """
-    p = dict(params)
-    p.setdefault("min_cluster_size", 5)
-    if p.get("min_samples") is None:
-        p["min_samples"] = p["min_cluster_size"]
-    if twin == "cpu":
-        p.setdefault("copy", True)  # never let sklearn modify the caller's array
-    if twin == "gpu":
-        if int(p["min_samples"]) <= 1:
-            log.warning("hdbscan: sklearn's min_samples=1 has no cuML equivalent; the GPU twin uses its minimum, 1")
-        p["min_samples"] = max(1, int(p["min_samples"]) - 1)
-        if p.get("max_cluster_size", 0) is None:  # sklearn's "no limit" is None, cuML's is 0 (a C int)
-            p["max_cluster_size"] = 0
-    return p
-
-
-# cuML's settings for how UMAP's neighbour graph is built; umap-learn has no such parameters.
-CUML_UMAP_GRAPH_PARAMS = ("build_algo", "build_kwds")
-
-
-def _umap_params(params: dict, twin: str) -> dict:
-    p = dict(params)  # (build_algo/build_kwds never reach the CPU twin: make_estimator drops `gpu_only` there)
-    if twin == "cpu":
-        if p.get("random_state") is not None:
-            p.setdefault("n_jobs", 1)  # umap-learn runs single-threaded when seeded; saying so avoids its warning
-        return p
-    metric = str(p.get("metric", "euclidean")).lower()
-    if p.get("build_algo", "auto") == "auto" and metric not in CUML_NN_DESCENT_METRICS:
-        # cuML's "auto" takes nn_descent above 50,000 unseeded rows, which refuses these metrics: search exactly.
-        p["build_algo"] = "brute_force_knn"
-    return p
-
-
-# cuML's names for its k-means++ variants; the CPU twin runs scikit-learn's k-means++ for them.
-CUML_KMEANS_INITS = ("scalable-k-means++", "k-means||")
-
-
-def _kmeans_params(params: dict, twin: str) -> dict:
-    p = dict(params)
-    p.setdefault("n_init", 1)
-    if twin == "cpu" and p.get("init") in CUML_KMEANS_INITS:
-        log.info("kmeans: init %s is cuML's; the CPU twin runs scikit-learn's k-means++", p["init"])
-        p["init"] = "k-means++"
-    return p
-
-
-# cuML's PCA solvers (26.10: auto/full, both a full eigendecomposition of the covariance, and jacobi) are exact; its
-# PCA has no randomized solver and so no random_state.
-CUML_PCA_SOLVERS = ("auto", "full")
-
-
-def _pca_params(params: dict, twin: str) -> dict:
-    p = dict(params)
-    if twin == "gpu":
-        p.pop("random_state", None)  # seeds scikit-learn's randomized solver; cuML's solvers are exact
-    return p
-
-
-def _pca_gap(p: dict) -> str | None:
-    solver = p.get("svd_solver", "auto")
-    return None if solver in CUML_PCA_SOLVERS else f"svd_solver {solver}"
-
-
-def _kmeans_gap(p: dict) -> str | None:
-    init = p.get("init", "k-means++")
-    if isinstance(init, str) and init not in ("k-means++", "random", *CUML_KMEANS_INITS):
-        return f"init {init}"  # (scikit-learn's names; a callable init is scikit-learn's alone)
-    return None if isinstance(init, str) or hasattr(init, "shape") else "a callable init"
-
-
-def _faiss_kmeans_params(params: dict, twin: str) -> dict:
-    p = dict(params)
-    p["gpu"] = twin == "gpu"
-    return p
-
-
-def _faiss_gpu_gap(p: dict) -> str | None:
-    from .cluster.faiss_kmeans import faiss_gpus
-
-    return None if faiss_gpus() > 0 else "a GPU build of faiss"
-
-
-def _agglomerative_params(params: dict, twin: str) -> dict:
-    p = dict(params)
-    p.setdefault("linkage", "ward")
-    p.setdefault("metric", "euclidean")
-    if twin == "gpu":
-        p.pop("distance_threshold", None)  # only reaches the GPU twin when None (see _agglomerative_gap)
-        # cuML's default connectivity ("knn") takes euclidean only; its full pairwise graph takes l1 and cosine
-        # too (cuML's AgglomerativeClustering docstring). The cluster stage sends cosine single linkage as
-        # euclidean on unit rows (cluster.unit_rows), so in a run only l1 needs the n^2 graph.
-        if p["metric"] not in ("euclidean", "l2"):
-            p["connectivity"] = "pairwise"
-    return p
-
-
-def _affinity_params(params: dict, twin: str) -> dict:
-    p = dict(params)
-    if twin == "gpu":
-        p["xp"] = "cupy"
-    return p
-
-
-def _spectral_params(params: dict, twin: str) -> dict:
-    p = dict(params)
-    p.setdefault("affinity", "nearest_neighbors")  # the study's choice; sklearn's default (rbf) is O(n^2) dense
-    if twin == "cpu":
-        p.setdefault("assign_labels", "kmeans")  # what cuML always does
-    else:
-        p.pop("assign_labels", None)
-    return p
-
-
-_CUML_AGGLO_METRICS = {"euclidean", "l2", "l1", "cityblock", "manhattan", "cosine"}
-
-
-CUML_HDBSCAN_MAX_MIN_SAMPLES = 1023  # cuML's HDBSCAN.fit requires 1 <= min_samples <= 1023 (its own convention)
-
-
-def _hdbscan_gap(p: dict) -> str | None:
-    if p.get("metric", "euclidean") not in ("euclidean", "l2"):
-        return "metrics other than euclidean"
-    ms = p.get("min_samples")
-    ms = p.get("min_cluster_size", 5) if ms is None else ms
-    if int(ms) - 1 > CUML_HDBSCAN_MAX_MIN_SAMPLES:  # what the GPU twin would receive (see _hdbscan_params)
-        return f"min_samples {ms} (cuML allows up to {CUML_HDBSCAN_MAX_MIN_SAMPLES + 1} in scikit-learn's counting)"
-    return None
-
-
-def _agglomerative_gap(p: dict) -> str | None:
-    if p.get("linkage", "ward") != "single":
-        return f"{p.get('linkage', 'ward')} linkage (cuML has single linkage only)"
-    if p.get("distance_threshold") is not None:
-        return "distance_threshold"
-    if p.get("metric", "euclidean") not in _CUML_AGGLO_METRICS:
-        return f"metric {p['metric']}"
-    return None
-
-
-# cuML UMAP's dense metrics (its umap_utils _METRICS and _SUPPORTED_METRICS, 26.x): every one with the exact kNN
-# (brute_force_knn), a few with nn_descent. Other umap-learn metrics run on the CPU twin.
-CUML_UMAP_METRICS = frozenset({"l2", "euclidean", "sqeuclidean", "cityblock", "l1", "manhattan", "taxicab",
-                               "minkowski", "chebyshev", "linf", "cosine", "correlation", "hellinger", "hamming",
-                               "canberra"})
-CUML_NN_DESCENT_METRICS = frozenset({"l2", "euclidean", "sqeuclidean", "cosine"})
-
-
-def _umap_gap(p: dict) -> str | None:
-    metric = str(p.get("metric", "euclidean")).lower()
-    if metric not in CUML_UMAP_METRICS:
-        return f"metric {metric}"
-    if p.get("build_algo") == "nn_descent" and metric not in CUML_NN_DESCENT_METRICS:
-        return f"metric {metric} with build_algo=nn_descent"
-    if p.get("init", "spectral") not in ("spectral", "random"):
-        return f"init {p['init']}"
-    return None
-
-
-def _dbscan_gap(p: dict) -> str | None:
-    return None if p.get("metric", "euclidean") in ("euclidean", "l2", "cosine") else f"metric {p['metric']}"
-
-
-def _spectral_gap(p: dict) -> str | None:
-    if p.get("affinity", "nearest_neighbors") != "nearest_neighbors":
-        return f"affinity {p['affinity']}"
-    if p.get("assign_labels", "kmeans") != "kmeans":
-        return f"assign_labels {p['assign_labels']}"
+def _no_check(params: dict) -> None:
     return None
 
 
 @dataclass(frozen=True)
 class Algorithm:
-    """A CPU/GPU pair. Dotted paths resolve lazily. Users speak the CPU twin's parameter names (scikit-learn's,
-    umap-learn's); `gpu_params` lists those the GPU twin honours (None only where both twins are one class), and
-    `translate` turns them into what each twin's class takes (tests check the result against cuML's signatures)."""
+    """One algorithm, owning both twins. Dotted class paths resolve lazily.
+
+    Users speak the CPU twin's parameter names (scikit-learn's, umap-learn's); `gpu_params` lists those the GPU twin
+    honours (None only where both twins are one class), `gpu_only` the GPU class's own tuning settings (dropped on the
+    CPU twin), and `translate` turns the user's parameters into what each twin's class takes (tests check the result
+    against cuML's signatures). A clusterer also says how it takes k (`k_param`, None when it finds k itself; `finds_k`
+    for values that make it find k), whether it is seeded, how its values are checked (the same for both twins), the
+    GPU limits that depend on the data (`size_gap`) and what its input needs first (`prepare`)."""
 
     name: str
     cpu: str
@@ -311,6 +145,15 @@ class Algorithm:
     notes: str = ""
     cpu_install: str = "pip install gpuclust"
     gpu_only: frozenset[str] = frozenset()  # the GPU class's own tuning settings: honoured there, dropped on the CPU
+    stage: str = "cluster"  # the registry it belongs to: "cluster" or "reduce"
+    help: str = ""  # one line for --list
+    k_param: str | None = None  # the keyword taking the number of clusters (None: the algorithm finds k)
+    finds_k: Callable[[dict], dict | None] | None = None  # values that make it find k -> the k keywords to pass then
+    seeded: bool = False  # takes random_state
+    check: Callable[[dict], None] = _no_check  # the user's values, checked before any work (raises UserError)
+    size_gap: Callable[[dict, int, Backend], str | None] | None = None  # a GPU limit that depends on the rows
+    prepare: Callable[[Backend, Any, dict], tuple[Any, dict]] | None = None  # (input, params) just before fitting
+    on_warnings: Callable[[list, dict], None] | None = None  # the fit's warnings, when the record handles them
 
     def gpu_gap(self, params: dict) -> str | None:
         """None when the GPU twin can run `params`, else what it lacks."""
@@ -321,102 +164,22 @@ class Algorithm:
             return "parameter(s) " + ", ".join(extra)
         return self.gpu_check(params) if self.gpu_check else None
 
+    def needs_k(self, params: dict | None = None) -> bool:
+        """Whether these values leave the number of clusters to the caller."""
+        return self.k_param is not None and not (self.finds_k and self.finds_k(params or {}) is not None)
 
-ALGORITHMS: dict[str, Algorithm] = {
-    a.name: a
-    for a in [
-        Algorithm(
-            "pca",
-            "sklearn.decomposition.PCA",
-            "cuml.decomposition.PCA",
-            translate=_pca_params,
-            gpu_params=frozenset({"n_components", "whiten", "copy", "svd_solver", "random_state"}),
-            gpu_check=_pca_gap,
-            notes="cuML: exact solvers only (a randomized or arpack svd_solver runs on the CPU twin)",
-        ),
-        Algorithm(
-            "umap",
-            "umap.UMAP",
-            "cuml.manifold.UMAP",
-            translate=_umap_params,
-            gpu_params=frozenset(
-                {"n_components", "n_neighbors", "min_dist", "metric", "random_state", "n_epochs", "init",
-                 "spread", "negative_sample_rate", "learning_rate", "precomputed_knn"}
-            ),
-            gpu_check=_umap_gap,
-            gpu_only=frozenset(CUML_UMAP_GRAPH_PARAMS),
-            cpu_install="pip install umap-learn",
-        ),
-        Algorithm(
-            "kmeans",
-            "sklearn.cluster.KMeans",
-            "cuml.cluster.KMeans",
-            translate=_kmeans_params,
-            gpu_params=frozenset({"n_clusters", "init", "n_init", "max_iter", "tol", "random_state"}),
-            gpu_check=_kmeans_gap,
-            gpu_only=frozenset({"oversampling_factor", "max_samples_per_batch"}),
-            notes="cuML has no algorithm or copy_x (those run on the CPU twin)",
-        ),
-        Algorithm(
-            "faiss_kmeans",
-            "gpuclust.cluster.faiss_kmeans.FaissKMeans",
-            "gpuclust.cluster.faiss_kmeans.FaissKMeans",
-            translate=_faiss_kmeans_params,
-            gpu_check=_faiss_gpu_gap,
-            notes="faiss k-means (sampled training, exact assignment); GPU twin with a GPU build of faiss",
-            cpu_install="pip install faiss-cpu",
-        ),
-        Algorithm(
-            "hdbscan",
-            "sklearn.cluster.HDBSCAN",
-            "cuml.cluster.hdbscan.HDBSCAN",
-            translate=_hdbscan_params,
-            gpu_params=frozenset(
-                {"min_cluster_size", "min_samples", "cluster_selection_epsilon", "cluster_selection_method",
-                 "max_cluster_size", "alpha", "allow_single_cluster", "metric"}
-            ),
-            gpu_check=_hdbscan_gap,
-            gpu_only=frozenset({"build_algo", "build_kwds"}),
-            notes="cuML is euclidean only; min_samples translated (see _hdbscan_params)",
-        ),
-        Algorithm(
-            "agglomerative",
-            "sklearn.cluster.AgglomerativeClustering",
-            "cuml.cluster.AgglomerativeClustering",
-            translate=_agglomerative_params,
-            gpu_params=frozenset({"n_clusters", "metric", "linkage", "distance_threshold"}),
-            gpu_check=_agglomerative_gap,
-            notes="cuML: single linkage only, no distance_threshold; other linkages run on the CPU twin",
-        ),
-        Algorithm(
-            "dbscan",
-            "sklearn.cluster.DBSCAN",
-            "cuml.cluster.DBSCAN",
-            gpu_params=frozenset({"eps", "min_samples", "metric"}),
-            gpu_check=_dbscan_gap,
-            gpu_only=frozenset({"max_mbytes_per_batch"}),
-            notes="cuML: euclidean and cosine; its cosine path rewrites the input, so the stage passes a copy",
-        ),
-        Algorithm(
-            "affinity",
-            "sklearn.cluster.AffinityPropagation",
-            "gpuclust.cluster.affinity.AffinityPropagationXP",
-            translate=_affinity_params,
-            gpu_params=frozenset({"damping", "max_iter", "convergence_iter", "preference", "random_state"}),
-            notes="cuML has none: our CuPy implementation (gpuclust/cluster/affinity.py)",
-        ),
-        Algorithm(
-            "spectral",
-            "sklearn.cluster.SpectralClustering",
-            "cuml.cluster.SpectralClustering",
-            translate=_spectral_params,
-            gpu_params=frozenset({"n_clusters", "n_components", "random_state", "n_neighbors", "n_init", "affinity",
-                                  "assign_labels"}),
-            gpu_check=_spectral_gap,
-            notes="cuML (25.12+): nearest-neighbour affinity, k-means label assignment",
-        ),
-    ]
-}
+
+# Every record by name; each stage's registry (cluster.CLUSTERERS, reduce.TWINS) holds its own, filled on import.
+ALGORITHMS: dict[str, Algorithm] = {}
+
+
+def register(algo: Algorithm) -> Algorithm:
+    """Add a record to the table (a stage's registry calls this); a name is registered once."""
+    if algo.name in ALGORITHMS and ALGORITHMS[algo.name] is not algo:
+        raise ValueError(f"algorithm {algo.name!r} is registered twice")
+    ALGORITHMS[algo.name] = algo
+    _user_keywords.cache_clear()
+    return algo
 
 
 def _resolve(path: str, algo: Algorithm, twin: str):
@@ -533,3 +296,9 @@ def make_estimator(name: str, backend: Backend, *, gpu_gap: str | None = None, *
     if path.startswith("cuml."):
         p.setdefault("output_type", "cupy")
     return Built(target(**p), twin, p)
+
+
+# The stages' records register themselves when their packages load; loading them here makes the table whole for
+# every caller of this module (the stage packages import this module first, and find what they need defined above).
+from .cluster import algorithms as _cluster_algorithms  # noqa: E402,F401
+from .reduce import twins as _reduce_twins  # noqa: E402,F401

@@ -212,9 +212,10 @@ def check_against_data(cfg: RunConfig, ds: ImageDataset) -> None:
                         f"{cfg.data.spec} holds decoded images")
 
     method, params = cfg.cluster.method, cfg.cluster.params
-    if not CLUSTERERS[method].needs_k or params.get("distance_threshold") is not None:
+    algo = CLUSTERERS[method]
+    if not algo.needs_k(params):
         return
-    k = cfg.cluster.k if cfg.cluster.k is not None else params.get("n_clusters")
+    k = cfg.cluster.k if cfg.cluster.k is not None else params.get(algo.k_param)
     if k == "auto":
         return
     if k is None and ds.labels is None:

@@ -102,7 +102,7 @@ def test_umap_graph_settings_translate_per_twin(caplog):
     nn_descent refuses, since its "auto" switches to nn_descent above 50,000 unseeded rows."""
     import logging
 
-    from gpuclust.backend import _umap_params
+    from gpuclust.reduce.twins import _umap_params
 
     gpu = Backend("gpu", np, scipy.special)  # numpy inside: only the twin choice matters here
     caplog.set_level(logging.INFO, logger="gpuclust.backend")

@@ -38,6 +38,8 @@ def space(cache_dir):
     ("spectral", 10, {}, 0.64),                                        # 0.687
     ("dbscan", None, {"eps": 0.3, "min_samples": 10}, 0.57),           # 12 clusters, 0.625
     ("hdbscan", None, {"min_cluster_size": 30}, 0.55),                 # 0.599
+    ("gaussian_mixture", 10, {}, 0.62),                                # full covariance 0.668
+    ("gaussian_mixture", 10, {"covariance_type": "diag"}, 0.62),       # 0.670
 ])
 def test_clusterer_quality(space, method, k, params, floor):
     Z, y = space

@@ -362,7 +362,7 @@ def test_streamed_umap_on_gpu_and_on_cuda_workers(tmp_path, cuda_client):
 
 
 def test_streamed_umap_after_an_nn_descent_fit(tmp_path):
-    """`--fit-sample` with `build_algo=nn_descent` (the README's recipe for fit samples larger than device memory):
+    """`--fit-sample` with `build_algo=nn_descent` (docs/scaling.md's recipe for fit samples larger than device memory):
     cuML keeps the fitted rows in host memory after an nn_descent fit, and the streamed path then transforms every
     other chunk. In a child process, so that a crash inside cuML (an illegal memory access spoils the process's
     CUDA context) fails this test alone."""

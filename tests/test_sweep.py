@@ -200,7 +200,7 @@ def test_settings_comparison_orders_lower_is_better_and_names_unset_parameters()
 
 
 def test_the_example_sweep_file_is_a_valid_grid(capsys):
-    """examples/sweep-fashion-mnist.yaml, which the README runs: every grid point checked, nine runs listed."""
+    """examples/sweep-fashion-mnist.yaml, which docs/sweeps.md runs: every grid point checked, nine runs listed."""
     assert main(["--config", str(ROOT / "examples" / "sweep-fashion-mnist.yaml"), "--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 9 and lines[0] == "[1/9] fashion-mnist pixels umap50 kmeans"

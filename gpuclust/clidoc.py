@@ -18,9 +18,9 @@ Generated from the parsers by `{REGENERATE}`: change a flag's help where the fla
 (`gpuclust/config.py` for a run setting, the module's `get_args_parser()` otherwise), then regenerate this page.
 """
 
-_RUN_INTRO = """Settings apply in this order: the defaults below, then the `--config` YAML file, then the flags given. In the
-YAML file a setting sits under its section (`encode: {precision: bf16}`); the run's own settings are top-level keys
-(`seed: 3`). A flag left out keeps the YAML file's value.
+_RUN_INTRO = """Settings apply in this order: the defaults below, then the `--config` YAML file, then the flags
+given. In the YAML file a setting sits under its section (`encode: {precision: bf16}`); the run's own settings are
+top-level keys (`seed: 3`). A flag left out keeps the YAML file's value.
 """
 
 

@@ -197,7 +197,8 @@ class RunConfig:
                                            help="encode on an existing Dask cluster, e.g. tcp://10.0.0.5:8786")
     seed: int = option(0, flag="--seed", metavar="N", parse=int, help="random seed (default 0)")
     # None: runs/<timestamp>-<dataset>-<encoder>-<reducer>-<clusterer>.
-    output: str | None = option(None, flag="--output", metavar="DIR", help="run directory (default runs/<time>-<names>)")
+    output: str | None = option(None, flag="--output", metavar="DIR",
+                                help="run directory (default runs/<time>-<names>)")
     gallery: int = option(8, flag="--gallery", metavar="N", parse=int, help=(
         "images per cluster in report.html, nearest the cluster's centre (default 8; 0: none)"))
 

@@ -114,3 +114,13 @@ def test_flags_map_to_their_keys_and_lay_over_the_yaml(tmp_path):
     assert cfg.evaluate.silhouette_umap is False and cfg.evaluate.silhouette_metrics == ("l1", "cosine")
     assert (cfg.cluster.k, cfg.cluster.k_range, cfg.reduce.dims, cfg.reduce.zscore) == ("auto", (3, 9), 7, False)
     assert cfg.data.root == "/d" and isinstance(cfg.reduce.dims, int)
+
+
+def test_defaults_named_in_help_texts_are_the_fields_defaults():
+    """A help text that names its default ("(default 128)") must name the one the dataclass has."""
+    import re
+
+    for opt in options():
+        m = re.search(r"\(default ([\w.-]+)[;)]", opt.help)
+        if m and opt.default is not None:
+            assert m.group(1) == str(opt.default), (opt.key, opt.help)

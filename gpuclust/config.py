@@ -1,89 +1,277 @@
-"""Typed run configuration: defaults, then an optional YAML file, then CLI flags. Unknown keys are errors."""
+"""Typed run configuration: defaults, then an optional YAML file, then CLI flags. Unknown keys are errors.
+
+The schema is defined here once: each field carries its command-line flag, help text, metavar and choices
+(`option`), and `run.get_args_parser`, the YAML checks and the generated docs/cli.md (`gpuclust.clidoc`) read it.
+"""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from .errors import UserError
+
+# The YAML sections, in the order --help and docs/cli.md show them; "run" holds RunConfig's own fields.
+SECTIONS = ("data", "encode", "reduce", "cluster", "evaluate", "run")
+
+
+def option(default: Any = dataclasses.MISSING, *, flag: str | None, help: str, metavar: str | None = None,
+           choices: tuple[str, ...] | Callable[[], Iterable[str]] | None = None, parse: Callable | None = None,
+           action: str | type[argparse.Action] | None = None, factory: Callable | None = None) -> Any:
+    """A dataclass field that also describes its command-line flag.
+
+    `flag=None` says the field is set in YAML only. `choices`: a tuple of fixed words (checked for every config by
+    `check_choices`), or a function returning a registry's names (the registry checks those itself). `parse`: the
+    argparse type. `action="append"`: a repeatable K=V flag whose items are merged over the field's mapping."""
+    meta = {"flag": flag, "help": help, "metavar": metavar, "choices": choices, "parse": parse, "action": action}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def parse_k(text: str) -> int | str:
+    """--k: an integer or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+
+
+def parse_dims(text: str) -> int | float:
+    """--dims: a whole number stays an int (50.0 -> 50); a share of variance stays a float."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    return int(v) if v.is_integer() else v
+
+
+def parse_k_range(text: str) -> tuple[int, int]:
+    """--k-range MIN:MAX."""
+    lo, sep, hi = text.partition(":")
+    if sep and lo.strip().isdigit() and hi.strip().isdigit():
+        return (int(lo), int(hi))
+    raise argparse.ArgumentTypeError(f"expected MIN:MAX, e.g. 2:30, got {text!r}")
+
+
+def parse_names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of names; blanks dropped ("l1, cosine," -> ("l1", "cosine"))."""
+    return tuple(m.strip() for m in text.split(",") if m.strip())
+
+
+def _reducers() -> list[str]:
+    from .reduce import REDUCERS
+
+    return list(REDUCERS)
+
+
+def _clusterers() -> list[str]:
+    from .cluster import CLUSTERERS  # a registry keyed by name
+
+    return list(CLUSTERERS)
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    spec: str = "fashion-mnist"
-    limit: int | None = None
-    root: str | None = None  # for csv:/parquet: lists, the folder their paths resolve in and may not leave
-    subsample: str = "first"  # with limit: the first N rows, or "stratified" (seeded, class shares kept)
-    download: bool = False  # torchvision datasets may download into their ROOT
+    """Where the images come from, and how many of them."""
+
+    spec: str = option("fashion-mnist", flag="--dataset", metavar="SPEC", help=(
+        "fashion-mnist[:train], mnist5k, digits, imagefolder:PATH, folder:PATH, csv:PATH, parquet:PATH, "
+        "torchvision:NAME:ROOT[:SPLIT], webdataset:SHARDS, embeddings:PATH (default fashion-mnist; see --list "
+        "datasets)"))
+    limit: int | None = option(None, flag="--limit", metavar="N", parse=int,
+                               help="use N images (the first N; see --subsample)")
+    # For csv:/parquet: lists, the folder their paths resolve in and may not leave.
+    root: str | None = option(None, flag="--data-root", metavar="DIR",
+                              help="for csv:/parquet: lists, resolve paths in DIR and skip any that leave it")
+    subsample: str = option("first", flag="--subsample", choices=("first", "stratified"),
+                            help="with --limit: the first N images, or a seeded draw keeping each class's share")
+    download: bool = option(False, flag="--download", action="store_true",
+                            help="let torchvision:NAME:ROOT datasets download into ROOT (needs internet)")
 
 
 @dataclass(frozen=True)
 class EncodeConfig:
-    spec: str = "efficientnet_lite0"
-    weights: str | None = None
-    batch_size: int = 128
-    num_workers: int = 0
-    cache_dir: str | None = None  # None: $GPUCLUST_CACHE or ~/.cache/gpuclust
-    shard_size: int = 2048  # rows per store shard (a new store only; an existing one keeps its layout)
-    store_dtype: str = "float32"  # float16 halves the store on disk (embeddings rounded once, the same every run)
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
-    arch: str | None = None  # for checkpoint:PATH: torchvision:NAME or timm:NAME
-    preprocess: str = "default"  # default (the weights' own) | study (Resize 224 + CenterCrop 224)
-    decode: str = "cpu"  # cpu: PIL in DataLoader workers | device: JPEG bytes decoded on the encoder's device
-    compile: bool = False  # torch.compile the encoder
-    runtime: str = "auto"  # auto | torch | onnx: ONNX Runtime runs the CPU twin's encoder when it is installed
+    """The encoder and how it runs; the embedding store it fills."""
+
+    spec: str = option("efficientnet_lite0", flag="--encoder", metavar="SPEC", help=(
+        "efficientnet_lite0 (default), mobilenetv2, pixels, the study's zoo (resnet50, dino_vitb16, clip_vitb16, "
+        "...), timm:NAME, torchvision:NAME, checkpoint:PATH (see --list encoders)"))
+    weights: str | None = option(None, flag="--weights", metavar="PATH",
+                                 help="encoder weights from a local file (offline)")
+    batch_size: int = option(128, flag="--batch-size", metavar="N", parse=int,
+                             help="encoder batch size (default 128)")
+    num_workers: int = option(0, flag="--num-workers", metavar="N", parse=int, help="DataLoader workers (default 0)")
+    cache_dir: str | None = option(None, flag="--cache-dir", metavar="DIR",
+                                   help="embedding store (default $GPUCLUST_CACHE or ~/.cache/gpuclust)")
+    # A new store only; an existing one keeps its layout.
+    shard_size: int = option(2048, flag="--shard-size", metavar="N", parse=int,
+                             help="rows per embedding-store shard, the unit of resumption (default 2048)")
+    # float16 rounds the embeddings once, the same every run.
+    store_dtype: str = option("float32", flag="--store-dtype", choices=("float32", "float16"),
+                              help="embedding store precision on disk (default float32; float16 halves it)")
+    precision: str = option("fp32", flag="--precision", choices=("fp32", "bf16", "fp16"),
+                            help="encoder arithmetic: fp32 (default) or bf16/fp16 autocast (faster on GPUs)")
+    arch: str | None = option(None, flag="--arch", metavar="ARCH",
+                              help="architecture for --encoder checkpoint:PATH: torchvision:NAME or timm:NAME")
+    preprocess: str = option("default", flag="--preprocess", choices=("default", "study"),
+                             help="default: the weights' own transform; study: Resize(224) + CenterCrop(224)")
+    decode: str = option("cpu", flag="--decode", choices=("cpu", "device"), help=(
+        "cpu: decode images with PIL in DataLoader workers (default); device: decode JPEGs on the encoder's device "
+        "(nvJPEG on a GPU)"))
+    compile: bool = option(False, flag="--compile", action="store_true",
+                           help="torch.compile the encoder (long runs)")
+    runtime: str = option("auto", flag="--runtime", choices=("auto", "torch", "onnx"), help=(
+        "where the CPU twin's encoder runs: auto (ONNX Runtime when installed, else torch; the GPU twin always uses "
+        "torch), torch, or onnx"))
 
 
 @dataclass(frozen=True)
 class ReduceConfig:
-    method: str = "umap"
-    dims: int | float = 50  # PCA also takes a share of variance to keep, 0 < dims < 1
-    params: dict = field(default_factory=dict)
-    zscore: bool | None = None  # z-score before reducing; None: before PCA only (the study's default)
-    normalize: str = "none"  # after reducing: none, l2, zscore, spherical
-    # Fit PCA/UMAP on this many seeded rows and transform the rest in chunks; the embeddings are then read from disk
-    # chunk by chunk and never held whole (datasets larger than memory). None: fit on every row.
-    fit_sample: int | None = None
+    """The reducer between the encoder's space and the clusterer."""
+
+    method: str = option("umap", flag="--reduce", choices=_reducers, help="reducer (default umap)")
+    dims: int | float = option(50, flag="--dims", metavar="N", parse=parse_dims,
+                               help="reduced dimensions (default 50); for pca a share of variance to keep, e.g. 0.9")
+    params: dict = option(flag="--reduce-param", action="append", metavar="K=V", factory=dict,
+                          help="extra reducer parameter, e.g. n_neighbors=15 (repeatable)")
+    # None: before PCA only (the study's default).
+    zscore: bool | None = option(None, flag="--zscore", action=argparse.BooleanOptionalAction,
+                                 help="z-score the embeddings before reducing (default: before pca only, as the study)")
+    normalize: str = option("none", flag="--normalize", choices=("none", "l2", "zscore", "spherical"),
+                            help="normalise the reduced space before clustering (default none)")
+    # None: fit on every row. Otherwise the embeddings are read from disk chunk by chunk and never held whole.
+    fit_sample: int | None = option(None, flag="--fit-sample", metavar="N", parse=int, help=(
+        "fit PCA/UMAP on N seeded rows and transform the rest chunk by chunk: the embeddings are streamed from "
+        "disk, never held whole (for datasets larger than memory)"))
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    method: str = "kmeans"
-    k: int | str | None = None  # None: the number of classes when labels exist; "auto": chosen by silhouette
-    k_range: tuple = (2, 30)  # candidates for k = "auto"
-    params: dict = field(default_factory=dict)
+    """The clusterer and its number of clusters."""
+
+    method: str = option("kmeans", flag="--cluster", choices=_clusterers, help="clusterer (default kmeans)")
+    # None: the number of classes when labels exist; "auto": chosen by silhouette.
+    k: int | str | None = option(None, flag="--k", metavar="N|auto", parse=parse_k, help=(
+        "number of clusters (default: number of classes); auto: chosen by UMAP-space silhouette"))
+    k_range: tuple = option((2, 30), flag="--k-range", metavar="MIN:MAX", parse=parse_k_range,
+                            help="candidates for --k auto (2:30)")
+    params: dict = option(flag="--cluster-param", action="append", metavar="K=V", factory=dict,
+                          help="extra clusterer parameter, e.g. min_cluster_size=20 (repeatable)")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    # The study's label-free proxy: silhouette in a UMAP space (reused when the run already reduced with UMAP).
-    silhouette_umap: bool = True
-    silhouette_original: bool = False  # also in the encoder's own space (the costliest: d is large)
-    silhouette_metrics: tuple = ("euclidean",)  # any of euclidean, l1, chebyshev, cosine
+    """The label-free scores: the study's proxy is the silhouette in a UMAP space (reused when the run already
+    reduced with UMAP)."""
+
+    silhouette_umap: bool = option(True, flag="--no-silhouette-umap", action="store_false",
+                                   help="skip the UMAP-space silhouette (saves a UMAP fit when --reduce is not umap)")
+    # The costliest: the encoder's d is large.
+    silhouette_original: bool = option(False, flag="--silhouette-original", action="store_true",
+                                       help="also score the silhouette in the encoder's own embedding space")
+    silhouette_metrics: tuple = option(("euclidean",), flag="--silhouette-metrics", metavar="M[,M]",
+                                       parse=parse_names, help=(
+        "silhouette distances: euclidean (default), l1, chebyshev, cosine, comma-separated"))
 
 
 @dataclass(frozen=True)
 class RunConfig:
+    """One run: a section per stage, then the run's own settings (device, executor, seed, output)."""
+
     data: DataConfig = field(default_factory=DataConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     reduce: ReduceConfig = field(default_factory=ReduceConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
-    device: str = "auto"
-    gpus: int = 1  # > 1: one Dask-CUDA worker per GPU encodes shards
-    workers: int | None = None  # Dask LocalCluster worker processes for the encode stage (CPU)
-    scheduler_address: str | None = None  # an existing Dask cluster
-    seed: int = 0
-    output: str | None = None  # None: runs/<timestamp>-<dataset>-<encoder>-<reducer>-<clusterer>
-    gallery: int = 8  # images per cluster in report.html's gallery (0: no gallery)
+    device: str = option("auto", flag="--device", choices=("auto", "cpu", "gpu"), help="twin to run (default auto)")
+    gpus: int = option(1, flag="--gpus", metavar="N", parse=int,
+                       help="GPUs to encode on: N > 1 starts one Dask-CUDA worker per GPU (default 1)")
+    workers: int | None = option(None, flag="--workers", metavar="N", parse=int,
+                                 help="encode with N Dask worker processes on this machine (distributed.LocalCluster)")
+    scheduler_address: str | None = option(None, flag="--scheduler-address", metavar="ADDR",
+                                           help="encode on an existing Dask cluster, e.g. tcp://10.0.0.5:8786")
+    seed: int = option(0, flag="--seed", metavar="N", parse=int, help="random seed (default 0)")
+    # None: runs/<timestamp>-<dataset>-<encoder>-<reducer>-<clusterer>.
+    output: str | None = option(None, flag="--output", metavar="DIR",
+                                help="run directory (default runs/<time>-<names>)")
+    gallery: int = option(8, flag="--gallery", metavar="N", parse=int, help=(
+        "images per cluster in report.html, nearest the cluster's centre (default 8; 0: none)"))
 
     def to_dict(self) -> dict:
+        """The resolved settings as a nested mapping (written next to a run's results)."""
         return dataclasses.asdict(self)
 
 
 _SECTIONS = {"data": DataConfig, "encode": EncodeConfig, "reduce": ReduceConfig, "cluster": ClusterConfig,
              "evaluate": EvalConfig}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting as the YAML file and the command line see it (read from its dataclass field's `option`)."""
+
+    key: str  # the YAML key, "encode.precision"; a run setting has no section: "seed"
+    flag: str | None
+    default: Any
+    help: str
+    metavar: str | None = None
+    choices: tuple[str, ...] | Callable[[], Iterable[str]] | None = None
+    parse: Callable | None = None
+    action: str | type[argparse.Action] | None = None
+
+    @property
+    def section(self) -> str:
+        """The --help group and docs/cli.md section: the YAML section, or "run"."""
+        return self.key.partition(".")[0] if "." in self.key else "run"
+
+    def choice_names(self) -> tuple[str, ...] | None:
+        """The fixed choices, or the registry's names now."""
+        if self.choices is None:
+            return None
+        return tuple(self.choices() if callable(self.choices) else self.choices)
+
+    def value(self, cfg: RunConfig) -> Any:
+        """This setting's value in `cfg`."""
+        head, _, name = self.key.rpartition(".")
+        return getattr(getattr(cfg, head) if head else cfg, name)
+
+
+def _options_of(cls, prefix: str) -> list[Option]:
+    out = []
+    for f in dataclasses.fields(cls):
+        if cls is RunConfig and f.name in _SECTIONS:
+            continue
+        if "flag" not in f.metadata:  # a new setting must say how the command line sets it, if at all
+            raise TypeError(f"{cls.__name__}.{f.name}: declare it with option(..., flag=...) (flag=None: YAML only)")
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        out.append(Option(prefix + f.name, default=default, **f.metadata))
+    return out
+
+
+def options() -> list[Option]:
+    """Every setting of RunConfig, section by section in SECTIONS order (the run's own settings last)."""
+    rows = [opt for name, cls in _SECTIONS.items() for opt in _options_of(cls, name + ".")]
+    return rows + _options_of(RunConfig, "")
+
+
+def either(words: Iterable[str]) -> str:
+    """("fp32", "bf16", "fp16") -> "fp32, bf16 or fp16"."""
+    words = list(words)
+    return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else "".join(words)
+
+
+def check_choices(cfg: RunConfig) -> None:
+    """The settings with fixed choices (--precision, --device, ...), whether they came from YAML, flags or Python;
+    a registry's names (--reduce, --cluster) are checked by the registry itself."""
+    for opt in options():
+        value = opt.value(cfg)
+        if isinstance(opt.choices, tuple) and value not in opt.choices:
+            raise UserError(f"{opt.flag or opt.key} {value!r}: {either(opt.choices)} (YAML {opt.key})")
 
 
 # The annotations' type names, as YAML values may take them (a YAML list stands for a tuple).
@@ -137,6 +325,7 @@ def merge(cfg: RunConfig, values: dict, where: str = "config") -> RunConfig:
 
 
 def load_yaml(path: str) -> dict:
+    """The mapping in YAML file `path`; a missing, unreadable or malformed file is one-line UserError."""
     import yaml
 
     p = Path(path).expanduser()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backend import ALGORITHMS, Backend, check_keywords, resolve_backend
-from .config import RunConfig
+from .config import RunConfig, check_choices
 from .data import ImageDataset, load_dataset
 from .distributed import fill_store, open_client, wants_cluster
 from .encode import Embeddings, build_encoder, extract
@@ -106,8 +106,7 @@ def check_executor(cfg: RunConfig) -> None:
 
 def check_values(cfg: RunConfig) -> None:
     """Ranges of the numbers and choices of the words (their types were checked when the config was merged)."""
-    from .reduce import NORMALIZE
-
+    check_choices(cfg)  # the words with fixed choices, from the schema in config.py
     k, dims, limit = cfg.cluster.k, cfg.reduce.dims, cfg.data.limit
     if not (k is None or k == "auto" or (isinstance(k, int) and not isinstance(k, bool) and k >= 1)):
         raise UserError(f"--k {k!r}: a positive integer or auto")
@@ -124,10 +123,6 @@ def check_values(cfg: RunConfig) -> None:
         raise UserError(f"--limit {limit!r}: a positive integer")
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
         raise UserError(f"--seed {cfg.seed!r}: an integer from 0 to 2**32 - 1")
-    if cfg.reduce.normalize not in NORMALIZE:
-        raise UserError(f"--normalize {cfg.reduce.normalize!r}: choose one of {', '.join(NORMALIZE)}")
-    if cfg.data.subsample not in ("first", "stratified"):
-        raise UserError(f"--subsample {cfg.data.subsample!r}: first or stratified")
     if not isinstance(cfg.cluster.params, dict) or not isinstance(cfg.reduce.params, dict):
         raise UserError("params: expected a mapping of NAME: value")
     if cfg.encode.batch_size < 1:
@@ -141,8 +136,6 @@ def check_values(cfg: RunConfig) -> None:
     bad = [m for m in cfg.evaluate.silhouette_metrics if m not in METRICS]
     if bad or not cfg.evaluate.silhouette_metrics:
         raise UserError(f"silhouette metrics {','.join(bad) or '(none)'}: choose from {', '.join(METRICS)}")
-    if cfg.device not in ("auto", "cpu", "gpu"):
-        raise UserError(f"device {cfg.device!r}: choose auto, cpu or gpu")
 
 
 def check_config(cfg: RunConfig) -> None:
@@ -168,12 +161,6 @@ def check_config(cfg: RunConfig) -> None:
     check_keywords(cfg.cluster.method, {k: v for k, v in cfg.cluster.params.items() if k != "threshold_normalize"})
     if cfg.reduce.method in ALGORITHMS:
         check_keywords(cfg.reduce.method, {k: v for k, v in cfg.reduce.params.items() if k != "knn"})
-    if cfg.encode.store_dtype not in ("float32", "float16"):
-        raise UserError(f"store dtype {cfg.encode.store_dtype!r}: float32 or float16")
-    if cfg.encode.preprocess not in ("default", "study"):
-        raise UserError(f"preprocess {cfg.encode.preprocess!r}: default or study")
-    if cfg.encode.runtime not in ("auto", "torch", "onnx"):
-        raise UserError(f"runtime {cfg.encode.runtime!r}: auto, torch or onnx")
     if cfg.encode.spec.startswith("checkpoint:"):
         if not cfg.encode.arch:
             raise UserError("checkpoint:PATH needs --arch, e.g. --arch torchvision:resnet50 (or timm:NAME)")
@@ -181,12 +168,8 @@ def check_config(cfg: RunConfig) -> None:
             raise UserError(f"{cfg.encode.spec}: no such file")
     elif cfg.encode.arch is not None:
         raise UserError("--arch applies to --encoder checkpoint:PATH only")
-    if cfg.encode.decode not in ("cpu", "device"):
-        raise UserError(f"decode {cfg.encode.decode!r}: cpu or device")
     if cfg.encode.decode == "device" and cfg.encode.spec == "pixels":
         raise UserError("--decode device does not apply to the pixels encoder (32x32 resize); drop it")
-    if cfg.encode.precision not in ("fp32", "bf16", "fp16"):
-        raise UserError(f"precision {cfg.encode.precision!r}: fp32, bf16 or fp16")
     if cfg.encode.shard_size < 1:
         raise UserError(f"shard_size {cfg.encode.shard_size}: must be at least 1")
     fit_sample = cfg.reduce.fit_sample

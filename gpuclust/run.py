@@ -8,6 +8,7 @@ import argparse
 import logging
 import sys
 
+from .config import SECTIONS, Option, RunConfig, load_yaml, merge, options, parse_dims, parse_k, parse_kv
 from .errors import OneLineParser, UserError, one_line
 
 EXAMPLE = """examples:
@@ -18,32 +19,13 @@ EXAMPLE = """examples:
 """
 
 
-def _k_value(text: str):
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
-
-
-def _dims(text: str):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    return int(v) if v.is_integer() else v
-
-
-def _k_range(text: str):
-    lo, sep, hi = text.partition(":")
-    if sep and lo.strip().isdigit() and hi.strip().isdigit():
-        return (int(lo), int(hi))
-    raise argparse.ArgumentTypeError(f"expected MIN:MAX, e.g. 2:30, got {text!r}")
+# The sweep's axis flags parse --k and --dims as this CLI does (gpuclust.sweep.grid imports these names).
+_k_value, _dims = parse_k, parse_dims
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from .cluster import CLUSTERERS
+    """The CLI's flags: a few of its own, then one per configuration setting (gpuclust.config's schema), grouped by
+    section."""
     p = OneLineParser(
         name="gpuclust",
         prog="python -m gpuclust.run",
@@ -51,125 +33,38 @@ def get_args_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    S = argparse.SUPPRESS  # flags left out keep the config's value
     p.add_argument("--list", choices=["encoders", "datasets", "reducers", "clusterers"], help="list names and exit")
     p.add_argument("--config", metavar="YAML", help="a YAML file of settings (flags override it)")
-    p.add_argument("--dataset", default=S, metavar="SPEC", help="fashion-mnist[:train], mnist5k, digits, "
-                   "imagefolder:PATH, folder:PATH, csv:PATH, parquet:PATH, torchvision:NAME:ROOT[:SPLIT], "
-                   "webdataset:SHARDS, embeddings:PATH (default fashion-mnist; see --list datasets)")
-    p.add_argument("--limit", type=int, default=S, metavar="N", help="use N images (the first N; see --subsample)")
-    p.add_argument("--subsample", default=S, choices=["first", "stratified"],
-                   help="with --limit: the first N images, or a seeded draw keeping each class's share")
-    p.add_argument("--download", action="store_true", default=S,
-                   help="let torchvision:NAME:ROOT datasets download into ROOT (needs internet)")
-    p.add_argument("--data-root", default=S, metavar="DIR",
-                   help="for csv:/parquet: lists, resolve paths in DIR and skip any that leave it")
-    p.add_argument("--encoder", default=S, metavar="SPEC", help="efficientnet_lite0 (default), mobilenetv2, "
-                   "pixels, the study's zoo (resnet50, dino_vitb16, clip_vitb16, ...), timm:NAME, torchvision:NAME, "
-                   "checkpoint:PATH (see --list encoders)")
-    p.add_argument("--weights", default=S, metavar="PATH", help="encoder weights from a local file (offline)")
-    p.add_argument("--arch", default=S, metavar="ARCH",
-                   help="architecture for --encoder checkpoint:PATH: torchvision:NAME or timm:NAME")
-    p.add_argument("--preprocess", default=S, choices=["default", "study"],
-                   help="default: the weights' own transform; study: Resize(224) + CenterCrop(224)")
-    p.add_argument("--batch-size", type=int, default=S, metavar="N", help="encoder batch size (default 128)")
-    p.add_argument("--num-workers", type=int, default=S, metavar="N", help="DataLoader workers (default 0)")
-    p.add_argument("--cache-dir", default=S, metavar="DIR",
-                   help="embedding store (default $GPUCLUST_CACHE or ~/.cache/gpuclust)")
-    p.add_argument("--shard-size", type=int, default=S, metavar="N",
-                   help="rows per embedding-store shard, the unit of resumption (default 2048)")
-    p.add_argument("--store-dtype", default=S, choices=["float32", "float16"],
-                   help="embedding store precision on disk (default float32; float16 halves it)")
-    p.add_argument("--precision", default=S, choices=["fp32", "bf16", "fp16"],
-                   help="encoder arithmetic: fp32 (default) or bf16/fp16 autocast (faster on GPUs)")
-    p.add_argument("--decode", default=S, choices=["cpu", "device"],
-                   help="cpu: decode images with PIL in DataLoader workers (default); device: decode JPEGs on the "
-                   "encoder's device (nvJPEG on a GPU)")
-    p.add_argument("--compile", action="store_true", default=S, help="torch.compile the encoder (long runs)")
-    p.add_argument("--runtime", default=S, choices=["auto", "torch", "onnx"],
-                   help="where the CPU twin's encoder runs: auto (ONNX Runtime when installed, else torch; the GPU "
-                        "twin always uses torch), torch, or onnx")
-    p.add_argument("--reduce", default=S, choices=["none", "zscore", "pca", "umap"], help="reducer (default umap)")
-    p.add_argument("--dims", type=_dims, default=S, metavar="N",
-                   help="reduced dimensions (default 50); for pca a share of variance to keep, e.g. 0.9")
-    p.add_argument("--zscore", action=argparse.BooleanOptionalAction, default=S,
-                   help="z-score the embeddings before reducing (default: before pca only, as the study)")
-    p.add_argument("--normalize", default=S, choices=["none", "l2", "zscore", "spherical"],
-                   help="normalise the reduced space before clustering (default none)")
-    p.add_argument("--reduce-param", action="append", default=S, metavar="K=V",
-                   help="extra reducer parameter, e.g. n_neighbors=15 (repeatable)")
-    p.add_argument("--fit-sample", type=int, default=S, metavar="N",
-                   help="fit PCA/UMAP on N seeded rows and transform the rest chunk by chunk: the embeddings are "
-                        "streamed from disk, never held whole (for datasets larger than memory)")
-    p.add_argument("--cluster", default=S, choices=list(CLUSTERERS), help="clusterer (default kmeans)")
-    p.add_argument("--k", type=_k_value, default=S, metavar="N|auto",
-                   help="number of clusters (default: number of classes); auto: chosen by UMAP-space silhouette")
-    p.add_argument("--k-range", type=_k_range, default=S, metavar="MIN:MAX", help="candidates for --k auto (2:30)")
-    p.add_argument("--cluster-param", action="append", default=S, metavar="K=V",
-                   help="extra clusterer parameter, e.g. min_cluster_size=20 (repeatable)")
-    p.add_argument("--no-silhouette-umap", action="store_true", help="skip the UMAP-space silhouette "
-                   "(saves a UMAP fit when --reduce is not umap)")
-    p.add_argument("--silhouette-original", action="store_true",
-                   help="also score the silhouette in the encoder's own embedding space")
-    p.add_argument("--silhouette-metrics", default=S, metavar="M[,M]",
-                   help="silhouette distances: euclidean (default), l1, chebyshev, cosine, comma-separated")
-    p.add_argument("--device", default=S, choices=["auto", "cpu", "gpu"], help="twin to run (default auto)")
-    p.add_argument("--gpus", type=int, default=S, metavar="N",
-                   help="GPUs to encode on: N > 1 starts one Dask-CUDA worker per GPU (default 1)")
-    p.add_argument("--workers", type=int, default=S, metavar="N",
-                   help="encode with N Dask worker processes on this machine (distributed.LocalCluster)")
-    p.add_argument("--scheduler-address", default=S, metavar="ADDR",
-                   help="encode on an existing Dask cluster, e.g. tcp://10.0.0.5:8786")
-    p.add_argument("--seed", type=int, default=S, metavar="N", help="random seed (default 0)")
-    p.add_argument("--output", default=S, metavar="DIR", help="run directory (default runs/<time>-<names>)")
-    p.add_argument("--gallery", type=int, default=S, metavar="N",
-                   help="images per cluster in report.html, nearest the cluster's centre (default 8; 0: none)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or stage log")
+    groups = {name: p.add_argument_group(f"{name} (YAML: {'top-level keys' if name == 'run' else name + '.*'})")
+              for name in SECTIONS}
+    for opt in options():
+        if opt.flag is not None:
+            groups[opt.section].add_argument(opt.flag, **_argparse_kwargs(opt))
     return p
 
 
-_FLAG_TO_KEY = {
-    "dataset": ("data", "spec"), "limit": ("data", "limit"), "data_root": ("data", "root"),
-    "subsample": ("data", "subsample"), "download": ("data", "download"),
-    "encoder": ("encode", "spec"), "weights": ("encode", "weights"), "batch_size": ("encode", "batch_size"),
-    "num_workers": ("encode", "num_workers"), "cache_dir": ("encode", "cache_dir"),
-    "shard_size": ("encode", "shard_size"), "store_dtype": ("encode", "store_dtype"),
-    "precision": ("encode", "precision"), "compile": ("encode", "compile"), "arch": ("encode", "arch"),
-    "decode": ("encode", "decode"), "runtime": ("encode", "runtime"),
-    "preprocess": ("encode", "preprocess"),
-    "reduce": ("reduce", "method"), "dims": ("reduce", "dims"), "zscore": ("reduce", "zscore"),
-    "normalize": ("reduce", "normalize"),
-    "fit_sample": ("reduce", "fit_sample"),
-    "cluster": ("cluster", "method"), "k": ("cluster", "k"), "k_range": ("cluster", "k_range"),
-    "device": (None, "device"), "gpus": (None, "gpus"), "workers": (None, "workers"),
-    "scheduler_address": (None, "scheduler_address"), "seed": (None, "seed"), "output": (None, "output"),
-    "gallery": (None, "gallery"),
-}
+def _argparse_kwargs(opt: Option) -> dict:
+    # dest is the YAML key, so config_from_args needs no table; SUPPRESS: a flag left out keeps the config's value.
+    kwargs = {"dest": opt.key, "default": argparse.SUPPRESS, "help": opt.help, "action": opt.action,
+              "metavar": opt.metavar, "choices": opt.choice_names(), "type": opt.parse}
+    return {k: v for k, v in kwargs.items() if v is not None}
 
 
-def config_from_args(args: argparse.Namespace):
-    from .config import RunConfig, load_yaml, merge, parse_kv
-
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Defaults, then the --config YAML, then the flags given; checked (ranges and choices) before any work."""
     cfg = RunConfig()
     if args.config:
         cfg = merge(cfg, load_yaml(args.config), where=args.config)
     values: dict = {}
-    for flag, (section, key) in _FLAG_TO_KEY.items():
-        if hasattr(args, flag):
-            (values.setdefault(section, {}) if section else values)[key] = getattr(args, flag)
-    if hasattr(args, "reduce_param"):
-        values.setdefault("reduce", {})["params"] = {**cfg.reduce.params, **parse_kv(args.reduce_param,
-                                                                                     "--reduce-param")}
-    if hasattr(args, "cluster_param"):
-        values.setdefault("cluster", {})["params"] = {**cfg.cluster.params, **parse_kv(args.cluster_param,
-                                                                                       "--cluster-param")}
-    ev = values.setdefault("evaluate", {})
-    if args.no_silhouette_umap:
-        ev["silhouette_umap"] = False
-    if args.silhouette_original:
-        ev["silhouette_original"] = True
-    if hasattr(args, "silhouette_metrics"):
-        ev["silhouette_metrics"] = tuple(m.strip() for m in args.silhouette_metrics.split(",") if m.strip())
+    for opt in options():
+        if opt.key not in vars(args):
+            continue
+        value = getattr(args, opt.key)
+        if opt.action == "append":  # --reduce-param K=V items, laid over the YAML's mapping
+            value = {**opt.value(cfg), **parse_kv(value, opt.flag)}
+        head, _, name = opt.key.rpartition(".")
+        (values.setdefault(head, {}) if head else values)[name] = value
     cfg = merge(cfg, values, where="flags")
     from .pipeline import check_values
 

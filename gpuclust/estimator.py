@@ -1,0 +1,165 @@
+"""`gpuclust.Clusterer`: reduce, then cluster, as one scikit-learn estimator, on either twin.
+
+The same stage functions as `python -m gpuclust.run` (gpuclust.reduce.reduce, gpuclust.cluster.cluster and
+choose_k) do the work, so a notebook gets the CLI's numbers for the CLI's settings. Names choose an algorithm from the
+twin records; a ready object (anything with `fit_transform`, or `fit_predict`) runs as it is.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin
+
+from .backend import Backend, resolve_backend
+from .errors import UserError
+
+
+def is_device_array(X: Any) -> bool:
+    """Whether X lives on a GPU (CuPy, or anything with the CUDA array interface)."""
+    return hasattr(X, "__cuda_array_interface__")
+
+
+def backend_for(X: Any, device: str) -> Backend:
+    """The twin for `device`, where `auto` follows the data: CuPy input runs on the GPU twin."""
+    if device == "auto" and is_device_array(X):
+        return resolve_backend("gpu")
+    return resolve_backend(device)
+
+
+def _runs_on_device(obj: Any) -> bool:
+    """A ready object from cuML takes device arrays; anything else (scikit-learn, umap-learn, hdbscan) host arrays."""
+    return type(obj).__module__.split(".")[0] == "cuml"
+
+
+def call_ready(obj: Any, method: str, X, backend: Backend):
+    """`obj.method(X)` for a user's ready object, with X where the object computes, the result back on `backend`."""
+    if not hasattr(obj, method):
+        raise UserError(f"{type(obj).__name__} has no {method}(); give a name or an object that has one")
+    on_device = backend.is_gpu and _runs_on_device(obj)
+    out = getattr(obj, method)(X if on_device else backend.to_host(X))
+    return backend.asarray(out)
+
+
+class Clusterer(ClusterMixin, BaseEstimator):
+    """Reduce the rows (UMAP, PCA, z-score or none), then cluster them, on the CPU or the GPU twin.
+
+    Parameters
+    ----------
+    reducer : "umap", "pca", "zscore", "none", None, or an object with fit_transform (umap.UMAP, cuml PCA, ...).
+    n_components : dimensions to reduce to (for PCA also a share of variance, 0 < n_components < 1).
+    clusterer : a registered clusterer name (gpuclust.list_clusterers()), an object with fit_predict, or None to
+        reduce only (then use fit_transform).
+    n_clusters : k for the clusterers that take one; None takes the number of classes in `y` when fit is given
+        labels, "auto" chooses k by the silhouette in UMAP space (the study's label-free proxy) within `k_range`.
+    reducer_params, clusterer_params : keyword arguments in the CPU library's names (scikit-learn, umap-learn); the
+        GPU twin receives them translated (see docs/twins.md).
+    zscore : z-score the rows before reducing; None does so before PCA only (the study's default).
+    normalize : after reducing: "none", "l2", "zscore" or "spherical".
+    device : "auto" (the GPU twin when CuPy and cuML can run, and for CuPy input), "cpu" or "gpu".
+    random_state : the seed of every seeded step.
+
+    Attributes (after fit)
+    ----------------------
+    labels_ : cluster per row, -1 for noise; numpy for numpy input, CuPy for CuPy input.
+    embedding_ : the reduced rows the clusterer saw, in the same array type.
+    twins_ : {"reduce": ..., "cluster": ...}: which twin ran each step ("cpu", "gpu", "none", or "object").
+    n_clusters_ : clusters found (noise excluded).
+    params_ : the clusterer's resolved keyword arguments (with k_auto_scores when k was chosen).
+    """
+
+    def __init__(self, reducer: Any = "umap", n_components: int | float = 50, clusterer: Any = "kmeans",
+                 n_clusters: int | str | None = None, *, reducer_params: dict | None = None,
+                 clusterer_params: dict | None = None, zscore: bool | None = None, normalize: str = "none",
+                 k_range: tuple[int, int] = (2, 30), device: str = "auto", random_state: int = 0):
+        self.reducer = reducer
+        self.n_components = n_components
+        self.clusterer = clusterer
+        self.n_clusters = n_clusters
+        self.reducer_params = reducer_params
+        self.clusterer_params = clusterer_params
+        self.zscore = zscore
+        self.normalize = normalize
+        self.k_range = k_range
+        self.device = device
+        self.random_state = random_state
+
+    def fit(self, X, y=None) -> "Clusterer":
+        """Reduce and cluster X (n_rows x n_features). `y`, when given, only supplies k = its number of classes for
+        a clusterer that takes k and was given none."""
+        backend = backend_for(X, self.device)
+        back = _output_type(X, backend)
+        Xb = _as_rows(X, backend)
+        Z, reduce_twin = self._reduce(Xb, backend)
+        self.embedding_ = back(Z)
+        if self.clusterer is None:
+            self.twins_ = {"reduce": reduce_twin}
+            return self
+        labels, cluster_twin, params = self._cluster(Xb, Z, backend, y)
+        self.labels_ = back(labels)
+        self.twins_ = {"reduce": reduce_twin, "cluster": cluster_twin}
+        self.params_ = params
+        self.n_clusters_ = int(len(np.unique(backend.to_host(labels[labels >= 0]))))
+        return self
+
+    def fit_predict(self, X, y=None, **kwargs):
+        """`fit(X, y)` and return `labels_`."""
+        return self.fit(X, y).labels_
+
+    def fit_transform(self, X, y=None):
+        """`fit(X, y)` and return `embedding_` (the reduced rows)."""
+        return self.fit(X, y).embedding_
+
+    def _reduce(self, X, backend: Backend):
+        from .reduce import reduce
+
+        if self.reducer is None or isinstance(self.reducer, str):
+            method = self.reducer or "none"
+            return reduce(X, method, self.n_components, dict(self.reducer_params or {}), backend,
+                          self.random_state, self.zscore, self.normalize)
+        from .reduce import normalize, zscore
+
+        if self.zscore:
+            X = zscore(backend.xp, X)
+        Z = call_ready(self.reducer, "fit_transform", X, backend)
+        return normalize(backend, Z, self.normalize), "object"
+
+    def _cluster(self, X, Z, backend: Backend, y):
+        from .cluster import choose_k, cluster
+
+        if not isinstance(self.clusterer, str):
+            return call_ready(self.clusterer, "fit_predict", Z, backend).astype(backend.xp.int64), "object", {}
+        params, k, extra = dict(self.clusterer_params or {}), self.n_clusters, {}
+        n_classes = None if y is None else int(len(np.unique(np.asarray(backend.to_host(backend.asarray(y))))))
+        if k == "auto":
+            k, scores = choose_k(Z, self._umap_space(X, Z, backend), self.clusterer, params, backend,
+                                 self.random_state, tuple(self.k_range))
+            extra = {"k_auto": k, "k_auto_scores": scores}
+        labels, twin, resolved = cluster(Z, self.clusterer, k, params, backend, self.random_state, n_classes)
+        return labels, twin, {**resolved, **extra}
+
+    def _umap_space(self, X, Z, backend: Backend):
+        """Where `n_clusters="auto"` scores k: this model's own UMAP output, else the study's UMAP of X."""
+        from .reduce import umap
+
+        if self.reducer == "umap":
+            return Z
+        return umap(X, min(50, X.shape[0] - 2), {}, backend, self.random_state)[0]
+
+
+def _as_rows(X, backend: Backend):
+    """X as a 2-D floating array on the backend's device."""
+    xp = backend.xp
+    Xb = backend.asarray(X)
+    if Xb.ndim != 2:
+        raise UserError(f"expected a 2-D array of rows x features, got shape {tuple(Xb.shape)}")
+    if not xp.issubdtype(Xb.dtype, xp.floating):
+        Xb = Xb.astype(xp.float32)
+    return Xb
+
+
+def _output_type(X, backend: Backend):
+    """Results in the caller's array type: CuPy for CuPy input, numpy otherwise."""
+    if is_device_array(X):
+        return lambda A: A
+    return lambda A: np.asarray(backend.to_host(A))

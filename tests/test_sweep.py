@@ -405,7 +405,7 @@ def test_an_internal_error_is_recorded_and_the_sweep_goes_on(tmp_path, cache_dir
 
 
 def test_yaml_grid_orders_axes_and_keeps_params_with_their_clusterer(tmp_path, capsys):
-    from gpuclust.sweep import get_args_parser, plan, varied_keys
+    from gpuclust.sweep import parse_options, plan, varied_keys
 
     (tmp_path / "sweep.yaml").write_text(
         "base:\n  data: {limit: 100}\n  cluster: {k: 10}\n"
@@ -415,7 +415,7 @@ def test_yaml_grid_orders_axes_and_keeps_params_with_their_clusterer(tmp_path, c
         "  reduce.dims: [5, 10]\n"
         "  data.spec: [digits, mnist5k]\n")
     argv = ["--config", str(tmp_path / "sweep.yaml"), "--encoder", "pixels", "--reduce", "pca"]
-    runs, _ = plan(get_args_parser().parse_args(argv))
+    runs, _ = plan(parse_options(argv))
     got = [(r.cfg.data.spec, r.cfg.reduce.dims, r.cfg.cluster.method, r.cfg.cluster.k, r.cfg.cluster.params)
            for r in runs]
     assert got[:4] == [("digits", 5, "kmeans", 10, {}), ("digits", 5, "hdbscan", None, {"min_cluster_size": 5}),
@@ -436,9 +436,9 @@ def test_yaml_grid_orders_axes_and_keeps_params_with_their_clusterer(tmp_path, c
 
 def test_fanned_out_runs_wait_for_what_they_share(tmp_path):
     """The first run of a (dataset, encoder) encodes alone; runs needing the same reduction wait for its fit."""
-    from gpuclust.sweep import get_args_parser, next_ready, plan
+    from gpuclust.sweep import next_ready, parse_options, plan
 
-    runs, _ = plan(get_args_parser().parse_args(
+    runs, _ = plan(parse_options(
         [*FAST, "--reduce", "pca,umap", "--cluster", "kmeans,agglomerative", "--seed", "0,1"]))
     assert [(r.cfg.seed, r.cfg.reduce.method, r.cfg.cluster.method) for r in runs[:4]] == [
         (0, "pca", "kmeans"), (0, "pca", "agglomerative"), (0, "umap", "kmeans"), (0, "umap", "agglomerative")]
@@ -448,7 +448,7 @@ def test_fanned_out_runs_wait_for_what_they_share(tmp_path):
     # which rows are encoded.
     assert next_ready(pending[1:], [runs[0]], shared) is None
     (tmp_path / "drawn.yaml").write_text("base:\n  data: {subsample: stratified}\n")
-    drawn, _ = plan(get_args_parser().parse_args(
+    drawn, _ = plan(parse_options(
         [*FAST, "--config", str(tmp_path / "drawn.yaml"), "--limit", "100", "--reduce", "pca", "--seed", "0,1"]))
     assert next_ready(drawn[1:], [drawn[0]], set()) is drawn[1]  # a stratified draw per seed: another store
     from gpuclust.sweep import _share_keys
@@ -488,7 +488,7 @@ def test_gpus_pin_one_gpu_per_child(tmp_path, monkeypatch):
 
     monkeypatch.setattr(fanout, "_spawn",
                         lambda cmd, run_dir, env: seen.append(env["CUDA_VISIBLE_DEVICES"]) or Proc(env))
-    args = sw.get_args_parser().parse_args([*FAST, "--seed", "0,1,2", "--gpus", "2"])
+    args = sw.parse_options([*FAST, "--seed", "0,1,2", "--gpus", "2"])
     runs, _ = sw.plan(args)
     slots = sw.open_slots(args, sw.check_fan_out(args, runs))
     assert slots.capacity == 2 and slots.gpus == ["3", "5"]

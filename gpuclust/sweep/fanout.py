@@ -7,7 +7,6 @@ and reports through its exit code (0 ok, 2 error, 1 internal error) and error.tx
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .grid import Run, _normal
+from .options import SweepOptions
 
 log = logging.getLogger("gpuclust.sweep")
 
@@ -182,13 +182,16 @@ class InProcess:
         self._done: list = []
 
     def start(self, run: Run, out: Path) -> None:
+        """Run `run` now, in this process; the next wait() reports it."""
         self._done.append((run, execute(run, out)))
 
     def wait(self) -> list:
+        """Block until a run finishes: [(run, (status, error))]."""
         done, self._done = self._done, []
         return done
 
     def stop(self) -> None:
+        """End whatever still runs (the sweep is over or interrupted)."""
         pass
 
 
@@ -206,6 +209,7 @@ class LocalProcesses:
                       else f"{jobs} processes, {threads} thread(s) each")
 
     def start(self, run: Run, out: Path) -> None:
+        """Begin running `run` into its directory under `out`."""
         run_dir = out / run.dir
         shutil.rmtree(run_dir, ignore_errors=True)
         env = _package_path_env(dict(os.environ))
@@ -218,6 +222,7 @@ class LocalProcesses:
         self._procs[run.id] = (run, run_dir, _spawn(_child_command(run, run_dir), run_dir, env))
 
     def wait(self) -> list:
+        """Block until a run finishes: [(run, (status, error))]."""
         while True:
             done = [(rid, code) for rid, (_, _, p) in self._procs.items() if (code := p.poll()) is not None]
             if done:
@@ -231,6 +236,7 @@ class LocalProcesses:
         return out
 
     def stop(self) -> None:
+        """End whatever still runs (the sweep is over or interrupted)."""
         for _, _, p in self._procs.values():
             p.kill()
         for _, _, p in self._procs.values():
@@ -250,6 +256,7 @@ class DaskWorkers:
         self._futures: dict = {}
 
     def start(self, run: Run, out: Path) -> None:
+        """Begin running `run` into its directory under `out`."""
         run_dir = (out / run.dir).resolve()
         shutil.rmtree(run_dir, ignore_errors=True)
         fut = self.client.submit(_dask_run, _child_command(run, run_dir), str(run_dir), pure=False,
@@ -257,6 +264,7 @@ class DaskWorkers:
         self._futures[fut] = (run, run_dir)
 
     def wait(self) -> list:
+        """Block until a run finishes: [(run, (status, error))]."""
         from distributed import wait
 
         done, _ = wait(list(self._futures), return_when="FIRST_COMPLETED")
@@ -273,43 +281,43 @@ class DaskWorkers:
         return out
 
     def stop(self) -> None:
+        """End whatever still runs (the sweep is over or interrupted)."""
         self.client.cancel(list(self._futures))
         self.client.close()
 
 
-def check_fan_out(args: argparse.Namespace, runs: list[Run], count_gpus: bool = True) -> list[str]:
+def check_fan_out(options: SweepOptions, runs: list[Run], count_gpus: bool = True) -> list[str]:
     """The fan-out flags checked against the grid and (with `count_gpus`) this machine's GPUs before anything is
     written; returns the GPUs (CUDA_VISIBLE_DEVICES entries) that --gpus takes."""
-    fanned = args.jobs is not None or args.gpus is not None or args.scheduler_address
-    if fanned:
+    if options.fanned_out:
         for run in runs:
             c = run.cfg
             if c.gpus > 1 or c.workers or c.scheduler_address:
                 raise UserError("a fanned-out sweep (--jobs/--gpus/--scheduler-address) runs each run on one GPU or "
                                 "CPU process; remove gpus/workers/scheduler_address from the sweep's base settings")
-    if args.scheduler_address and (args.jobs is not None or args.gpus is not None):
+    if options.scheduler_address and (options.jobs is not None or options.gpus is not None):
         raise UserError("--scheduler-address runs one run per Dask worker thread; drop --jobs/--gpus")
     gpus: list[str] = []
-    if args.gpus is not None:
-        if args.gpus < 1:
-            raise UserError(f"--gpus {args.gpus}: at least 1")
-        visible = visible_gpus() if count_gpus else [str(i) for i in range(args.gpus)]
-        if len(visible) < args.gpus:
-            raise UserError(f"--gpus {args.gpus}: {len(visible)} GPU(s) visible (check nvidia-smi and "
+    if options.gpus is not None:
+        if options.gpus < 1:
+            raise UserError(f"--gpus {options.gpus}: at least 1")
+        visible = visible_gpus() if count_gpus else [str(i) for i in range(options.gpus)]
+        if len(visible) < options.gpus:
+            raise UserError(f"--gpus {options.gpus}: {len(visible)} GPU(s) visible (check nvidia-smi and "
                             "CUDA_VISIBLE_DEVICES)")
-        gpus = visible[:args.gpus]
-    if args.jobs is not None and args.jobs < 1:
-        raise UserError(f"--jobs {args.jobs}: at least 1")
+        gpus = visible[:options.gpus]
+    if options.jobs is not None and options.jobs < 1:
+        raise UserError(f"--jobs {options.jobs}: at least 1")
     return gpus
 
 
-def open_slots(args: argparse.Namespace, gpus: list[str]):
+def open_slots(options: SweepOptions, gpus: list[str]):
     """Where the runs go: this process (default), N local processes (--jobs N, --gpus N), or a Dask cluster."""
-    if args.scheduler_address:
-        return DaskWorkers(args.scheduler_address)
-    if args.jobs is None and args.gpus is None:
+    if options.scheduler_address:
+        return DaskWorkers(options.scheduler_address)
+    if options.jobs is None and options.gpus is None:
         return InProcess()
-    return LocalProcesses(args.jobs or len(gpus) or 1, gpus)
+    return LocalProcesses(options.jobs or len(gpus) or 1, gpus)
 
 
 def _share_keys(run: Run) -> tuple[str, str, str]:

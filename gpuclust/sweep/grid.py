@@ -1,16 +1,17 @@
-"""A sweep's grid: the YAML grid and axis flags laid over one base configuration, expanded into ordered runs, each
-checked before anything runs."""
+"""A sweep's grid: the YAML grid and the options' axes laid over one base configuration, expanded into ordered runs,
+each checked before anything runs."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import json
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import UserError
+from .options import SweepOptions, base_mapping
 
 log = logging.getLogger("gpuclust.sweep")
 
@@ -22,44 +23,6 @@ STAGES = ("data", "encode", "seed", "reduce", "cluster", "evaluate")
 
 # A plain string entry in a whole-section axis names this field: `cluster: [kmeans, {method: hdbscan, ...}]`.
 SECTION_NAME_FIELD = {"data": "spec", "encode": "spec", "reduce": "method", "cluster": "method"}
-
-
-# Flags that make an axis: (grid key, grid keys the flag replaces).
-AXIS_FLAGS = {
-    "dataset": ("data.spec", ("data", "data.spec")),
-    "encoder": ("encode.spec", ("encode", "encode.spec")),
-    "reduce": ("reduce.method", ("reduce", "reduce.method")),
-    "dims": ("reduce.dims", ("reduce.dims",)),
-    "cluster": ("cluster.method", ("cluster", "cluster.method")),
-    "k": ("cluster.k", ("cluster.k",)),
-    "seed": ("seed", ("seed",)),
-}
-
-
-def _split(values: list[str] | None, flag: str, conv=str, commas: bool = True) -> list | None:
-    """Repeated flags, each optionally comma-separated, as one list of converted values."""
-    if values is None:
-        return None
-    out = []
-    for v in values:
-        for part in (v.split(",") if commas else [v]):
-            if not part.strip():  # `--reduce ""` or `pca,,umap`: a slip, not a request for the default
-                raise UserError(f"--{flag} {v!r}: an empty value; give names separated by commas")
-            try:
-                out.append(conv(part.strip()))
-            except argparse.ArgumentTypeError as exc:
-                raise UserError(f"--{flag} {part}: {exc}") from None
-    return out
-
-
-def _at_least_1(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n}: at least 1")
-    return n
 
 
 def _check_key(key: str) -> None:
@@ -107,21 +70,26 @@ def _axis_order(key: str) -> tuple[int, int]:
     return (STAGES.index(head) if head in STAGES else -1, "." in key)  # a section entry before its dotted keys
 
 
-def build_axes(grid: dict, args: argparse.Namespace) -> list[tuple[str, list]]:
-    """The YAML grid with the axis flags laid over it (a flag replaces the entries for the same setting)."""
-    from ..run import _dims, _k_value
+def replaced_keys(key: str) -> set[str]:
+    """The grid keys that an axis on `key` replaces in the sweep file: the same setting, and for a section's name
+    (cluster.method) the whole-section axis too (cluster: [kmeans, {method: hdbscan, ...}]), and the other way round."""
+    head = key.split(".")[0]
+    name = SECTION_NAME_FIELD.get(head)
+    if name and key in (head, f"{head}.{name}"):
+        return {head, f"{head}.{name}"}
+    return {key}
 
+
+def build_axes(grid: dict, over: Mapping[str, list] | None = None) -> list[tuple[str, list]]:
+    """The YAML grid with the axes of `over` (the CLI's axis flags, run_sweep's lists) laid over it: an axis there
+    replaces the file's entries for the same setting."""
     if not isinstance(grid, dict):
         raise UserError("grid: expected a mapping of setting -> list of values")
     axes = dict(grid)
-    convert = {"dims": _dims, "k": _k_value, "seed": _int}
-    for flag, (key, replaces) in AXIS_FLAGS.items():
-        # Dataset and encoder specs may hold commas (webdataset:shard-{a,b}.tar): those flags only repeat.
-        values = _split(getattr(args, flag), flag, convert.get(flag, str), commas=flag not in ("dataset", "encoder"))
-        if values:
-            for k in replaces:
-                axes.pop(k, None)
-            axes[key] = values
+    for key, values in (over or {}).items():
+        for k in replaced_keys(key):
+            axes.pop(k, None)
+        axes[key] = values
     for key, values in axes.items():
         _check_key(str(key))
         if not isinstance(values, list) or not values:
@@ -129,29 +97,20 @@ def build_axes(grid: dict, args: argparse.Namespace) -> list[tuple[str, list]]:
     return sorted(axes.items(), key=lambda kv: _axis_order(kv[0]))
 
 
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-
-
-def base_config(data: dict, args: argparse.Namespace):
+def base_config(data: dict, options: SweepOptions):
+    """The runs' common configuration: defaults, the sweep file's `base:` (`data`), `options.base`, then
+    `options.overrides`."""
     from ..config import RunConfig, merge
 
-    if not isinstance(data, dict):
-        raise UserError("base: expected a mapping of run settings (the schema of gpuclust.run --config)")
-    if "output" in data:
-        raise UserError("base.output: the sweep names run directories itself; use --output for the sweep directory")
-    cfg = merge(RunConfig(), data, where="base")
-    flags: dict = {}
-    if args.limit is not None:
-        flags.setdefault("data", {})["limit"] = args.limit
-    if args.cache_dir is not None:
-        flags.setdefault("encode", {})["cache_dir"] = args.cache_dir
-    if args.device is not None:
-        flags["device"] = args.device
-    return merge(cfg, flags, where="flags")
+    cfg = RunConfig()
+    for layer in (data, base_mapping(options.base)):
+        if not isinstance(layer, dict):
+            raise UserError("base: expected a mapping of run settings (the schema of gpuclust.run --config)")
+        if "output" in layer:
+            raise UserError("base.output: the sweep names run directories itself; use --output for the sweep "
+                            "directory")
+        cfg = merge(cfg, layer, where="base")
+    return merge(cfg, dict(options.overrides), where="settings")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -180,13 +139,16 @@ class Run:
 
     @property
     def id(self) -> str:
+        """The run's 4-digit id, its row key in results.csv."""
         return f"{self.index:04d}"
 
     @property
     def dir(self) -> str:
+        """The run directory, relative to the sweep directory."""
         return self.cfg.output
 
     def main_parts(self) -> list[str]:
+        """Dataset, encoder, reduction and clusterer: the start of its label and directory name."""
         r = self.cfg.reduce
         red = f"{r.method}{r.dims}" if r.method in ("pca", "umap") else r.method
         return [_short(self.cfg.data.spec), _short(self.cfg.encode.spec), red, self.cfg.cluster.method]
@@ -204,6 +166,7 @@ def _slug(parts: list[str]) -> str:
 
 
 def expand(base, axes: list[tuple[str, list]]) -> list[Run]:
+    """The runs of the product of the axes over `base`, each with its run directory and flat settings."""
     runs = []
     for i, combo in enumerate(itertools.product(*(values for _, values in axes)), 1):
         cfg = base
@@ -217,6 +180,7 @@ def expand(base, axes: list[tuple[str, list]]) -> list[Run]:
 
 
 def varied_keys(runs: list[Run]) -> list[str]:
+    """The dotted settings that differ between runs: the columns and labels that tell runs apart."""
     keys = list(dict.fromkeys(k for r in runs for k in r.flat))
     return [k for k in keys if len({json.dumps(r.flat.get(k), sort_keys=True) for r in runs}) > 1]
 
@@ -228,16 +192,17 @@ def check_run(cfg) -> None:
     check_config(cfg)
 
 
-def plan(args: argparse.Namespace) -> tuple[list[Run], list[tuple[str, list]]]:
+def plan(options: SweepOptions) -> tuple[list[Run], list[tuple[str, list]]]:
+    """The sweep's runs in grid order and its axes; every grid point is checked before anything is written."""
     from ..config import load_yaml
 
-    doc = load_yaml(args.config) if args.config else {}
+    doc = load_yaml(options.config) if options.config else {}
     unknown = sorted(set(doc) - {"base", "grid"})
     if unknown:
-        raise UserError(f"--config {args.config}: unknown top-level key(s) {', '.join(unknown)}; a sweep file has "
+        raise UserError(f"--config {options.config}: unknown top-level key(s) {', '.join(unknown)}; a sweep file has "
                         "`base:` (run settings) and `grid:` (setting -> list of values)")
-    base = base_config(doc.get("base") or {}, args)
-    axes = build_axes(doc.get("grid") or {}, args)
+    base = base_config(doc.get("base") or {}, options)
+    axes = build_axes(doc.get("grid") or {}, options.grid)
     runs = expand(base, axes)
     varied = varied_keys(runs)
     for run in runs:

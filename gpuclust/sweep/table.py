@@ -123,6 +123,7 @@ def make_row(run: Run, varied: list[str], status: str, error: str = "", run_dir:
 
 
 def columns(rows: list[dict], varied: list[str]) -> list[str]:
+    """results.csv's columns: run, status, varied settings, metrics (main ones first), timings, error, run_dir."""
     present = list(dict.fromkeys(k for r in rows for k in r))
     timing = [f"{s}_s" for s in TIMINGS] + ["rows_encoded", "rows_reused", "images_per_s"]
     fixed = {"run", "status", "error", "run_dir", "twins", *varied, *timing}
@@ -170,6 +171,7 @@ def ranked(rows: list[dict], metric: str) -> list[dict]:
 
 
 def best(rows: list[dict], runs: dict[str, Run], varied: list[str], metric: str) -> dict | None:
+    """The best.json entry of the best ok run by `metric`, or None when no run has it."""
     top = ranked(rows, metric)
     if not top:
         return None
@@ -181,6 +183,7 @@ def best(rows: list[dict], runs: dict[str, Run], varied: list[str], metric: str)
 
 
 def best_doc(rows: list[dict], runs: dict[str, Run], varied: list[str], rank_by: str) -> dict:
+    """best.json: the best run by `rank_by`, AMI and the label-free silhouettes (per dataset too)."""
     metrics = list(dict.fromkeys([rank_by, "ami", "silhouette_umap_all", "silhouette_umap"]))
 
     def pick(subset):
@@ -196,6 +199,7 @@ def best_doc(rows: list[dict], runs: dict[str, Run], varied: list[str], rank_by:
 
 def write_outputs(out: Path, rows_by_id: dict[str, dict], runs: dict[str, Run], varied: list[str],
                   rank_by: str) -> list[dict]:
+    """results.csv, results.parquet, best.json and by_setting.csv, each written atomically; returns the rows."""
     from ..store import atomic_write_bytes, atomic_write_json
 
     rows = [rows_by_id[k] for k in sorted(rows_by_id)]
@@ -272,6 +276,7 @@ def _result_text(row: dict) -> str:
 
 
 def print_table(rows: list[dict], runs: dict[str, Run], varied: list[str], rank_by: str, top: int) -> None:
+    """The console's tables: the top runs by `rank_by`, the per-setting means, and each failed run."""
     from rich.console import Console
     from rich.table import Table
 

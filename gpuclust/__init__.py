@@ -1,22 +1,48 @@
 """gpuclust: zero-shot clustering of image datasets with pretrained encoders, on GPU (RAPIDS) or CPU.
 
-Importing this package loads no torch, cupy, cuml or dask; each stage imports what it needs when it runs.
+    import gpuclust as gc
+    labels = gc.Clusterer(reducer="umap", n_components=50, clusterer="kmeans", n_clusters=10).fit_predict(X)
+    gc.score(y, labels)
+    res = gc.cluster_images("imagefolder:~/photos", encoder="efficientnet_lite0")
+    res.to_frame(); res.save("runs/photos")
+
+Importing this package loads no torch, cupy, cuml or dask; each name below loads what it needs on first use.
 """
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "RunConfig", "run_pipeline"]
+# public name -> the module that defines it (loaded on first access, so that `import gpuclust` stays light)
+_EXPORTS = {
+    "Clusterer": "gpuclust.estimator",
+    "score": "gpuclust.evaluate.score",
+    "cluster_images": "gpuclust.images",
+    "encode": "gpuclust.images",
+    "ClusterResult": "gpuclust.result",
+    "load_dataset": "gpuclust.data",
+    "list_datasets": "gpuclust.data",
+    "list_clusterers": "gpuclust.cluster",
+    "Encoder": "gpuclust.encode",
+    "create_encoder": "gpuclust.encode",
+    "list_encoders": "gpuclust.encode",
+    "register_encoder": "gpuclust.encode",
+    "RunConfig": "gpuclust.config",
+    "run_pipeline": "gpuclust.pipeline",
+    "UserError": "gpuclust.errors",
+}
+
+__all__ = ["__version__", "sweep", *_EXPORTS]
 
 
 def __getattr__(name: str):
-    # Lazy so that `import gpuclust` stays light.
-    if name == "RunConfig":
-        from .config import RunConfig
+    if name == "sweep":  # the subpackage is callable: gc.sweep(datasets=[...], ...) runs gpuclust.sweep.run_sweep
+        return importlib.import_module("gpuclust.sweep")
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'gpuclust' has no attribute {name!r}")
 
-        return RunConfig
-    if name == "run_pipeline":
-        from .pipeline import run_pipeline
 
-        return run_pipeline
-    raise AttributeError(name)
+def __dir__() -> list[str]:
+    return sorted(__all__)

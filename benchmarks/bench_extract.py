@@ -53,7 +53,7 @@ def target(row: dict) -> float | None:
 
 def architecture(name: str) -> Encoder:
     """A packaged encoder by name, or a randomly initialised torchvision architecture (same cost as trained)."""
-    if name in ENCODERS:
+    if name in ENCODERS and name not in ("resnet50", "vitb16"):  # (the zoo's resnet50 and vitb16 download weights)
         return build_encoder(name)
     import torch
     import torchvision.models as tvm

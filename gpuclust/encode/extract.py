@@ -10,7 +10,7 @@ import numpy as np
 from ..backend import Backend
 from ..data import ImageDataset, SkipImage
 from ..store import EmbeddingStore, Shard
-from .models import Encoder
+from .encoder import Encoder
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,17 @@
 """The study's encoder zoo: short names for each pretrained encoder, where its weights come from, how it pools.
 
 Weights come from one of three places, all cached (URLs under `$TORCH_HOME/hub/checkpoints/gpuclust/`, one folder per
-URL; timm tags in timm's Hugging Face cache): torchvision's weight URLs, the publishers' own checkpoint URLs (loaded into torchvision or timm
-architectures after stripping the wrapper prefix and dropping training heads), or timm's pretrained tags. Every
-download goes through `download()`, and `--weights PATH` (or `checkpoint:PATH --arch A`) loads a local file instead,
-so offline machines and tests never touch the network.
+URL; timm tags in timm's Hugging Face cache): torchvision's weight URLs, the publishers' own checkpoint URLs (loaded
+into torchvision or timm architectures after stripping the wrapper prefix and dropping training heads), or timm's
+pretrained tags. Every download goes through `download()`, and `--weights PATH` (or `checkpoint:PATH --arch A`)
+loads a local file instead, so offline machines and tests never touch the network.
+
+Each zoo name is registered in the one encoder registry (`registry.py`), as are the `torchvision:NAME` and
+`checkpoint:PATH` prefixes.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -18,10 +22,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import UserError, exception_line, require
+from .encoder import Encoder, finish_encoder
+from .hub import hub_create, offline
+from .registry import register_encoder, register_prefix
+from .transforms import IMAGENET, imagenet_style_transform, timm_transform, torchvision_transform
+from .weights import file_identity, load_state_dict, sha256_file
 
 log = logging.getLogger(__name__)
-
-IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 FB = "https://dl.fbaipublicfiles.com"
 
 
@@ -37,6 +44,7 @@ class ZooEntry:
 
     @property
     def help(self) -> str:
+        """Its line in `--list encoders`: training, dimension, pooling, where the weights come from."""
         src = self.source if not self.source.startswith("url:") else "publisher URL"
         return f"{self.training}; {self.dim}-d {self.pooling}; weights: {src}"
 
@@ -91,10 +99,6 @@ WRAPPER_PREFIXES = ("module.base_encoder.", "module.encoder_q.", "module.backbon
                     "base_encoder.", "backbone.", "encoder.", "model.", "teacher.", "student.")
 
 
-def offline() -> bool:
-    return any(os.environ.get(v, "") not in ("", "0") for v in ("GPUCLUST_OFFLINE", "HF_HUB_OFFLINE"))
-
-
 def _url_cache_path(url: str) -> Path:
     """Where `url` is cached: `checkpoints/gpuclust/<sha256 of the whole URL, 16 hex>/<file name>`. The file name
     alone is not an identity (VICReg's and Barlow Twins' checkpoints are both `resnet50.pth`)."""
@@ -112,14 +116,6 @@ def hash_prefix(url: str) -> str | None:
 
     m = re.search(torch.hub.HASH_REGEX, Path(urlsplit(url).path).name)
     return m.group(1) if m and len(m.group(1)) >= 8 else None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _adopt(src: Path, dest: Path) -> None:
@@ -236,8 +232,6 @@ def load_into(model, state_dict: dict, source: str, head_ok: bool = True) -> Non
 
 def _transform(model, arch: str, entry_source: str, input_size: int | None):
     """(transform, preprocessing record): the evaluation transform that belongs to the weights."""
-    from .models import imagenet_style_transform, timm_transform, torchvision_transform
-
     if arch.startswith("timm:"):
         transform, cfg = timm_transform(model, input_size)
     elif entry_source.startswith("torchvision:"):
@@ -252,10 +246,8 @@ def _transform(model, arch: str, entry_source: str, input_size: int | None):
     return transform, cfg
 
 
-def build_zoo(name: str, weights: str | None = None):
+def build_zoo(name: str, weights: str | None = None) -> Encoder:
     """A ready Encoder for a zoo name; `weights` a local file in place of the download."""
-    from .models import _finish, file_identity, load_state_dict
-
     e = ZOO[name]
     kwargs = dict(e.timm_kwargs)
     if e.source == "random":
@@ -263,8 +255,6 @@ def build_zoo(name: str, weights: str | None = None):
             raise UserError(f"{name} is randomly initialised; drop --weights (or use checkpoint:PATH --arch ...)")
         model, ident = build_arch(e.arch, seed=0, **kwargs), "random-seed0"
     elif e.source.startswith("timm:") and weights is None:
-        from .models import hub_create
-
         timm = require("timm", "timm encoders", "pip install timm")
         model = hub_create(timm, e.source[5:], name, offline(), **kwargs)
         ident = f"hub:{e.source[5:]}"
@@ -285,13 +275,13 @@ def build_zoo(name: str, weights: str | None = None):
         model = drop_head(model, e.arch)
     input_size = dict(e.timm_kwargs).get("img_size")
     transform, cfg = _transform(model, e.arch, e.source, input_size)
-    return _finish(name, model, transform, cfg, ident)
+    return finish_encoder(name, model, transform, cfg, ident)
 
 
-def build_checkpoint(path: str, arch: str | None):
+def build_checkpoint(path: str, weights: str | None = None, arch: str | None = None) -> Encoder:
     """`checkpoint:PATH --arch A`: any checkpoint whose backbone fits a torchvision or timm architecture."""
-    from .models import _finish, file_identity, load_state_dict
-
+    if weights is not None:
+        raise UserError("checkpoint:PATH is the weights file; drop --weights")
     if not path:
         raise UserError("checkpoint:PATH needs a file, e.g. checkpoint:~/ckpt/r50.pth --arch torchvision:resnet50")
     if not arch:
@@ -300,14 +290,14 @@ def build_checkpoint(path: str, arch: str | None):
     load_into(model, load_state_dict(path), f"checkpoint:{path}")
     model = drop_head(model, arch)
     transform, cfg = _transform(model, arch, "checkpoint", None)
-    return _finish(f"checkpoint:{Path(path).name}", model, transform, cfg, file_identity(Path(path).expanduser()))
+    ident = file_identity(Path(path).expanduser())
+    return finish_encoder(f"checkpoint:{Path(path).name}", model, transform, cfg, ident)
 
 
-def build_torchvision(name: str, weights: str | None = None):
-    """`torchvision:NAME`: a torchvision classification model with its DEFAULT weights, headless."""
+def build_torchvision(name: str, weights: str | None = None, _arch: str | None = None) -> Encoder:
+    """`torchvision:NAME`: a torchvision classification model with its DEFAULT weights, headless. (`--arch` does
+    not apply: the registry refuses it before this runs.)"""
     import torchvision.models as tvm
-
-    from .models import _finish, file_identity, load_state_dict
 
     if not name:
         raise UserError("torchvision:NAME needs a model name, e.g. torchvision:convnext_tiny")
@@ -320,4 +310,18 @@ def build_torchvision(name: str, weights: str | None = None):
     load_into(model, load_state_dict(path), f"torchvision:{name}")
     model = drop_head(model, f"torchvision:{name}")
     transform, cfg = _transform(model, f"torchvision:{name}", f"torchvision:{enum.name}", None)
-    return _finish(f"torchvision:{name}", model, transform, cfg, file_identity(path))
+    return finish_encoder(f"torchvision:{name}", model, transform, cfg, file_identity(path))
+
+
+def _register() -> None:
+    """One registry entry per zoo name (built by build_zoo), and the torchvision: and checkpoint: prefixes."""
+    for name, entry in ZOO.items():
+        register_encoder(name, help=entry.help)(functools.partial(build_zoo, name))
+    register_prefix("torchvision", build_torchvision,
+                    "any torchvision classification model with its DEFAULT weights, headless")
+    register_prefix("checkpoint", build_checkpoint,
+                    "a local checkpoint loaded into --arch torchvision:NAME or timm:NAME", placeholder="PATH",
+                    takes_arch=True)
+
+
+_register()

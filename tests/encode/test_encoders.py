@@ -98,9 +98,9 @@ def _timm_mobilenet_file(tmp_path) -> Path:
 def test_timm_hub_weights_go_through_timm_download(monkeypatch, tmp_path):
     import timm.models._hub as hub
 
-    import gpuclust.encode.models as models
+    import gpuclust.encode.hub as encode_hub
 
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(encode_hub, "_hub_reachable", lambda timeout=3.0: True)
     weights = _timm_mobilenet_file(tmp_path)
     asked = []
 
@@ -133,7 +133,7 @@ def test_unreachable_hub_reads_the_local_cache_without_asking_the_network(monkey
     import timm.models._hub as hub
     from huggingface_hub import constants
 
-    import gpuclust.encode.models as models
+    import gpuclust.encode.hub as encode_hub
 
     weights = _timm_mobilenet_file(tmp_path)
     modes = []
@@ -144,7 +144,7 @@ def test_unreachable_hub_reads_the_local_cache_without_asking_the_network(monkey
             raise AssertionError("the network was asked")
         return str(weights)
 
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(encode_hub, "_hub_reachable", lambda timeout=3.0: False)
     monkeypatch.setattr(hub, "hf_hub_download", cache_only)
     enc = build_encoder("timm:mobilenetv2_100")
     assert modes and all(modes) and not constants.is_offline_mode()  # offline for the call only
@@ -168,7 +168,7 @@ def test_weights_in_the_real_hub_cache_load_offline(monkeypatch, tmp_path):
     caches timm/mobilenetv2_100.ra_in1k load with the hub unreachable, and with GPUCLUST_OFFLINE=1 (no probe)."""
     from huggingface_hub import constants
 
-    import gpuclust.encode.models as models
+    import gpuclust.encode.hub as encode_hub
 
     repo = tmp_path / "hub" / "models--timm--mobilenetv2_100.ra_in1k"
     commit = "0123456789abcdef0123456789abcdef01234567"
@@ -179,10 +179,10 @@ def test_weights_in_the_real_hub_cache_load_offline(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     want = _packaged_mobilenet()["features.0.0.weight"]
 
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(encode_hub, "_hub_reachable", lambda timeout=3.0: False)
     assert torch.equal(build_encoder("timm:mobilenetv2_100").model.state_dict()["conv_stem.weight"], want)
 
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: pytest.fail("probed while offline"))
+    monkeypatch.setattr(encode_hub, "_hub_reachable", lambda timeout=3.0: pytest.fail("probed while offline"))
     monkeypatch.setenv("GPUCLUST_OFFLINE", "1")
     assert torch.equal(build_encoder("timm:mobilenetv2_100").model.state_dict()["conv_stem.weight"], want)
     assert not constants.is_offline_mode()
@@ -191,7 +191,7 @@ def test_weights_in_the_real_hub_cache_load_offline(monkeypatch, tmp_path):
 def test_hub_probe_is_skipped_behind_a_proxy(monkeypatch):
     import socket
 
-    from gpuclust.encode.models import _hub_reachable
+    from gpuclust.encode.hub import _hub_reachable
 
     def refuse(*a, **k):
         raise OSError("no route")
@@ -275,12 +275,12 @@ def test_timm_errors_keep_their_message(monkeypatch, exc, shown):
     """A typo in a model name and a network failure read differently: the message's first line is kept."""
     import timm
 
-    import gpuclust.encode.models as models
+    import gpuclust.encode.hub as encode_hub
 
     def failing(*a, **k):
         raise exc
 
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(encode_hub, "_hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setattr(timm, "create_model", failing)
     with pytest.raises(UserError) as info:
         build_encoder("timm:mobilenetv2_100")

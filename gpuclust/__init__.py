@@ -19,7 +19,7 @@ _EXPORTS = {
     "Clusterer": "gpuclust.estimator",
     "score": "gpuclust.evaluate.score",
     "cluster_images": "gpuclust.images",
-    "encode": "gpuclust.images",
+    "embed": "gpuclust.images",
     "ClusterResult": "gpuclust.result",
     "load_dataset": "gpuclust.data",
     "list_datasets": "gpuclust.data",

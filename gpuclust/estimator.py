@@ -88,18 +88,21 @@ class Clusterer(ClusterMixin, BaseEstimator):
         """Reduce and cluster X (n_rows x n_features). `y`, when given, only supplies k = its number of classes for
         a clusterer that takes k and was given none."""
         backend = backend_for(X, self.device)
-        back = _output_type(X, backend)
         Xb = _as_rows(X, backend)
         Z, reduce_twin = self._reduce(Xb, backend)
-        self.embedding_ = back(Z)
         if self.clusterer is None:
-            self.twins_ = {"reduce": reduce_twin}
-            return self
+            return self._set_fitted(backend, Z, None, {"reduce": reduce_twin}, {}, not is_device_array(X))
         labels, cluster_twin, params = self._cluster(Xb, Z, backend, y)
-        self.labels_ = back(labels)
-        self.twins_ = {"reduce": reduce_twin, "cluster": cluster_twin}
-        self.params_ = params
-        self.n_clusters_ = int(len(np.unique(backend.to_host(labels[labels >= 0]))))
+        return self._set_fitted(backend, Z, labels, {"reduce": reduce_twin, "cluster": cluster_twin}, params,
+                                not is_device_array(X))
+
+    def _set_fitted(self, backend: Backend, Z, labels, twins: dict, params: dict, host: bool) -> "Clusterer":
+        """The fitted attributes, as numpy (`host`) or in the backend's own array type."""
+        out = (lambda A: np.asarray(backend.to_host(A))) if host else (lambda A: A)
+        self.embedding_, self.twins_, self.params_ = out(Z), twins, params
+        if labels is not None:
+            self.labels_ = out(labels)
+            self.n_clusters_ = int(len(np.unique(backend.to_host(labels[labels >= 0]))))
         return self
 
     def fit_predict(self, X, y=None, **kwargs):
@@ -156,10 +159,3 @@ def _as_rows(X, backend: Backend):
     if not xp.issubdtype(Xb.dtype, xp.floating):
         Xb = Xb.astype(xp.float32)
     return Xb
-
-
-def _output_type(X, backend: Backend):
-    """Results in the caller's array type: CuPy for CuPy input, numpy otherwise."""
-    if is_device_array(X):
-        return lambda A: A
-    return lambda A: np.asarray(backend.to_host(A))

@@ -9,27 +9,22 @@ import errno
 import logging
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from .backend import ALGORITHMS, Backend, check_keywords, resolve_backend
-from .config import RunConfig, check_choices
+from .backend import ALGORITHMS, Backend, resolve_backend
+from .checks import check_against_data, check_config, check_executor, check_values  # noqa: F401  (re-exported)
+from .config import RunConfig
 from .data import ImageDataset, load_dataset
 from .distributed import fill_store, open_client, wants_cluster
 from .encode import Embeddings, build_encoder, extract
+from .encode.transforms import study_preprocess
 from .errors import UserError
+from .report import run_dir
+from .result import ClusterResult
+from .stream import RowChunks
 from .store import EmbeddingStore, ReductionCache, atomic_write_json, default_cache_dir
 
 log = logging.getLogger("gpuclust")
-
-
-@dataclass
-class RunResult:
-    metrics: dict
-    timings: dict
-    output: Path
-    twins: dict = field(default_factory=dict)
-    n_skipped: int = 0
 
 
 class StageTimer:
@@ -72,140 +67,6 @@ def peak_rss_bytes() -> int | None:
         return int(peak if sys.platform == "darwin" else peak * 1024)
     except (ImportError, OSError):
         return None
-
-
-def check_executor(cfg: RunConfig) -> None:
-    """--gpus / --workers / --scheduler-address: consistent, and what they need is installed and present."""
-    from .errors import require
-
-    if cfg.gpus < 1:
-        raise UserError(f"--gpus {cfg.gpus}: must be at least 1")
-    if cfg.workers is not None and cfg.workers < 1:
-        raise UserError(f"--workers {cfg.workers}: must be at least 1")
-    if sum([cfg.gpus > 1, cfg.workers is not None, cfg.scheduler_address is not None]) > 1:
-        raise UserError("choose one of --gpus N (N > 1), --workers N and --scheduler-address")
-    if cfg.gpus > 1:
-        from .backend import gpu_available
-
-        ok, reason = gpu_available()
-        if not ok:
-            raise UserError(f"--gpus {cfg.gpus}: needs CUDA GPUs with CuPy and cuML ({reason})")
-        import cupy
-
-        have = cupy.cuda.runtime.getDeviceCount()
-        if have < cfg.gpus:
-            raise UserError(f"--gpus {cfg.gpus}: this machine has {have} GPU(s)")
-        from .distributed import DASK_CUDA_INSTALL
-
-        require("dask_cuda", f"--gpus {cfg.gpus}", DASK_CUDA_INSTALL)
-    if cfg.workers is not None or cfg.scheduler_address is not None:
-        from .distributed import DASK_INSTALL
-
-        require("distributed", "--workers/--scheduler-address", DASK_INSTALL)
-
-
-def check_values(cfg: RunConfig) -> None:
-    """Ranges of the numbers and choices of the words (their types were checked when the config was merged)."""
-    check_choices(cfg)  # the words with fixed choices, from the schema in config.py
-    k, dims, limit = cfg.cluster.k, cfg.reduce.dims, cfg.data.limit
-    if not (k is None or k == "auto" or (isinstance(k, int) and not isinstance(k, bool) and k >= 1)):
-        raise UserError(f"--k {k!r}: a positive integer or auto")
-    if isinstance(dims, bool) or not isinstance(dims, (int, float)) or dims <= 0:
-        raise UserError(f"--dims {dims!r}: a positive number")
-    if cfg.reduce.method == "umap" and dims != int(dims):
-        raise UserError(f"--dims {dims}: UMAP needs a whole number of dimensions (a share of variance is for pca)")
-    kr = cfg.cluster.k_range
-    whole = all(isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() for v in kr) \
-        if isinstance(kr, (list, tuple)) else False
-    if not (whole and len(kr) == 2 and 2 <= kr[0] <= kr[1]):
-        raise UserError(f"k_range {kr!r}: two whole numbers [MIN, MAX] with 2 <= MIN <= MAX (--k-range MIN:MAX)")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise UserError(f"--limit {limit!r}: a positive integer")
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
-        raise UserError(f"--seed {cfg.seed!r}: an integer from 0 to 2**32 - 1")
-    if not isinstance(cfg.cluster.params, dict) or not isinstance(cfg.reduce.params, dict):
-        raise UserError("params: expected a mapping of NAME: value")
-    if cfg.encode.batch_size < 1:
-        raise UserError(f"--batch-size {cfg.encode.batch_size}: must be at least 1")
-    if cfg.encode.num_workers < 0:
-        raise UserError(f"--num-workers {cfg.encode.num_workers}: must be 0 or more")
-    if isinstance(cfg.gallery, bool) or not isinstance(cfg.gallery, int) or not 0 <= cfg.gallery <= 100:
-        raise UserError(f"--gallery {cfg.gallery!r}: images per cluster, from 0 (no gallery) to 100")
-    from .evaluate.silhouette import METRICS
-
-    bad = [m for m in cfg.evaluate.silhouette_metrics if m not in METRICS]
-    if bad or not cfg.evaluate.silhouette_metrics:
-        raise UserError(f"silhouette metrics {','.join(bad) or '(none)'}: choose from {', '.join(METRICS)}")
-
-
-def check_config(cfg: RunConfig) -> None:
-    """Names and flags that can be checked before any work, so a typo costs no time and leaves no run directory."""
-    from .cluster import CLUSTERERS
-    from .data import DATASETS
-    from .encode import check_encoder_spec
-    from .reduce import REDUCERS
-    from .reduce import check_params as check_reduce_params
-
-    check_values(cfg)
-    check_executor(cfg)
-    name = cfg.data.spec.partition(":")[0]
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset {cfg.data.spec!r}; known: {', '.join(DATASETS)} (see --list datasets)")
-    check_encoder_spec(cfg.encode.spec)
-    if cfg.reduce.method not in REDUCERS:
-        raise UserError(f"unknown reducer {cfg.reduce.method!r}; known: {', '.join(REDUCERS)}")
-    check_reduce_params(cfg.reduce.method, dict(cfg.reduce.params))
-    if cfg.cluster.method not in CLUSTERERS:
-        raise UserError(f"unknown clusterer {cfg.cluster.method!r}; known: {', '.join(CLUSTERERS)}")
-    CLUSTERERS[cfg.cluster.method].check(dict(cfg.cluster.params))  # before any work, not after the encode
-    check_keywords(cfg.cluster.method, {k: v for k, v in cfg.cluster.params.items() if k != "threshold_normalize"})
-    if cfg.reduce.method in ALGORITHMS:
-        check_keywords(cfg.reduce.method, {k: v for k, v in cfg.reduce.params.items() if k != "knn"})
-    if cfg.encode.spec.startswith("checkpoint:"):
-        if not cfg.encode.arch:
-            raise UserError("checkpoint:PATH needs --arch, e.g. --arch torchvision:resnet50 (or timm:NAME)")
-        if not Path(cfg.encode.spec.partition(":")[2]).expanduser().is_file():
-            raise UserError(f"{cfg.encode.spec}: no such file")
-    elif cfg.encode.arch is not None:
-        raise UserError("--arch applies to --encoder checkpoint:PATH only")
-    if cfg.encode.decode == "device" and cfg.encode.spec == "pixels":
-        raise UserError("--decode device does not apply to the pixels encoder (32x32 resize); drop it")
-    if cfg.encode.shard_size < 1:
-        raise UserError(f"shard_size {cfg.encode.shard_size}: must be at least 1")
-    fit_sample = cfg.reduce.fit_sample
-    if fit_sample is not None:
-        if fit_sample < 2:
-            raise UserError(f"--fit-sample {fit_sample}: must be at least 2")
-        if cfg.reduce.method not in ("pca", "umap"):
-            raise UserError(f"--fit-sample applies to --reduce pca or umap (got {cfg.reduce.method}): those can "
-                            "transform rows they were not fitted on")
-        if cfg.cluster.k == "auto" and cfg.reduce.method != "umap":
-            raise UserError("--k auto scores k in the UMAP space; with --fit-sample use --reduce umap")
-    if name == "embeddings" and cfg.encode.decode != "cpu":
-        raise UserError("--decode device: embeddings:PATH has no images to decode; drop it")
-
-
-def check_against_data(cfg: RunConfig, ds: ImageDataset) -> None:
-    """Settings that depend on the data, checked before the (long) encode stage."""
-    from .cluster import CLUSTERERS
-
-    if cfg.encode.decode == "device" and isinstance(ds, ImageDataset) and \
-            type(ds).read_bytes is ImageDataset.read_bytes:
-        raise UserError(f"--decode device needs image files (imagefolder:, folder:, csv:, parquet:, webdataset:); "
-                        f"{cfg.data.spec} holds decoded images")
-
-    method, params = cfg.cluster.method, cfg.cluster.params
-    algo = CLUSTERERS[method]
-    if not algo.needs_k(params):
-        return
-    k = cfg.cluster.k if cfg.cluster.k is not None else params.get(algo.k_param)
-    if k == "auto":
-        return
-    if k is None and ds.labels is None:
-        raise UserError(f"{method} needs --k N (or --k auto): the dataset has no labels to take the number of "
-                        "classes from")
-    if k is not None and not 1 <= k <= len(ds):
-        raise UserError(f"--k {k}: must be between 1 and the number of images ({len(ds)})")
 
 
 def check_finite(backend: Backend, X, rows) -> None:
@@ -252,9 +113,14 @@ def precomputed_stage(src, cfg: RunConfig, backend: Backend) -> tuple[Embeddings
 
 
 def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: bool,
-                 client=None) -> tuple[Embeddings, dict]:
-    enc = build_encoder(cfg.encode.spec, cfg.encode.weights, cfg.encode.arch, cfg.encode.preprocess,
-                        ds.native_size() if cfg.encode.preprocess == "study" else None)
+                 client=None, encoder=None) -> tuple[Embeddings, dict]:
+    """Embeddings of every readable row, from the store where it holds them; `encoder` a ready Encoder, else the
+    one cfg.encode names."""
+    native = ds.native_size() if cfg.encode.preprocess == "study" else None
+    if encoder is None:
+        enc = build_encoder(cfg.encode.spec, cfg.encode.weights, cfg.encode.arch, cfg.encode.preprocess, native)
+    else:
+        enc = encoder if cfg.encode.preprocess == "default" else study_preprocess(encoder, native)
     key = {**enc.key, "dataset": ds.spec, "rows": ds.fingerprint(), "precision": cfg.encode.precision,
            "store_dtype": cfg.encode.store_dtype}
     if cfg.encode.decode != "cpu":  # another decoder and resize kernel: close, not identical numbers
@@ -297,22 +163,25 @@ def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: b
     return emb, {"encoder": enc.name, "dim": enc.dim, "store": str(store.dir)}
 
 
-def report_skipped(skipped: list, ds: ImageDataset, out: Path, final: Path | None = None) -> None:
+def report_skipped(skipped: list, ds: ImageDataset, out: Path | None, final: Path | None = None) -> None:
     """Skipped rows are a warning; all of them skipped is the user's error, with the first reason and the list.
-    `out` is where the run writes, `final` its run directory (they differ for a rerun: report.run_dir)."""
+    `out` is where the run writes, `final` its run directory (they differ for a rerun: report.run_dir); with no
+    `out` (a run in memory) the rows are in the result's `skipped` until it is saved."""
     if not skipped:
         return
     from .report import write_skipped
 
-    write_skipped(out / "skipped.csv", skipped, ds.paths)
-    final = final or out
+    if out is not None:
+        write_skipped(out / "skipped.csv", skipped, ds.paths)
+    listed = f"listed in {out / 'skipped.csv'}" if out is not None else "see the result's skipped"
     if len(skipped) >= len(ds):
         row, reason = skipped[0]
         where = ds.paths[row] if ds.paths is not None else f"row {row}"
         raise UserError(f"{ds.spec}: none of the {len(ds)} images could be read (the first, {where}: {reason}); "
-                        f"every row is listed in {out / 'skipped.csv'}")
+                        f"every row is {listed}")
+    where = f"in {(final or out) / 'skipped.csv'}" if out is not None else "in the result's skipped"
     log.warning("encode: skipped %d image(s) that could not be used (unreadable, or outside --data-root; listed "
-                "with the reason in %s)", len(skipped), final / "skipped.csv")
+                "with the reason %s)", len(skipped), where)
 
 
 def cached(store_dir: str | None, key: dict, backend: Backend, compute):
@@ -420,98 +289,140 @@ def umap_space(X, Z, cfg: RunConfig, backend: Backend, force: bool = False, stor
     return cached(store_dir, key, backend, lambda: umap(source(), dims, {}, backend, cfg.seed))[0], rows
 
 
-def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
+def run_pipeline(cfg: RunConfig, progress: bool = True) -> ClusterResult:
+    """`python -m gpuclust.run`: the run `cfg` describes, saved into its run directory (`result.output`)."""
     check_config(cfg)
     backend = resolve_backend(cfg.device)
     log.info("backend: %s twin", backend.name)
     with ExitStack() as stack:
         # One Dask client for the whole run: it encodes shards, transforms streamed chunks and runs multi-GPU KMeans.
         client = stack.enter_context(open_client(cfg)) if wants_cluster(cfg) else None
-        return _run(cfg, backend, client, progress)
-
-
-def _run(cfg: RunConfig, backend: Backend, client, progress: bool) -> RunResult:
-    from .data.embeddings import embedding_source
-    from .evaluate import evaluate
-    from .report import run_dir, write_run
-    from .stream import RowChunks, sample_positions
-
-    timer = StageTimer(backend)
-    t_start = time.perf_counter()
-    precomputed = cfg.data.spec.partition(":")[0] == "embeddings"
-    with timer("data"):
-        if precomputed:
-            ds = embedding_source(cfg.data.spec, cfg.data.limit, cfg.data.subsample)
-        else:
-            ds = load_dataset(cfg.data.spec, cfg.data.limit, cfg.data.root, cfg.data.subsample, cfg.seed,
-                              cfg.data.download)
-    check_against_data(cfg, ds)
-    with run_dir(cfg.output, ds.spec, "precomputed" if precomputed else cfg.encode.spec, cfg.reduce.method,
-                 cfg.cluster.method) as (out, final):
-        with timer("encode", rows=len(ds)):
-            if precomputed:
-                emb, enc_info = precomputed_stage(ds, cfg, backend)
-            else:
-                emb, enc_info = encode_stage(ds, cfg, backend, progress, client)
-        report_skipped(emb.skipped, ds, out, final)
-        is_streamed = isinstance(emb.X, RowChunks)
-        if is_streamed:
-            log.info("embeddings: %d x %d read from disk in chunks; %s fitted on %d rows", emb.X.n_rows, emb.X.dim,
-                     cfg.reduce.method, cfg.reduce.fit_sample)
-        xp = backend.xp
-        labels_true = None if ds.labels is None else xp.asarray(ds.labels[emb.rows])
-        n = emb.X.shape[0]
-        with timer("reduce", rows=n), memory_hint("reduce"):
-            Z, reduce_twin = reduce_stage(emb.X, cfg, backend, enc_info["store"], emb.rows, client)
-        n_classes = None if labels_true is None else int(xp.unique(labels_true).shape[0])
-        Z_umap = umap_rows = None
-        if cfg.cluster.k == "auto":  # k is chosen in the UMAP space, so it is needed first
-            with timer("umap_space", rows=n):
-                Z_umap, umap_rows = umap_space(emb.X, Z, cfg, backend, force=True, store_dir=enc_info["store"])
-        with timer("cluster", rows=n), memory_hint("cluster"):
-            labels_pred, cluster_twin, cluster_params = cluster_stage(Z, cfg, backend, n_classes, Z_umap, client)
-        with timer("evaluate", rows=n), memory_hint("evaluate"):
-            if Z_umap is None:
-                Z_umap, umap_rows = umap_space(emb.X, Z, cfg, backend, store_dir=enc_info["store"])
-            X_eval = X_rows = None
-            if cfg.evaluate.silhouette_original:
-                X_eval = emb.X
-                if is_streamed:  # the original space of the fit sample: the full matrix is never held
-                    X_rows = sample_positions(n, cfg.reduce.fit_sample, cfg.seed)
-                    X_eval = backend.asarray(emb.X.take(X_rows))
-            # euclidean always: `silhouette` and `silhouette_umap` (the label-free proxy sweeps rank by) are keys
-            # every run has; other distances come on top.
-            distances = tuple(dict.fromkeys(("euclidean", *cfg.evaluate.silhouette_metrics)))
-            metrics = evaluate(backend, Z, labels_pred, labels_true, Z_umap, cfg.seed, X=X_eval,
-                               silhouette_metrics=distances, umap_rows=umap_rows, X_rows=X_rows)
-        twins = {"encode": "none" if precomputed else backend.name, "reduce": reduce_twin, "cluster": cluster_twin,
-                 "evaluate": backend.name}
-        metrics["twins"] = twins
-        if "k_auto" in cluster_params:
-            metrics["k_auto"] = cluster_params["k_auto"]
-        metrics["n_skipped"] = len(emb.skipped)
-        timings = dict(timer.seconds)
-        enc_s = timings["encode"]
-        timings.update({
-            "rows_encoded": emb.rows_computed,
-            "rows_reused": emb.rows_reused,
-            "images_per_s": round(emb.rows_computed / enc_s, 2) if emb.rows_computed and enc_s > 0 else None,
-            "streamed": is_streamed,
-        })
-        timings["peak_host_rss_bytes"] = peak_rss_bytes()
-        timings["peak_host_rss_after"] = dict(timer.peak_rss)
-        if backend.is_gpu:
-            import torch
-
-            timings["peak_gpu_mem_torch_bytes"] = int(torch.cuda.max_memory_allocated())
-        config = {**cfg.to_dict(), "resolved": {**enc_info, "cluster_params": cluster_params, "dataset_rows": len(ds)}}
-        with timer("report"):
-            write_run(out, backend=backend, config=config, metrics=metrics, timings=timings, rows=emb.rows,
-                      paths=ds.paths, labels_true=labels_true, labels_pred=labels_pred, Z=Z,
-                      classes=ds.classes, seed=cfg.seed, images=None if precomputed else ds.load,
-                      gallery=cfg.gallery, name=final.resolve().name)
-        timings["report"] = timer.seconds["report"]
-        timings["total"] = round(time.perf_counter() - t_start, 4)
-        atomic_write_json(out / "timings.json", timings)
+        timer, t_start = StageTimer(backend), time.perf_counter()
+        ds = data_stage(cfg, timer)
+        check_against_data(cfg, ds)
+        with run_dir(cfg.output, ds.spec, "precomputed" if is_precomputed(cfg) else cfg.encode.spec,
+                     cfg.reduce.method, cfg.cluster.method) as (out, final):
+            result = compute(cfg, ds, backend, timer, progress, client, out=out, final=final)
+            result.write(out, final.resolve().name, timer, t_start)
     # A rerun into an earlier run's folder was staged inside it and has now taken the earlier run's place.
-    return RunResult(metrics, timings, final, twins, len(emb.skipped))
+    result.output = final
+    return result
+
+
+RunResult = ClusterResult  # (the name run_pipeline's result had before the library's)
+
+
+def is_precomputed(cfg: RunConfig) -> bool:
+    """An `embeddings:` source: a data source with no encoder."""
+    return cfg.data.spec.partition(":")[0] == "embeddings"
+
+
+def data_stage(cfg: RunConfig, timer: StageTimer):
+    """The dataset (or the precomputed embeddings) the spec names, timed as the data stage."""
+    from .data.embeddings import embedding_source
+
+    with timer("data"):
+        if is_precomputed(cfg):
+            return embedding_source(cfg.data.spec, cfg.data.limit, cfg.data.subsample)
+        return load_dataset(cfg.data.spec, cfg.data.limit, cfg.data.root, cfg.data.subsample, cfg.seed,
+                            cfg.data.download)
+
+
+def compute(cfg: RunConfig, ds, backend: Backend, timer: StageTimer, progress: bool = True, client=None, *,
+            encoder=None, model=None, out: Path | None = None, final: Path | None = None) -> ClusterResult:
+    """Every stage after the data, in memory: encode (or read the precomputed rows), reduce, cluster, evaluate.
+
+    `encoder`: a ready Encoder instead of cfg.encode's names. `model`: a gpuclust.Clusterer holding ready objects,
+    which reduces and clusters instead of cfg.reduce / cfg.cluster. `out`/`final`: where skipped.csv goes as soon as
+    the encoder has met every row (the CLI's run directory), else nowhere until the result is saved."""
+    precomputed = is_precomputed(cfg)
+    with timer("encode", rows=len(ds)):
+        if precomputed:
+            emb, enc_info = precomputed_stage(ds, cfg, backend)
+        else:
+            emb, enc_info = encode_stage(ds, cfg, backend, progress, client, encoder)
+    report_skipped(emb.skipped, ds, out, final)
+    xp = backend.xp
+    labels_true = None if ds.labels is None else xp.asarray(ds.labels[emb.rows])
+    n_classes = None if labels_true is None else int(xp.unique(labels_true).shape[0])
+    if model is not None:
+        Z, labels, twins, params = model_stages(model, emb.X, labels_true, backend, timer)
+        Z_umap = umap_rows = None
+    else:
+        Z, labels, twins, params, (Z_umap, umap_rows) = config_stages(cfg, emb, backend, timer, client, n_classes,
+                                                                      enc_info["store"])
+    with timer("evaluate", rows=len(emb.rows)), memory_hint("evaluate"):
+        if Z_umap is None:
+            Z_umap, umap_rows = umap_space(emb.X, Z, cfg, backend, store_dir=enc_info["store"])
+        metrics = evaluate_stage(cfg, emb, Z, labels, labels_true, Z_umap, umap_rows, backend)
+    twins = {"encode": "none" if precomputed else backend.name, **twins, "evaluate": backend.name}
+    metrics.update(twins=twins, n_skipped=len(emb.skipped), **({"k_auto": params["k_auto"]} if "k_auto" in params
+                                                               else {}))
+    config = {**cfg.to_dict(), "resolved": {**enc_info, "cluster_params": params, "dataset_rows": len(ds)}}
+    return ClusterResult(metrics, run_timings(timer, emb, backend), twins, config, emb.rows, backend, labels,
+                         labels_true, Z, ds, emb.skipped, cfg.seed, cfg.gallery)
+
+
+def config_stages(cfg: RunConfig, emb, backend: Backend, timer: StageTimer, client, n_classes, store_dir):
+    """Reduce and cluster as cfg says: (Z, labels, twins, cluster params, (UMAP space, its rows))."""
+    n = emb.X.shape[0]
+    if isinstance(emb.X, RowChunks):
+        log.info("embeddings: %d x %d read from disk in chunks; %s fitted on %d rows", emb.X.n_rows, emb.X.dim,
+                 cfg.reduce.method, cfg.reduce.fit_sample)
+    with timer("reduce", rows=n), memory_hint("reduce"):
+        Z, reduce_twin = reduce_stage(emb.X, cfg, backend, store_dir, emb.rows, client)
+    space = (None, None)
+    if cfg.cluster.k == "auto":  # k is chosen in the UMAP space, so it is needed first
+        with timer("umap_space", rows=n):
+            space = umap_space(emb.X, Z, cfg, backend, force=True, store_dir=store_dir)
+    with timer("cluster", rows=n), memory_hint("cluster"):
+        labels, cluster_twin, params = cluster_stage(Z, cfg, backend, n_classes, space[0], client)
+    return Z, labels, {"reduce": reduce_twin, "cluster": cluster_twin}, params, space
+
+
+def model_stages(model, X, labels_true, backend: Backend, timer: StageTimer):
+    """Reduce and cluster with a gpuclust.Clusterer that holds ready objects: (Z, labels, twins, params)."""
+    n = X.shape[0]
+    with timer("reduce", rows=n), memory_hint("reduce"):
+        Z, reduce_twin = model._reduce(X, backend)
+    with timer("cluster", rows=n), memory_hint("cluster"):
+        labels, cluster_twin, params = model._cluster(X, Z, backend, labels_true)
+    model._set_fitted(backend, Z, labels, {"reduce": reduce_twin, "cluster": cluster_twin}, params, host=True)
+    return Z, labels, {"reduce": reduce_twin, "cluster": cluster_twin}, params
+
+
+def evaluate_stage(cfg: RunConfig, emb, Z, labels, labels_true, Z_umap, umap_rows, backend: Backend) -> dict:
+    """The metrics: label metrics when truth exists, silhouettes in the clustered, UMAP and (asked) original spaces."""
+    from .evaluate import evaluate
+    from .stream import sample_positions
+
+    X_eval = X_rows = None
+    if cfg.evaluate.silhouette_original:
+        X_eval = emb.X
+        if isinstance(emb.X, RowChunks):  # the original space of the fit sample: the full matrix is never held
+            X_rows = sample_positions(emb.X.shape[0], cfg.reduce.fit_sample, cfg.seed)
+            X_eval = backend.asarray(emb.X.take(X_rows))
+    # euclidean always: `silhouette` and `silhouette_umap` (the label-free proxy sweeps rank by) are keys every run
+    # has; other distances come on top.
+    distances = tuple(dict.fromkeys(("euclidean", *cfg.evaluate.silhouette_metrics)))
+    return evaluate(backend, Z, labels, labels_true, Z_umap, cfg.seed, X=X_eval, silhouette_metrics=distances,
+                    umap_rows=umap_rows, X_rows=X_rows)
+
+
+def run_timings(timer: StageTimer, emb, backend: Backend) -> dict:
+    """timings.json: seconds per stage, rows encoded and reused, peak memory."""
+    timings = dict(timer.seconds)
+    enc_s = timings["encode"]
+    timings.update({
+        "rows_encoded": emb.rows_computed,
+        "rows_reused": emb.rows_reused,
+        "images_per_s": round(emb.rows_computed / enc_s, 2) if emb.rows_computed and enc_s > 0 else None,
+        "streamed": isinstance(emb.X, RowChunks),
+        "peak_host_rss_bytes": peak_rss_bytes(),
+        "peak_host_rss_after": dict(timer.peak_rss),
+    })
+    if backend.is_gpu:
+        import torch
+
+        timings["peak_gpu_mem_torch_bytes"] = int(torch.cuda.max_memory_allocated())
+    return timings

@@ -74,12 +74,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def list_names(what: str) -> str:
     if what == "encoders":
-        from .encode import ENCODERS, PREFIXES
-        from .encode.zoo import ZOO
+        from .encode import encoder_help
 
-        rows = ([(n, e.help) for n, e in ENCODERS.items()] + [(n, e.help) for n, e in ZOO.items()]
-                + [(f"{p}:{'PATH' if p == 'checkpoint' else 'NAME'}", h.split(" - ", 1)[-1])
-                   for p, h in PREFIXES.items()])
+        rows = encoder_help()
     elif what == "datasets":
         from .data import DATASETS
 

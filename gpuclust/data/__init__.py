@@ -13,7 +13,7 @@ from .packaged import digits, fashion_mnist, mnist5k
 from .tvdatasets import torchvision_dataset
 from .webdataset import webdataset
 
-__all__ = ["ImageDataset", "ArrayDataset", "FileDataset", "SkipImage", "load_dataset", "DATASETS"]
+__all__ = ["ImageDataset", "ArrayDataset", "FileDataset", "SkipImage", "load_dataset", "list_datasets", "DATASETS"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,11 @@ DATASETS = {
     "embeddings": (None, "embeddings:PATH - precomputed embeddings, no encoder: a .npy file (rows x dim) or a folder "
                          "of .npy shards; labels from labels.npy beside them (or NAME.labels.npy)"),
 }
+
+
+def list_datasets() -> list[str]:
+    """The dataset names and prefixes a spec may start with (`digits`, `imagefolder:PATH`, ...)."""
+    return list(DATASETS)
 
 
 def load_dataset(spec: str, limit: int | None = None, root: str | None = None, subsample: str = "first",

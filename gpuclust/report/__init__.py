@@ -199,23 +199,40 @@ def run_dir(output: str | None, dataset: str, encoder: str, reduce: str, cluster
             _swap(out, final)
 
 
+def label_columns(rows, paths, labels_true, labels_pred, classes=None) -> dict:
+    """labels.parquet's columns as Python lists: `class_true` is the source's own name for `label_true` (the folder,
+    the csv label, the dataset's class), so renumbered labels can be mapped back; None where the source has none."""
+    rows = np.asarray(rows, dtype=np.int64)
+    n = len(rows)
+    truth = None if labels_true is None else np.asarray(labels_true).astype(np.int64).tolist()
+    names = [None] * n
+    if truth is not None and classes is not None:
+        names = [None if not 0 <= t < len(classes) else str(classes[t]) for t in truth]
+    return {
+        "row": rows.tolist(),
+        "path": [paths[r] for r in rows] if paths is not None else [None] * n,
+        "label_true": truth if truth is not None else [None] * n,
+        "class_true": names,
+        "label_pred": np.asarray(labels_pred).astype(np.int64).tolist(),
+    }
+
+
+def labels_table(rows, paths, labels_true, labels_pred, classes=None):
+    """labels.parquet's table (pyarrow): the columns of label_columns, typed."""
+    import pyarrow as pa
+
+    cols = label_columns(rows, paths, labels_true, labels_pred, classes)
+    types = {"row": pa.int64(), "path": pa.string(), "label_true": pa.int64(), "class_true": pa.string(),
+             "label_pred": pa.int64()}
+    return pa.table({k: pa.array(v, types[k]) for k, v in cols.items()})
+
+
 def write_labels(path: Path, rows: np.ndarray, paths, labels_true, labels_pred, classes=None) -> None:
-    """labels.parquet: `class_true` is the source's own name for `label_true` (the folder, the csv label, the
-    dataset's class), so renumbered labels can be mapped back; null where the source has no names."""
+    """labels.parquet (see label_columns), written atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    n = len(rows)
-    names = [None] * n
-    if labels_true is not None and classes is not None:
-        names = [classes[t] if 0 <= t < len(classes) else None for t in np.asarray(labels_true).tolist()]
-    table = pa.table({
-        "row": pa.array(rows, pa.int64()),
-        "path": pa.array([paths[r] for r in rows] if paths is not None else [None] * n, pa.string()),
-        "label_true": pa.array(labels_true, pa.int64()) if labels_true is not None else pa.nulls(n, pa.int64()),
-        "class_true": pa.array([None if c is None else str(c) for c in names], pa.string()),
-        "label_pred": pa.array(labels_pred, pa.int64()),
-    })
+    table = labels_table(rows, paths, labels_true, labels_pred, classes)
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf)
     atomic_write_bytes(path, buf.getvalue().to_pybytes())

@@ -59,8 +59,24 @@ class Backend:
         return x
 
     def synchronize(self) -> None:
+        """Wait for the device's queued work (timings then count it); nothing on the CPU twin."""
         if self.is_gpu:
             self.xp.cuda.Device().synchronize()
+
+    def release_torch_cache(self) -> None:
+        """Hand torch's cached free device blocks back to the driver, so cuML/RMM can allocate them (GPU twin)."""
+        if self.is_gpu:
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def torch_peak_bytes(self) -> int | None:
+        """The most device memory torch held at once in this process (GPU twin), else None."""
+        if not self.is_gpu:
+            return None
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
 
 
 def cpu_backend() -> Backend:

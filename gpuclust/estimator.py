@@ -132,8 +132,15 @@ class Clusterer(ClusterMixin, BaseEstimator):
 
         if not isinstance(self.clusterer, str):
             return call_ready(self.clusterer, "fit_predict", Z, backend).astype(backend.xp.int64), "object", {}
+        from .cluster import CLUSTERERS
+
         params, k, extra = dict(self.clusterer_params or {}), self.n_clusters, {}
         n_classes = None if y is None else int(len(np.unique(np.asarray(backend.to_host(backend.asarray(y))))))
+        algo = CLUSTERERS.get(self.clusterer)
+        if algo is not None and algo.needs_k(params) and k is None and n_classes is None \
+                and algo.k_param not in params:
+            raise UserError(f"{self.clusterer} needs n_clusters (a number, or 'auto'), or fit(X, y) with labels to "
+                            "take the number of classes from")
         if k == "auto":
             k, scores = choose_k(Z, self._umap_space(X, Z, backend), self.clusterer, params, backend,
                                  self.random_state, tuple(self.k_range))

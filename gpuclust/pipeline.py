@@ -11,11 +11,12 @@ import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from .backend import ALGORITHMS, Backend, resolve_backend
-from .checks import check_against_data, check_config, check_executor, check_values  # noqa: F401  (re-exported)
+from .backend import Backend, resolve_backend
+from .checks import check_against_data, check_config, check_values  # noqa: F401  (re-exported)
+from .distributed import check_executor  # noqa: F401  (re-exported)
 from .config import RunConfig
 from .data import ImageDataset, load_dataset
-from .distributed import fill_store, open_client, wants_cluster
+from .distributed import dask_kmeans, fill_store, multi_gpu, open_client, wants_cluster
 from .encode import Embeddings, build_encoder, extract
 from .encode.transforms import study_preprocess
 from .errors import UserError
@@ -151,11 +152,7 @@ def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: b
             raise
         raise UserError(f"cannot write the embedding store at {store.dir} ({exc.strerror}): free space there or "
                         "choose another --cache-dir; shards already written are kept") from None
-    if backend.is_gpu:
-        import torch
-
-        # torch's caching allocator owned extraction; hand its free blocks back before cuML/RMM allocate.
-        torch.cuda.empty_cache()
+    backend.release_torch_cache()  # torch's allocator owned extraction; cuML/RMM allocate next
     emb.rows_computed += computed_elsewhere  # the workers encoded these; this process read them back
     emb.rows_reused -= computed_elsewhere
     if not streamed(cfg, len(ds)):  # streamed rows are checked in the reducer's statistics pass
@@ -219,31 +216,6 @@ def reduce_stage(X, cfg: RunConfig, backend: Backend, store_dir: str | None = No
                   lambda: reduce(X, r.method, r.dims, dict(r.params), backend, cfg.seed, r.zscore, r.normalize))
 
 
-def multi_gpu(cfg: RunConfig, backend: Backend, client) -> bool:
-    """KMeans runs across the cluster's GPUs (cuML's Dask KMeans) on a GPU run with GPU workers, when cuml.dask
-    imports; without it KMeans runs on this process's GPU, as a single-GPU run's does, and the log says why."""
-    wanted = client is not None and backend.is_gpu and cfg.workers is None and cfg.cluster.method == "kmeans" \
-        and cfg.cluster.k != "auto"
-    if not wanted:
-        return False
-    gap = ALGORITHMS["kmeans"].gpu_gap(dict(cfg.cluster.params))
-    if gap:  # the step runs where a single-GPU run would run it: on the CPU twin
-        log.warning("kmeans runs on this process, not across the Dask workers: cuML's KMeans lacks %s", gap)
-        return False
-    from .distributed import CUML_DASK_INSTALL, cuml_dask_missing, workers_have_gpus
-
-    missing = cuml_dask_missing()
-    if missing:
-        log.warning("kmeans runs on this process's GPU, not across the Dask workers: cuml.dask does not import "
-                    "(%s); for multi-GPU KMeans: %s", missing, CUML_DASK_INSTALL)
-        return False
-    if not workers_have_gpus(client):
-        log.warning("kmeans runs on this process's GPU: not every Dask worker has a GPU (start them with "
-                    "`dask cuda worker` for multi-GPU KMeans)")
-        return False
-    return True
-
-
 def cluster_stage(Z, cfg: RunConfig, backend: Backend, n_classes: int | None, Z_umap=None, client=None):
     """Labels, the twin that ran, resolved parameters (with `k_auto_scores` when k was chosen)."""
     from .cluster import choose_k, cluster
@@ -254,7 +226,6 @@ def cluster_stage(Z, cfg: RunConfig, backend: Backend, n_classes: int | None, Z_
                              backend, cfg.seed, tuple(cfg.cluster.k_range))
         extra = {"k_auto": k, "k_auto_scores": scores}
     if multi_gpu(cfg, backend, client):
-        from .distributed import dask_kmeans
 
         return dask_kmeans(client, Z, cfg.cluster.k, dict(cfg.cluster.params), backend, cfg.seed, n_classes)
     labels, twin, params = cluster(Z, cfg.cluster.method, k, dict(cfg.cluster.params), backend, cfg.seed, n_classes)
@@ -422,7 +393,5 @@ def run_timings(timer: StageTimer, emb, backend: Backend) -> dict:
         "peak_host_rss_after": dict(timer.peak_rss),
     })
     if backend.is_gpu:
-        import torch
-
-        timings["peak_gpu_mem_torch_bytes"] = int(torch.cuda.max_memory_allocated())
+        timings["peak_gpu_mem_torch_bytes"] = backend.torch_peak_bytes()
     return timings

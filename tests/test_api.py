@@ -80,6 +80,8 @@ def test_bad_input_is_one_user_error():
         gc.Clusterer(reducer="none", clusterer="nope", device="cpu").fit(np.ones((10, 2)))
     with pytest.raises(gc.UserError, match="2-D array"):
         gc.Clusterer(device="cpu").fit(np.ones(10))
+    with pytest.raises(gc.UserError, match="kmeans needs n_clusters"):
+        gc.Clusterer(reducer="none", device="cpu").fit(np.ones((10, 2)))
     with pytest.raises(gc.UserError, match="has no fit_predict"):
         gc.Clusterer(reducer="none", clusterer=object(), device="cpu").fit(np.ones((10, 2)))
 

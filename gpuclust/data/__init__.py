@@ -36,6 +36,16 @@ DATASETS = {
 }
 
 
+def check_settings(data, names: bool = True) -> None:
+    """The data stage's own settings (`data:` in YAML, --dataset, --limit), checked before any work; `names=False`
+    checks the values alone (no lookup of the dataset's name)."""
+    limit = data.limit
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise UserError(f"--limit {limit!r}: a positive integer")
+    if names and data.spec.partition(":")[0] not in DATASETS:
+        raise UserError(f"unknown dataset {data.spec!r}; known: {', '.join(DATASETS)} (see --list datasets)")
+
+
 def list_datasets() -> list[str]:
     """The dataset names and prefixes a spec may start with (`digits`, `imagefolder:PATH`, ...)."""
     return list(DATASETS)

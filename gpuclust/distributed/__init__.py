@@ -221,3 +221,54 @@ def dask_kmeans(client, Z, k, params: dict, backend, seed: int, n_classes: int |
     model.fit(X)
     labels = model.predict(X).compute()
     return backend.xp.asarray(labels).astype(backend.xp.int64), "gpu-dask", p
+
+
+def check_executor(cfg: RunConfig) -> None:
+    """--gpus / --workers / --scheduler-address: consistent, and what they need is installed and present."""
+    from ..errors import UserError, require
+
+    if cfg.gpus < 1:
+        raise UserError(f"--gpus {cfg.gpus}: must be at least 1")
+    if cfg.workers is not None and cfg.workers < 1:
+        raise UserError(f"--workers {cfg.workers}: must be at least 1")
+    if sum([cfg.gpus > 1, cfg.workers is not None, cfg.scheduler_address is not None]) > 1:
+        raise UserError("choose one of --gpus N (N > 1), --workers N and --scheduler-address")
+    if cfg.gpus > 1:
+        from ..backend import gpu_available
+
+        ok, reason = gpu_available()
+        if not ok:
+            raise UserError(f"--gpus {cfg.gpus}: needs CUDA GPUs with CuPy and cuML ({reason})")
+        import cupy
+
+        have = cupy.cuda.runtime.getDeviceCount()
+        if have < cfg.gpus:
+            raise UserError(f"--gpus {cfg.gpus}: this machine has {have} GPU(s)")
+        require("dask_cuda", f"--gpus {cfg.gpus}", DASK_CUDA_INSTALL)
+    if cfg.workers is not None or cfg.scheduler_address is not None:
+        require("distributed", "--workers/--scheduler-address", DASK_INSTALL)
+
+
+def multi_gpu(cfg, backend, client) -> bool:
+    """KMeans runs across the cluster's GPUs (cuML's Dask KMeans) on a GPU run with GPU workers, when cuml.dask
+    imports; without it KMeans runs on this process's GPU, as a single-GPU run's does, and the log says why."""
+    wanted = client is not None and backend.is_gpu and cfg.workers is None and cfg.cluster.method == "kmeans" \
+        and cfg.cluster.k != "auto"
+    if not wanted:
+        return False
+    from ..backend import ALGORITHMS
+
+    gap = ALGORITHMS["kmeans"].gpu_gap(dict(cfg.cluster.params))
+    if gap:  # the step runs where a single-GPU run would run it: on the CPU twin
+        log.warning("kmeans runs on this process, not across the Dask workers: cuML's KMeans lacks %s", gap)
+        return False
+    missing = cuml_dask_missing()
+    if missing:
+        log.warning("kmeans runs on this process's GPU, not across the Dask workers: cuml.dask does not import "
+                    "(%s); for multi-GPU KMeans: %s", missing, CUML_DASK_INSTALL)
+        return False
+    if not workers_have_gpus(client):
+        log.warning("kmeans runs on this process's GPU: not every Dask worker has a GPU (start them with "
+                    "`dask cuda worker` for multi-GPU KMeans)")
+        return False
+    return True

@@ -18,6 +18,16 @@ SILHOUETTE_MAX_EXACT = {"cpu": 30_000, "gpu": 200_000}
 SILHOUETTE_SAMPLE = 10_000
 
 
+def check_settings(evaluate_cfg) -> None:
+    """The evaluate stage's own settings (`evaluate:` in YAML, --silhouette-metrics): distances it knows."""
+    from ..errors import UserError
+
+    metrics = evaluate_cfg.silhouette_metrics
+    bad = [m for m in metrics if m not in SILHOUETTE_METRICS]
+    if bad or not metrics:
+        raise UserError(f"silhouette metrics {','.join(bad) or '(none)'}: choose from {', '.join(SILHOUETTE_METRICS)}")
+
+
 def silhouette(backend: Backend, X, labels, metric: str = "euclidean", seed: int = 0) -> dict:
     """Silhouette of the clustered rows: {"value", "rows", "exact", "ci95"} (value None when undefined)."""
     return silhouette_score(backend, X, labels, metric, SILHOUETTE_MAX_EXACT[backend.name], SILHOUETTE_SAMPLE, seed)

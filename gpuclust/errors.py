@@ -38,6 +38,7 @@ class OneLineParser(argparse.ArgumentParser):
         self.name = name
 
     def error(self, message: str):
+        """Print `NAME: error: MESSAGE (see --help)` on stderr and exit with status 2 (raises SystemExit)."""
         self.exit(2, f"{self.name}: error: {message} (see --help)\n")
 
 

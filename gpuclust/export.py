@@ -33,6 +33,9 @@ LISTING = "export.csv"
 
 @dataclass
 class ExportResult:
+    """What export_clusters did: the destination, how images were placed, images per cluster folder, and how many
+    rows were skipped."""
+
     dest: Path
     mode: str  # symlink, hardlink or copy for image files; "written" for images read again from the dataset
     clusters: dict = field(default_factory=dict)  # folder name -> images placed in it
@@ -286,6 +289,7 @@ def _ids(text: str) -> list[int]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m gpuclust.export` (RUN DEST and its flags); a usage error exits 2."""
     p = OneLineParser(
         name="gpuclust.export", prog="python -m gpuclust.export",
         description="Put a finished run's images into one folder per cluster (noise in noise/), with export.csv "
@@ -305,6 +309,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the export for `argv` (default: sys.argv) and print a one-line summary; returns 0, or 2 after printing a
+    one-line UserError on stderr. Bad flags exit 2 (SystemExit); other errors propagate."""
     args = get_args_parser().parse_args(argv)  # argparse itself exits 2 with a usage line on bad flags
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -323,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> None:
+    """Console-script entry point: `main()`'s return value as the exit status (raises SystemExit)."""
     raise SystemExit(main())
 
 

@@ -73,6 +73,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def list_names(what: str) -> str:
+    """The `--list` text for "encoders", "datasets" or "reducers" (any other value: clusterers): one aligned
+    "name  help" line each."""
     if what == "encoders":
         from .encode import encoder_help
 
@@ -94,6 +96,8 @@ def list_names(what: str) -> str:
 
 
 def print_summary(result, console=None) -> None:
+    """Print a run's metrics, stage timings (seconds) and twins as a table, then its run directory and report.html
+    when there is one; `console` defaults to a plain-text rich Console on stdout."""
     from rich.console import Console
     from rich.table import Table
 
@@ -126,6 +130,8 @@ def print_summary(result, console=None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI on `argv` (default: sys.argv): 0 on success, 2 after a one-line UserError on stderr, 130 when
+    interrupted. Bad flags exit 2 (SystemExit); other errors propagate."""
     parser = get_args_parser()
     args = parser.parse_args(argv)  # argparse itself exits 2 with a usage line on bad flags
     if args.list:
@@ -151,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> None:
+    """Console-script entry point: `main()`'s return value as the exit status (raises SystemExit)."""
     raise SystemExit(main())
 
 

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
+    """$GPUCLUST_CACHE when set, else ~/.cache/gpuclust (not created here)."""
     return Path(os.environ.get("GPUCLUST_CACHE", Path.home() / ".cache" / "gpuclust")).expanduser()
 
 
@@ -46,11 +47,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, obj) -> None:
+    """Write `obj` as indented, key-sorted JSON (str() for values JSON cannot hold), atomically (atomic_write_bytes)."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
 @dataclass
 class Shard:
+    """One shard's contents: embeddings of the rows that decoded, their row indices, and the skipped rows with
+    reasons."""
+
     emb: np.ndarray  # (n_kept, dim)
     rows: np.ndarray  # (n_kept,) dataset row indices
     skipped_rows: np.ndarray
@@ -58,6 +63,9 @@ class Shard:
 
 
 class EmbeddingStore:
+    """The shards of one dataset's embeddings under `root/<digest of key>`; creating one creates the folder and
+    writes key.json, and an existing store keeps its own shard size."""
+
     def __init__(self, root: Path | str, key: dict, n_rows: int, shard_size: int = 2048):
         self.key = {**key, "n_rows": int(n_rows), "store_format": STORE_FORMAT}
         self.digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:20]
@@ -77,15 +85,18 @@ class EmbeddingStore:
         return max(1, -(-self.n_rows // self.shard_size))
 
     def shard_range(self, i: int) -> range:
+        """The dataset rows shard i covers (the last shard may be short)."""
         return range(i * self.shard_size, min(self.n_rows, (i + 1) * self.shard_size))
 
     def _path(self, i: int) -> Path:
         return self.dir / f"shard-{i:06d}.npz"
 
     def has(self, i: int) -> bool:
+        """Whether shard i's file exists (a shard file exists only when whole)."""
         return self._path(i).is_file()
 
     def missing(self) -> list[int]:
+        """Indices of the shards not yet written, ascending."""
         return [i for i in range(self.n_shards) if not self.has(i)]
 
     @property
@@ -93,6 +104,7 @@ class EmbeddingStore:
         return (self.dir / "complete.json").is_file()
 
     def write(self, i: int, shard: Shard) -> None:
+        """Save `shard` as shard i's .npz, atomically (replacing any earlier one)."""
         buf = io.BytesIO()
         np.savez(buf, emb=shard.emb, rows=shard.rows.astype(np.int64),
                  skipped_rows=shard.skipped_rows.astype(np.int64),
@@ -100,10 +112,12 @@ class EmbeddingStore:
         atomic_write_bytes(self._path(i), buf.getvalue())
 
     def read(self, i: int) -> Shard:
+        """Shard i as written; raises OSError (FileNotFoundError) when it is not there."""
         with np.load(self._path(i), allow_pickle=False) as z:
             return Shard(z["emb"], z["rows"], z["skipped_rows"], z["skipped_reasons"])
 
     def mark_complete(self, dim: int) -> None:
+        """Write complete.json (embedding `dim` and shard count), which makes `complete` true."""
         atomic_write_json(self.dir / "complete.json", {"dim": int(dim), "n_shards": self.n_shards})
 
     @property
@@ -156,6 +170,8 @@ class Donors:
 
     @classmethod
     def find(cls, store: EmbeddingStore, ids: np.ndarray) -> "Donors | None":
+        """Donors for `store`'s missing rows (identities `ids`; 0 never matches) from sibling stores with the same
+        model key, first store found winning; None when no row is found. Logs how many rows were found."""
         ids = np.asarray(ids, dtype=np.uint64)
         want = _model_key(store.key)
         need = np.zeros(len(ids), dtype=bool)
@@ -271,12 +287,14 @@ class ReductionCache:
         return self.dir / f"{digest}.npy", self.dir / f"{digest}.json"
 
     def get(self, key: dict) -> tuple[np.ndarray, dict] | None:
+        """(reduced array, the info saved with it plus "key") for `key`, or None when no complete entry exists."""
         arr, meta = self._paths(key)
         if not (arr.is_file() and meta.is_file()):
             return None
         return np.load(arr, allow_pickle=False), json.loads(meta.read_text())
 
     def put(self, key: dict, Z: np.ndarray, info: dict) -> None:
+        """Store `Z` and `info` under `key`, atomically, creating the `reduced/` folder when needed."""
         self.dir.mkdir(parents=True, exist_ok=True)
         arr, meta = self._paths(key)
         buf = io.BytesIO()

@@ -24,12 +24,15 @@ class RowChunks:
     dim: int
 
     def chunk_ids(self) -> list:
+        """The ids of the chunks, in row order."""
         raise NotImplementedError  # pragma: no cover
 
     def chunk_len(self, cid) -> int:
+        """The number of rows in chunk `cid`, without reading it."""
         raise NotImplementedError  # pragma: no cover
 
     def read(self, cid) -> np.ndarray:
+        """Chunk `cid`'s rows as a float32 (rows, dim) array."""
         raise NotImplementedError  # pragma: no cover
 
     @property
@@ -77,15 +80,19 @@ class ArrayRows(RowChunks):
         self.n_rows, self.dim = int(X.shape[0]), int(X.shape[1])
 
     def chunk_ids(self) -> list:
+        """The first row of each chunk of `chunk_rows` rows."""
         return list(range(0, self.n_rows, self.chunk_rows))
 
     def chunk_len(self, cid) -> int:
+        """Rows in the chunk starting at row `cid`."""
         return min(self.chunk_rows, self.n_rows - cid)
 
     def read(self, cid):
+        """A view of the array's rows from `cid`, in its own dtype and on its own device (no copy)."""
         return self.X[cid:cid + self.chunk_rows]
 
     def take(self, positions):
+        """The rows at `positions`, indexed on the array's device (CuPy positions for a device array)."""
         if hasattr(self.X, "__cuda_array_interface__"):
             import cupy
 
@@ -93,6 +100,7 @@ class ArrayRows(RowChunks):
         return self.X[positions]
 
     def load(self, backend):
+        """The array itself as a backend array (`backend.asarray`, which may copy to or from the device)."""
         return backend.asarray(self.X)
 
 
@@ -116,12 +124,15 @@ class StoreRows(RowChunks):
         self.n_rows = int(len(self.rows))
 
     def chunk_ids(self) -> list:
+        """The store's shard indices, one chunk per shard."""
         return list(range(self.store.n_shards))
 
     def chunk_len(self, cid) -> int:
+        """The decoded rows in shard `cid` (its skipped images not counted)."""
         return self._lens[cid]
 
     def read(self, cid) -> np.ndarray:
+        """Shard `cid`'s embeddings as float32."""
         with np.load(self.store._path(cid), allow_pickle=False) as z:
             return np.asarray(z["emb"], dtype=np.float32)
 
@@ -167,13 +178,16 @@ class NpyRows(RowChunks):
         self.chunk_rows = max(1024, chunk_bytes // (4 * self.dim))  # ~32 MB of float32 per chunk
 
     def chunk_ids(self) -> list:
+        """(file index, first row in that file) per chunk of about `chunk_bytes` of float32; chunks never span files."""
         return [(p, s) for p, (_, _, _, rows) in enumerate(self.parts) for s in range(0, rows, self.chunk_rows)]
 
     def chunk_len(self, cid) -> int:
+        """Rows in chunk `cid` = (file index, first row)."""
         p, s = cid
         return min(self.chunk_rows, self.parts[p][3] - s)
 
     def read(self, cid) -> np.ndarray:
+        """Chunk `cid` read from its file into a fresh buffer (no memory map), as float32."""
         p, s = cid
         path, dtype, offset, _ = self.parts[p]
         n = self.chunk_len(cid)

@@ -42,6 +42,9 @@ class FaissKMeans:
             init, max_points_per_centroid, spherical, gpu)
 
     def fit(self, X, y=None):
+        """Train on X (NumPy or CuPy, copied to host float32) and set cluster_centers_, labels_, inertia_ (squared
+        euclidean), n_iter_ and training_rows_; returns self. MissingDependency without faiss; UserError unless
+        1 <= n_clusters <= rows."""
         faiss = require("faiss", "--cluster faiss_kmeans", FAISS_INSTALL)
         X = _host_rows(X)
         n, d = X.shape
@@ -66,9 +69,11 @@ class FaissKMeans:
         return self
 
     def predict(self, X):
+        """The nearest centroid of each row of X, as host int64 labels (after `fit`)."""
         return self._index.search(_host_rows(X), 1)[1][:, 0].astype(np.int64)
 
     def fit_predict(self, X, y=None):
+        """`fit(X)` and return its labels_ (host int64)."""
         return self.fit(X).labels_
 
     def __getstate__(self):  # a faiss index does not pickle; the centroids rebuild it

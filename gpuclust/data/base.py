@@ -39,6 +39,7 @@ class ImageDataset:
         raise NotImplementedError
 
     def load(self, i: int):  # pragma: no cover - overridden
+        """Row i as an RGB PIL image; raises SkipImage when it cannot be used."""
         raise NotImplementedError
 
     def read_bytes(self, i: int) -> bytes:
@@ -88,25 +89,30 @@ class ArrayDataset(ImageDataset):
         return len(self.images)
 
     def load(self, i: int):
+        """Row i as an RGB PIL image (grayscale rows are converted)."""
         from PIL import Image
 
         return Image.fromarray(self.images[i]).convert("RGB")
 
     def native_size(self) -> int | None:
+        """The shorter side (px) of the array's images, or None for an empty array."""
         return int(min(self.images.shape[1:3])) if len(self.images) else None
 
     def fingerprint(self) -> str:
+        """16 hex digits of SHA-256 over the pixels (and the labels, when there are any)."""
         h = hashlib.sha256(np.ascontiguousarray(self.images).tobytes())
         if self.labels is not None:
             h.update(np.ascontiguousarray(self.labels).tobytes())
         return h.hexdigest()[:16]
 
     def row_ids(self) -> np.ndarray:
+        """A uint64 identity per row, hashed from its pixels and the image shape."""
         images = np.ascontiguousarray(self.images)
         return hash_ids([b"array\0" + bytes(str(images.shape[1:]), "ascii") + images[i].tobytes()
                          for i in range(len(images))])
 
     def take(self, rows) -> "ArrayDataset":
+        """A new ArrayDataset of `rows` (indices, in that order) with their labels; classes are kept whole."""
         rows = np.asarray(rows, dtype=np.int64)
         return ArrayDataset(
             spec=self.spec,
@@ -128,6 +134,9 @@ class FileDataset(ImageDataset):
         return len(self.paths or [])
 
     def load(self, i: int):
+        """Row i's file as an RGB PIL image, turned upright by its EXIF orientation.
+
+        Raises SkipImage for a row marked bad or a file that cannot be opened or decoded."""
         from PIL import Image, ImageOps
 
         if i in self.bad:
@@ -141,6 +150,7 @@ class FileDataset(ImageDataset):
             raise SkipImage(f"{type(exc).__name__}: {exc}") from None
 
     def read_bytes(self, i: int) -> bytes:
+        """The raw bytes of row i's file; raises SkipImage for a row marked bad or a file that cannot be read."""
         if i in self.bad:
             raise SkipImage(self.bad[i])
         try:
@@ -150,6 +160,8 @@ class FileDataset(ImageDataset):
             raise SkipImage(f"{type(exc).__name__}: {exc}") from None
 
     def fingerprint(self) -> str:
+        """16 hex digits of SHA-256 over each path with its size and modification time (or "missing"), and the
+        labels when there are any."""
         h = hashlib.sha256()
         for p in self.paths or []:
             try:
@@ -162,6 +174,7 @@ class FileDataset(ImageDataset):
         return h.hexdigest()[:16]
 
     def row_ids(self) -> np.ndarray:
+        """A uint64 identity per row from its file's real path, size and modification time; 0 for rows marked bad."""
         texts = []
         for p in self.paths or []:
             try:
@@ -175,6 +188,7 @@ class FileDataset(ImageDataset):
         return ids
 
     def take(self, rows) -> "FileDataset":
+        """A new FileDataset of `rows` (indices, in that order), keeping their labels and bad-row reasons."""
         rows = np.asarray(rows, dtype=np.int64)
         paths = self.paths or []
         return FileDataset(
@@ -215,6 +229,7 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def encode_labels(names: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """(int64 class id per name, the sorted distinct names): ids index into the sorted names."""
     classes = sorted(set(names))
     index = {c: i for i, c in enumerate(classes)}
     return np.array([index[n] for n in names], dtype=np.int64), classes

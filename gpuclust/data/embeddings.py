@@ -20,6 +20,8 @@ from ..stream import NpyRows
 
 @dataclass
 class EmbeddingSource:
+    """Precomputed embeddings: `matrix` streams the rows; labels/classes when label files were found."""
+
     spec: str
     matrix: NpyRows
     labels: np.ndarray | None = None
@@ -57,6 +59,9 @@ def _load_labels(files: list[Path]) -> np.ndarray:
 
 
 def embedding_source(spec: str, limit: int | None = None, subsample: str = "first") -> EmbeddingSource:
+    """The EmbeddingSource for `embeddings:PATH`, cut to the first `limit` rows (labels cut to match).
+
+    Raises UserError for a missing path, a subsample other than "first", or labels that do not match the rows."""
     arg = spec.partition(":")[2]
     if not arg:
         raise UserError("embeddings:PATH needs a .npy file or a folder of .npy files")

@@ -20,6 +20,9 @@ def _existing_dir(path: str, spec: str) -> Path:
 
 
 def image_folder(path: str) -> FileDataset:
+    """`imagefolder:PATH`: images under each non-hidden sub-folder, labelled by the sub-folder's name.
+
+    Raises UserError when the folder is missing or its class sub-folders hold no images."""
     spec = f"imagefolder:{path}"
     root = _existing_dir(path, spec)
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -36,6 +39,7 @@ def image_folder(path: str) -> FileDataset:
 
 
 def plain_folder(path: str) -> FileDataset:
+    """`folder:PATH`: every image under the folder, recursively, without labels; UserError when there are none."""
     spec = f"folder:{path}"
     root = _existing_dir(path, spec)
     paths = [str(f) for f in list_images(root)]

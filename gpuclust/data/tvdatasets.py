@@ -33,6 +33,7 @@ class TorchvisionDataset(ImageDataset):
         return len(self.rows)
 
     def load(self, i: int):
+        """Row i's image as RGB PIL (numpy images converted); SkipImage when the source raises OSError/ValueError."""
         try:
             img = self.source[int(self.rows[i])][0]
         except (OSError, ValueError) as exc:
@@ -44,6 +45,7 @@ class TorchvisionDataset(ImageDataset):
         return img.convert("RGB")
 
     def fingerprint(self) -> str:
+        """16 hex digits of SHA-256 over the dataset's identity (name, root, split, size), the rows and labels."""
         h = hashlib.sha256(self.ident.encode())
         h.update(np.ascontiguousarray(self.rows).tobytes())
         if self.labels is not None:
@@ -51,11 +53,13 @@ class TorchvisionDataset(ImageDataset):
         return h.hexdigest()[:16]
 
     def row_ids(self) -> np.ndarray:
+        """A uint64 identity per row from the dataset's identity and the row's index in it (not its pixels)."""
         from .base import hash_ids
 
         return hash_ids([f"torchvision\0{self.ident}\0{r}" for r in self.rows.tolist()])
 
     def take(self, rows) -> "TorchvisionDataset":
+        """A new TorchvisionDataset of `rows` (indices, in that order) over the same source object."""
         rows = np.asarray(rows, dtype=np.int64)
         return TorchvisionDataset(spec=self.spec, labels=None if self.labels is None else self.labels[rows],
                                   classes=self.classes, description=self.description, source=self.source,
@@ -75,6 +79,9 @@ def _labels(ds) -> np.ndarray | None:
 
 
 def torchvision_dataset(arg: str, download: bool = False) -> TorchvisionDataset:
+    """The dataset for `NAME:ROOT[:SPLIT]` (SPLIT defaults to test), downloaded only when `download` is true.
+
+    Raises MissingDependency without torchvision, UserError for an unknown name or split or data not under ROOT."""
     tvd = require("torchvision.datasets", "torchvision datasets", "pip install torchvision")
     name, _, rest = arg.partition(":")
     root, _, split = rest.partition(":")

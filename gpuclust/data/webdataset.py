@@ -57,6 +57,7 @@ class WebDataset(ImageDataset):
         return len(self.index)
 
     def read_bytes(self, i: int) -> bytes:
+        """Row i's image member's bytes, read at its offset in its shard; SkipImage for a bad row or a read error."""
         if i in self.bad:
             raise SkipImage(self.bad[i])
         shard, offset, size = (int(v) for v in self.index[i])
@@ -68,6 +69,7 @@ class WebDataset(ImageDataset):
             raise SkipImage(f"{type(exc).__name__}: {exc}") from None
 
     def load(self, i: int):
+        """Row i as an RGB PIL image turned upright by EXIF; SkipImage when it cannot be read or decoded."""
         from PIL import Image, ImageOps
 
         data = self.read_bytes(i)
@@ -78,6 +80,7 @@ class WebDataset(ImageDataset):
             raise SkipImage(f"{type(exc).__name__}: {exc}") from None
 
     def fingerprint(self) -> str:
+        """16 hex digits of SHA-256 over the shards' identity, the member index and the labels."""
         h = hashlib.sha256(self.ident.encode())
         h.update(np.ascontiguousarray(self.index).tobytes())
         if self.labels is not None:
@@ -103,6 +106,7 @@ class WebDataset(ImageDataset):
         return ids
 
     def take(self, rows) -> "WebDataset":
+        """A new WebDataset of `rows` (indices, in that order) over the same shards, keeping bad-row reasons."""
         rows = np.asarray(rows, dtype=np.int64)
         return WebDataset(spec=self.spec, labels=None if self.labels is None else self.labels[rows],
                           classes=self.classes, paths=[self.paths[i] for i in rows], description=self.description,
@@ -127,6 +131,9 @@ def _labels(arg: str, keys: list[str], cls: dict) -> tuple[np.ndarray | None, di
 
 
 def webdataset(arg: str) -> WebDataset:
+    """Index the uncompressed tar shards named by `arg` (tar headers only) into a WebDataset.
+
+    Raises UserError when there are no shards, one is missing or not an uncompressed tar, or none holds an image."""
     if not arg:
         raise UserError("webdataset:SHARDS needs shards, e.g. webdataset:data/train-{000000..000099}.tar")
     shards = expand_shards(arg)

@@ -28,6 +28,7 @@ _WORKER_STATE: dict = {}  # per worker process: config key -> (dataset, encoder,
 
 
 def wants_cluster(cfg) -> bool:
+    """Whether the run's config asks for Dask: --workers, --scheduler-address, or more than one GPU."""
     return bool(cfg.workers) or bool(cfg.scheduler_address) or cfg.gpus > 1
 
 

@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Embeddings:
+    """A dataset's embeddings: the matrix `X` of the rows that decoded and their dataset `rows`, the skipped rows
+    with reasons, and how many rows this run encoded and how many it took from stores."""
+
     X: object  # xp array (n_kept, dim), float32, on the backend's device; or RowChunks read from disk (streamed)
     rows: np.ndarray  # dataset row of each embedding
     skipped: list[tuple[int, str]] = field(default_factory=list)

@@ -35,6 +35,7 @@ CHECK_ROWS = 16  # images of the first batch that torch encodes too (all 128 wou
 
 
 def has_onnxruntime() -> bool:
+    """Whether both onnxruntime and onnx are installed (found, not imported)."""
     return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
 
 

@@ -34,6 +34,9 @@ FB = "https://dl.fbaipublicfiles.com"
 
 @dataclass(frozen=True)
 class ZooEntry:
+    """One encoder of the zoo: its architecture, what it was trained on, where its weights come from, how its
+    embedding is pooled and its dimension."""
+
     arch: str  # torchvision:NAME or timm:NAME (architecture, built without weights)
     training: str
     source: str  # torchvision:ENUM, url:URL, timm:TAG, random

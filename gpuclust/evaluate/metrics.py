@@ -30,6 +30,8 @@ def _entropy(xp, counts):
 
 
 def mutual_info(xp, C):
+    """Mutual information (nats, float64, clamped at 0) of the contingency table `C`, as a 0-d `xp` array on C's
+    device."""
     N = C.sum().astype(xp.float64)
     a = C.sum(axis=1).astype(xp.float64)
     b = C.sum(axis=0).astype(xp.float64)
@@ -132,6 +134,8 @@ def homogeneity_completeness(backend: Backend, labels_true, labels_pred) -> tupl
 
 
 def fowlkes_mallows(backend: Backend, labels_true, labels_pred) -> float:
+    """Fowlkes-Mallows index (geometric mean of pairwise precision and recall) as a float; 0.0 when no pair of rows
+    shares both a class and a cluster."""
     xp = backend.xp
     C = contingency(xp, labels_true, labels_pred)
     n = int(C.sum())

@@ -75,6 +75,7 @@ def _direct(metric: str, X, Y):
 
 
 def has_faiss() -> bool:
+    """Whether faiss imports (this imports it)."""
     try:
         import faiss  # noqa: F401
     except ImportError:
@@ -128,6 +129,8 @@ class ExactQueryIndex:
         self.data, self.metric, self._search = data, metric, None
 
     def query(self, X, k: int, epsilon: float | None = None):
+        """(int32 indices into the fitted rows, float32 distances) of each row of X's k exact nearest neighbours,
+        nearest first; `epsilon` is ignored. The search is built on the first call."""
         if self._search is None:
             self._search = self._build()
         idx, dist = self._search(np.asarray(X, dtype=np.float32), k)

@@ -25,6 +25,7 @@ VERSIONED = ["gpuclust", "numpy", "scipy", "scikit-learn", "umap-learn", "torch"
 
 
 def versions() -> dict:
+    """{"python": version, distribution: version} for the VERSIONED distributions installed (absent ones left out)."""
     out = {"python": sys.version.split()[0]}
     for dist in VERSIONED:
         try:
@@ -35,6 +36,8 @@ def versions() -> dict:
 
 
 def device_description(backend) -> dict:
+    """Backend name, platform, CPU model and count, host memory in bytes (None when unknown), and on a GPU backend
+    the GPU's name and memory in bytes (imports CuPy)."""
     info = {"backend": backend.name, "platform": platform.platform(), "cpu": _cpu_name(),
             "cpu_count": os.cpu_count(), "memory_bytes": _memory_bytes()}
     if backend.is_gpu:
@@ -239,6 +242,7 @@ def write_labels(path: Path, rows: np.ndarray, paths, labels_true, labels_pred, 
 
 
 def write_skipped(path: Path, skipped: list[tuple[int, str]], paths) -> None:
+    """Write skipped.csv atomically: row, path (empty without `paths`), reason, one line per skipped row."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["row", "path", "reason"])

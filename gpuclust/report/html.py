@@ -52,6 +52,8 @@ def _scatter(ax, P, labels, title):
 
 
 def plot_map(path: Path, P, labels_pred, labels_true) -> None:
+    """Save a PNG scatter of the 2-D points `P` coloured by predicted cluster (noise grey), beside one coloured by
+    true class when `labels_true` is given."""
     plt = _plt()
     panels = 1 if labels_true is None else 2
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 5.5), squeeze=False)
@@ -65,6 +67,8 @@ def plot_map(path: Path, P, labels_pred, labels_true) -> None:
 
 
 def plot_contingency(path: Path, labels_true, labels_pred, classes) -> None:
+    """Save a PNG heatmap of the fraction of each true class in each cluster, clusters ordered by majority class;
+    rows are named from `classes` when given."""
     plt = _plt()
     ut, it = np.unique(labels_true, return_inverse=True)
     up, ip = np.unique(labels_pred, return_inverse=True)
@@ -88,6 +92,7 @@ def plot_contingency(path: Path, labels_true, labels_pred, classes) -> None:
 
 
 def plot_sizes(path: Path, labels_pred) -> None:
+    """Save a PNG bar chart of cluster sizes, largest first, with noise (label < 0) in grey."""
     plt = _plt()
     u, counts = np.unique(labels_pred, return_counts=True)
     order = np.argsort(-counts)

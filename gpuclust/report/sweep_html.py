@@ -61,6 +61,7 @@ def plot_silhouette_vs_ami(path: Path, groups: dict[str, list[tuple[str, float, 
 
 
 def plot_ranking(path: Path, labels: list[str], values: list[float], metric: str) -> None:
+    """Save a PNG of horizontal bars, one per run label with its `metric` value, in the given order from the top."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 0.8 + 0.28 * len(labels)))
     ax.barh(range(len(labels)), values, color="tab:blue")

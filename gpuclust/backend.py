@@ -38,6 +38,7 @@ class Backend:
         return "cuda" if self.is_gpu else "cpu"
 
     def asarray(self, x: Any, dtype: Any = None):
+        """x as this twin's array (numpy or CuPy), copied only where it must move or change type."""
         return self.xp.asarray(x, dtype=dtype)
 
     def from_torch(self, tensor):
@@ -80,6 +81,7 @@ class Backend:
 
 
 def cpu_backend() -> Backend:
+    """The CPU twin: numpy and scipy."""
     import scipy.special
 
     return Backend("cpu", np, scipy.special)
@@ -105,6 +107,7 @@ def gpu_available() -> tuple[bool, str]:
 
 
 def gpu_backend() -> Backend:
+    """The GPU twin: CuPy and cupyx.scipy; UserError naming what is missing when it cannot run here."""
     ok, reason = gpu_available()
     if not ok:
         raise UserError(reason)

@@ -197,6 +197,8 @@ def cached(store_dir: str | None, key: dict, backend: Backend, compute):
 
 
 def reduce_stage(X, cfg: RunConfig, backend: Backend, store_dir: str | None = None, rows=None, client=None):
+    """(Z, twin): the reduced space cfg.reduce asks for, from the reduction cache beside the embeddings when it holds
+    it; streamed rows (RowChunks) are fitted on cfg.reduce.fit_sample and transformed chunk by chunk."""
     from .reduce import KNN_AUTO_RULE, SEED_RULE, reduce, reduce_streamed
     from .stream import RowChunks
 

@@ -157,3 +157,15 @@ def test_cupy_in_cupy_out_on_the_gpu_twin():
     pred = model.fit_predict(cupy.asarray(X, dtype=cupy.float32))
     assert isinstance(pred, cupy.ndarray) and isinstance(model.embedding_, cupy.ndarray)
     assert model.twins_ == {"reduce": "gpu", "cluster": "gpu"} and gc.score(y, pred.get())["ami"] > 0.6
+
+
+def test_the_readmes_python_quick_start_runs():
+    """The README's Python block, up to the part that needs a user's photos and a downloaded encoder."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Python", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    offline = block.split("photos =", 1)[0]
+    scope: dict = {}
+    exec(compile(offline, "README.md", "exec"), scope)  # noqa: S102 - the README's own code
+    labels, model = scope["labels"], scope["model"]
+    assert labels.shape == (1797,) and model.n_clusters_ == 10
+    assert gc.score(gc.load_dataset("digits").labels, labels)["ami"] > 0.6

@@ -137,6 +137,8 @@ def zscore(xp, X):
 
 
 def normalize(backend: Backend, Z, how: str):
+    """Z after the reducer: as it is ("none"), rows to unit length ("l2"), per-dimension z-score ("zscore"), or the
+    study's spherical z-score (centred, divided by the mean per-dimension standard deviation)."""
     xp = backend.xp
     if how == "none":
         return Z
@@ -287,6 +289,8 @@ def _fit_umap(est, method: str, backend: Backend, X):
 
 
 def umap(X, dims: int, params: dict, backend: Backend, seed: int = 0):
+    """(Z as float32, twin): UMAP of X to `dims` with the study's defaults under `params`, on the neighbour graph
+    `params["knn"]` chooses (see KNN)."""
     dims, p, knn = _umap_settings(X.shape[0], dims, params, seed, backend)
     _graph(X, knn, p, backend)
     est = make_estimator("umap", backend, n_components=dims, **p)

@@ -133,6 +133,8 @@ def _cell(v):
 
 @dataclass
 class Run:
+    """One grid point of a sweep: its settings (a RunConfig whose output is its run directory) and its names."""
+
     index: int  # 1-based position in the grid
     cfg: object  # RunConfig with output = the run directory relative to the sweep directory
     flat: dict  # dotted settings -> value

@@ -24,6 +24,8 @@ _EXPORTS = {
     "load_dataset": "gpuclust.data",
     "list_datasets": "gpuclust.data",
     "list_clusterers": "gpuclust.cluster",
+    "register_clusterer": "gpuclust.cluster",
+    "Algorithm": "gpuclust.backend",
     "Encoder": "gpuclust.encode",
     "create_encoder": "gpuclust.encode",
     "list_encoders": "gpuclust.encode",

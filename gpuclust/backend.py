@@ -31,15 +31,25 @@ class Backend:
 
     @property
     def is_gpu(self) -> bool:
+        """Whether this is the GPU twin."""
         return self.name == "gpu"
 
     @property
     def torch_device(self) -> str:
+        """torch's name for this twin's device: "cuda" or "cpu"."""
         return "cuda" if self.is_gpu else "cpu"
 
     def asarray(self, x: Any, dtype: Any = None):
-        """x as this twin's array (numpy or CuPy), copied only where it must move or change type."""
+        """x as this twin's array (numpy or CuPy), copied only where it must move or change type (a device array
+        comes to the host for the CPU twin)."""
+        if not self.is_gpu and is_device_array(x):
+            x = x.get()
         return self.xp.asarray(x, dtype=dtype)
+
+    def takes_device_arrays(self, obj: Any) -> bool:
+        """Whether a user's ready estimator computes on this twin's device: cuML's objects take device arrays on the
+        GPU twin; everything else (scikit-learn, umap-learn, hdbscan) takes host arrays."""
+        return self.is_gpu and type(obj).__module__.split(".")[0] == "cuml"
 
     def from_torch(self, tensor):
         """Torch tensor -> xp array without a host copy on the GPU (DLPack)."""
@@ -78,6 +88,18 @@ class Backend:
         import torch
 
         return int(torch.cuda.max_memory_allocated())
+
+
+def is_device_array(x: Any) -> bool:
+    """Whether x lives on a GPU (CuPy, or anything with the CUDA array interface)."""
+    return hasattr(x, "__cuda_array_interface__")
+
+
+def backend_for(x: Any, device: str) -> Backend:
+    """The twin for `device`, where "auto" follows the data: a device array runs on the GPU twin."""
+    if device == "auto" and is_device_array(x):
+        return resolve_backend("gpu")
+    return resolve_backend(device)
 
 
 def cpu_backend() -> Backend:
@@ -193,9 +215,10 @@ ALGORITHMS: dict[str, Algorithm] = {}
 
 
 def register(algo: Algorithm) -> Algorithm:
-    """Add a record to the table (a stage's registry calls this); a name is registered once."""
-    if algo.name in ALGORITHMS and ALGORITHMS[algo.name] is not algo:
-        raise ValueError(f"algorithm {algo.name!r} is registered twice")
+    """Add a record to the table (a stage's registry calls this). Registering a name again replaces its record, with
+    a warning (a notebook cell run twice)."""
+    if algo.name in ALGORITHMS and ALGORITHMS[algo.name] != algo:
+        log.warning("%s: registered again; the new record replaces the old one", algo.name)
     ALGORITHMS[algo.name] = algo
     _user_keywords.cache_clear()
     return algo

@@ -11,33 +11,17 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin
 
-from .backend import Backend, resolve_backend
+from .backend import Backend, backend_for, is_device_array
 from .errors import UserError
 
-
-def is_device_array(X: Any) -> bool:
-    """Whether X lives on a GPU (CuPy, or anything with the CUDA array interface)."""
-    return hasattr(X, "__cuda_array_interface__")
-
-
-def backend_for(X: Any, device: str) -> Backend:
-    """The twin for `device`, where `auto` follows the data: CuPy input runs on the GPU twin."""
-    if device == "auto" and is_device_array(X):
-        return resolve_backend("gpu")
-    return resolve_backend(device)
-
-
-def _runs_on_device(obj: Any) -> bool:
-    """A ready object from cuML takes device arrays; anything else (scikit-learn, umap-learn, hdbscan) host arrays."""
-    return type(obj).__module__.split(".")[0] == "cuml"
+__all__ = ["Clusterer", "call_ready", "backend_for", "is_device_array"]
 
 
 def call_ready(obj: Any, method: str, X, backend: Backend):
     """`obj.method(X)` for a user's ready object, with X where the object computes, the result back on `backend`."""
     if not hasattr(obj, method):
         raise UserError(f"{type(obj).__name__} has no {method}(); give a name or an object that has one")
-    on_device = backend.is_gpu and _runs_on_device(obj)
-    out = getattr(obj, method)(X if on_device else backend.to_host(X))
+    out = getattr(obj, method)(X if backend.takes_device_arrays(obj) else backend.to_host(X))
     return backend.asarray(out)
 
 
@@ -87,8 +71,10 @@ class Clusterer(ClusterMixin, BaseEstimator):
     def fit(self, X, y=None) -> "Clusterer":
         """Reduce and cluster X (n_rows x n_features). `y`, when given, only supplies k = its number of classes for
         a clusterer that takes k and was given none."""
+        self.check_settings()
         backend = backend_for(X, self.device)
         Xb = _as_rows(X, backend)
+        y = _labels(y, Xb.shape[0])
         Z, reduce_twin = self._reduce(Xb, backend)
         if self.clusterer is None:
             return self._set_fitted(backend, Z, None, {"reduce": reduce_twin}, {}, not is_device_array(X))
@@ -105,13 +91,36 @@ class Clusterer(ClusterMixin, BaseEstimator):
             self.n_clusters_ = int(len(np.unique(backend.to_host(labels[labels >= 0]))))
         return self
 
-    def fit_predict(self, X, y=None, **kwargs):
+    def fit_predict(self, X, y=None):
         """`fit(X, y)` and return `labels_`."""
+        if self.clusterer is None:
+            raise UserError("clusterer=None reduces only: use fit_transform(X), or name a clusterer")
         return self.fit(X, y).labels_
 
     def fit_transform(self, X, y=None):
         """`fit(X, y)` and return `embedding_` (the reduced rows)."""
         return self.fit(X, y).embedding_
+
+    def check_settings(self) -> None:
+        """The named steps' settings, checked before any work (one-line UserError): an unknown name, a keyword the
+        class does not take, a bad value, k given twice."""
+        from .cluster.settings import check_settings as check_cluster
+        from .config import ClusterConfig, ReduceConfig
+        from .reduce.settings import check_settings as check_reduce
+
+        if self.reducer is None or isinstance(self.reducer, str):
+            check_reduce(ReduceConfig(method=self.reducer or "none", dims=self.n_components,
+                                      params=dict(self.reducer_params or {}), normalize=self.normalize))
+        if isinstance(self.clusterer, str):
+            params = dict(self.clusterer_params or {})
+            check_cluster(ClusterConfig(method=self.clusterer, k=self.n_clusters, k_range=tuple(self.k_range),
+                                        params=params))
+            from .cluster import CLUSTERERS
+
+            key = CLUSTERERS[self.clusterer].k_param
+            if self.n_clusters is not None and key in params:
+                raise UserError(f"{self.clusterer}: k given twice (n_clusters={self.n_clusters} and "
+                                f"clusterer_params {key}={params[key]}); give one")
 
     def _reduce(self, X, backend: Backend):
         from .reduce import reduce
@@ -135,7 +144,7 @@ class Clusterer(ClusterMixin, BaseEstimator):
         from .cluster import CLUSTERERS
 
         params, k, extra = dict(self.clusterer_params or {}), self.n_clusters, {}
-        n_classes = None if y is None else int(len(np.unique(np.asarray(backend.to_host(backend.asarray(y))))))
+        n_classes = None if y is None else int(len(np.unique(y)))
         algo = CLUSTERERS.get(self.clusterer)
         if algo is not None and algo.needs_k(params) and k is None and n_classes is None \
                 and algo.k_param not in params:
@@ -163,6 +172,18 @@ def _as_rows(X, backend: Backend):
     Xb = backend.asarray(X)
     if Xb.ndim != 2:
         raise UserError(f"expected a 2-D array of rows x features, got shape {tuple(Xb.shape)}")
+    if Xb.shape[0] < 2:
+        raise UserError(f"expected at least 2 rows to cluster, got {Xb.shape[0]}")
     if not xp.issubdtype(Xb.dtype, xp.floating):
         Xb = Xb.astype(xp.float32)
     return Xb
+
+
+def _labels(y, n_rows: int) -> np.ndarray | None:
+    """y on the host (any label type: numbers or names), checked against the rows."""
+    if y is None:
+        return None
+    y = np.asarray(y.get() if is_device_array(y) else y)
+    if y.ndim != 1 or y.shape[0] != n_rows:
+        raise UserError(f"y: expected one label per row ({n_rows}), got shape {tuple(y.shape)}")
+    return y

@@ -26,7 +26,7 @@ from .errors import OneLineParser, UserError, one_line
 log = logging.getLogger(__name__)
 
 MODES = ("symlink", "hardlink", "copy")
-FILE_SOURCES = ("imagefolder", "folder", "csv", "parquet")  # rows are image files on disk, linked as they are
+FILE_SOURCES = ("imagefolder", "folder", "csv", "parquet", "paths")  # paths: a list of files, from Python  # rows are image files on disk, linked as they are
 MARKER = "export.json"  # written first: it marks a folder --force may replace, even an export that was killed
 LISTING = "export.csv"
 
@@ -144,6 +144,9 @@ def _reopen(config: dict):
 
     data, resolved = config.get("data") or {}, config.get("resolved") or {}
     spec = data.get("spec", "")
+    if resolved.get("dataset_object"):
+        raise UserError(f"{spec}: the run clustered a dataset object handed over from Python, which a spec cannot "
+                        "load again; export from Python (the result's to_frame() lists each row's cluster)")
     ds = load_dataset(spec, data.get("limit"), data.get("root"), data.get("subsample", "first"),
                       config.get("seed", 0))
     changed = resolved.get("dataset_rows") not in (None, len(ds))

@@ -31,7 +31,9 @@ def cluster_images(data: Any, encoder: Any = "efficientnet_lite0", clusterer: An
     from .checks import check_against_data, check_config, check_values
     from .pipeline import StageTimer, compute
 
+    data = as_data(data)
     model = as_clusterer(clusterer)
+    model.check_settings()  # a bad name or keyword costs no encoding
     named = isinstance(model.reducer, (str, type(None))) and isinstance(model.clusterer, str)
     enc = None if isinstance(encoder, str) else _ready_encoder(encoder)
     cfg = run_config(data, encoder if enc is None else enc.name, model, limit=limit, subsample=subsample,
@@ -50,6 +52,8 @@ def cluster_images(data: Any, encoder: Any = "efficientnet_lite0", clusterer: An
     if named:
         check_against_data(cfg, ds)
     result = compute(cfg, ds, backend, timer, progress, encoder=enc, model=None if named else model)
+    if not isinstance(data, (str, list, tuple)) and not hasattr(data, "__fspath__"):
+        result.config["resolved"]["dataset_object"] = True  # its rows: not what the spec alone loads
     if named:
         twins = {k: result.twins[k] for k in ("reduce", "cluster")}
         model._set_fitted(backend, result.embedding_device, result.labels_device, twins,
@@ -63,10 +67,11 @@ def cluster_images(data: Any, encoder: Any = "efficientnet_lite0", clusterer: An
 def embed(data: Any, encoder: Any = "efficientnet_lite0", *, limit: int | None = None, subsample: str = "first",
            device: str = "auto", cache_dir: str | None = None, batch_size: int = 128, num_workers: int = 0,
            precision: str = "fp32", runtime: str = "auto", preprocess: str = "default", weights: str | None = None,
-           arch: str | None = None, progress: bool = True, seed: int = 0):
+           arch: str | None = None, progress: bool = True, seed: int = 0, return_rows: bool = False):
     """The embeddings (rows x dim, float32) of every readable image, from the embedding store where it holds them:
     numpy on the CPU twin, CuPy on the GPU twin (handed over from torch without a copy). Unreadable images are left
-    out with a warning; `gpuclust.cluster_images` keeps the row numbers."""
+    out with a warning; `return_rows=True` returns (embeddings, the dataset row of each) to align labels with."""
+    data = as_data(data)
     from .backend import resolve_backend
     from .checks import check_config
     from .pipeline import StageTimer, encode_stage
@@ -83,7 +88,17 @@ def embed(data: Any, encoder: Any = "efficientnet_lite0", *, limit: int | None =
     if isinstance(data, str) and data.partition(":")[0] == "embeddings":
         raise UserError(f"{data}: these are embeddings already; load them with numpy")
     emb, _ = encode_stage(ds, cfg, backend, progress, encoder=enc)
-    return emb.X
+    return (emb.X, emb.rows) if return_rows else emb.X
+
+
+def as_data(data: Any) -> Any:
+    """A string that names no dataset but an existing file or folder is that path (a folder: every image under it);
+    anything else is passed on as it is."""
+    from .data import DATASETS
+
+    if isinstance(data, str) and data.partition(":")[0] not in DATASETS and Path(data).expanduser().exists():
+        return Path(data).expanduser()
+    return data
 
 
 def as_clusterer(clusterer: Any) -> Clusterer:

@@ -359,7 +359,8 @@ def model_stages(model, X, labels_true, backend: Backend, timer: StageTimer):
     with timer("reduce", rows=n), memory_hint("reduce"):
         Z, reduce_twin = model._reduce(X, backend)
     with timer("cluster", rows=n), memory_hint("cluster"):
-        labels, cluster_twin, params = model._cluster(X, Z, backend, labels_true)
+        y = None if labels_true is None else backend.to_host(labels_true)
+        labels, cluster_twin, params = model._cluster(X, Z, backend, y)
     model._set_fitted(backend, Z, labels, {"reduce": reduce_twin, "cluster": cluster_twin}, params, host=True)
     return Z, labels, {"reduce": reduce_twin, "cluster": cluster_twin}, params
 

@@ -63,10 +63,12 @@ class ClusterResult:
 
     @property
     def paths(self) -> list | None:
+        """The dataset's file of each dataset row (None for in-memory sets such as the packaged ones)."""
         return getattr(self.dataset, "paths", None)
 
     @property
     def classes(self) -> list | None:
+        """The dataset's class names, indexed by label_true (None without them)."""
         return getattr(self.dataset, "classes", None)
 
     def to_frame(self):

@@ -87,7 +87,7 @@ def test_config_values_of_the_wrong_type_are_one_line_before_any_work(yaml_text,
     import gpuclust.pipeline
     from gpuclust.run import main
 
-    monkeypatch.setattr(gpuclust.pipeline, "_run", lambda *a, **k: pytest.fail("the run started"))
+    monkeypatch.setattr(gpuclust.pipeline, "data_stage", lambda *a, **k: pytest.fail("the run started"))
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml_text + "\n")

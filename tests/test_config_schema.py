@@ -80,7 +80,7 @@ def test_registry_choices_follow_the_registries():
 def test_yaml_with_a_bad_choice_is_one_line_before_any_work(opt, tmp_path, capsys, monkeypatch):
     import gpuclust.pipeline
 
-    monkeypatch.setattr(gpuclust.pipeline, "_run", lambda *a, **k: pytest.fail("the run started"))
+    monkeypatch.setattr(gpuclust.pipeline, "data_stage", lambda *a, **k: pytest.fail("the run started"))
     head, _, name = opt.key.rpartition(".")
     (tmp_path / "c.yaml").write_text(f"{head}: {{{name}: bogus}}\n" if head else f"{name}: bogus\n")
     assert main(["--config", str(tmp_path / "c.yaml"), "-q", "--output", str(tmp_path / "run")]) == 2

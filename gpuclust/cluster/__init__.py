@@ -35,6 +35,17 @@ class _Registry(Mapping):
 CLUSTERERS: Mapping[str, Algorithm] = _Registry()
 
 
+def register_clusterer(algo: Algorithm) -> Algorithm:
+    """Add a clusterer of your own to the registry: an `Algorithm` record naming its CPU class (and its GPU class,
+    where one exists) by dotted path, `k_param` when it takes k, `seeded` when it takes random_state. It is then a
+    name like the built-in ones, for gpuclust.Clusterer, cluster_images and in-process sweeps."""
+    from ..backend import register
+
+    if algo.stage != "cluster":
+        raise ValueError(f"{algo.name}: a clusterer's record has stage='cluster' (got {algo.stage!r})")
+    return register(algo)
+
+
 def list_clusterers() -> list[str]:
     """The clusterers' names (each with a CPU twin, and a GPU twin where the record has one)."""
     return list(CLUSTERERS)

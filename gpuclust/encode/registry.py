@@ -131,9 +131,10 @@ def _from_spec(spec: str, weights: str | None, arch: str | None) -> Encoder:
     if arch is not None and not (entry and entry.takes_arch):
         where = ", ".join(f"{p}:{e.placeholder}" for p, e in PREFIX_ENTRIES.items() if e.takes_arch)
         raise UserError(f"--arch applies to {where} only")
-    if entry is not None:
-        return entry.build(rest, weights, arch)
-    return ENCODERS[spec].build(weights)
+    enc = entry.build(rest, weights, arch) if entry is not None else ENCODERS[spec].build(weights)
+    if not isinstance(enc, Encoder):  # a user's builder that forgot its return
+        raise UserError(f"encoder {spec!r}: its builder returned {type(enc).__name__}, not a gpuclust.Encoder")
+    return enc
 
 
 def _from_object(obj: Any, weights: str | None, arch: str | None, transform: Callable | None) -> Encoder:

@@ -11,7 +11,7 @@ from .errors import UserError
 def check_values(cfg: RunConfig) -> None:
     """Ranges of the numbers and choices of the words, no names looked up (their types were checked when the config
     was merged)."""
-    from . import data, evaluate
+    from . import curate, data, evaluate
     from .cluster import settings as cluster_settings
     from .encode import settings as encode_settings
     from .reduce import settings as reduce_settings
@@ -22,6 +22,7 @@ def check_values(cfg: RunConfig) -> None:
     data.check_settings(cfg.data, names=False)
     encode_settings.check_settings(cfg.encode, names=False)
     evaluate.check_settings(cfg.evaluate)
+    curate.check_settings(cfg.curate)
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
         raise UserError(f"--seed {cfg.seed!r}: an integer from 0 to 2**32 - 1")
     if isinstance(cfg.gallery, bool) or not isinstance(cfg.gallery, int) or not 0 <= cfg.gallery <= 100:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 from .errors import UserError
 
 # The YAML sections, in the order --help and docs/cli.md show them; "run" holds RunConfig's own fields.
-SECTIONS = ("data", "encode", "reduce", "cluster", "evaluate", "run")
+SECTIONS = ("data", "encode", "reduce", "cluster", "evaluate", "curate", "run")
 
 
 def option(default: Any = dataclasses.MISSING, *, flag: str | None, help: str, metavar: str | None = None,
@@ -180,6 +180,17 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class CurateConfig:
+    """What to do about the rows: near-duplicates and outliers, marked in labels.parquet (off unless asked)."""
+
+    duplicates: float | None = option(None, flag="--duplicates", metavar="THRESHOLD", parse=float, help=(
+        "mark near-duplicates: rows whose embeddings' cosine similarity is at least THRESHOLD (0 < T <= 1), grouped "
+        "with one row kept per group; written to duplicates.parquet"))
+    outliers: float | None = option(None, flag="--outliers", metavar="FRACTION", parse=float, help=(
+        "mark the FRACTION (0 < F < 1) of rows with the highest outlier score as outliers in labels.parquet"))
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One run: a section per stage, then the run's own settings (device, executor, seed, output)."""
 
@@ -188,6 +199,7 @@ class RunConfig:
     reduce: ReduceConfig = field(default_factory=ReduceConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
     device: str = option("auto", flag="--device", choices=("auto", "cpu", "gpu"), help="twin to run (default auto)")
     gpus: int = option(1, flag="--gpus", metavar="N", parse=int,
                        help="GPUs to encode on: N > 1 starts one Dask-CUDA worker per GPU (default 1)")
@@ -208,7 +220,7 @@ class RunConfig:
 
 
 _SECTIONS = {"data": DataConfig, "encode": EncodeConfig, "reduce": ReduceConfig, "cluster": ClusterConfig,
-             "evaluate": EvalConfig}
+             "evaluate": EvalConfig, "curate": CurateConfig}
 
 
 @dataclass(frozen=True)

@@ -328,12 +328,21 @@ def compute(cfg: RunConfig, ds, backend: Backend, timer: StageTimer, progress: b
         if Z_umap is None:
             Z_umap, umap_rows = umap_space(emb.X, Z, cfg, backend, store_dir=enc_info["store"])
         metrics = evaluate_stage(cfg, emb, Z, labels, labels_true, Z_umap, umap_rows, backend)
+    if cfg.curate.duplicates is not None or cfg.curate.outliers is not None:
+        from .curate import curate_stage
+
+        with timer("curate", rows=len(emb.rows)), memory_hint("curate"):
+            curation = curate_stage(cfg.curate, emb.X, Z, labels, emb.rows, getattr(ds, "paths", None), backend,
+                                    cfg.seed)
+        metrics.update(curation.metrics)
+    else:
+        curation = None
     twins = {"encode": "none" if precomputed else backend.name, **twins, "evaluate": backend.name}
     metrics.update(twins=twins, n_skipped=len(emb.skipped), **({"k_auto": params["k_auto"]} if "k_auto" in params
                                                                else {}))
     config = {**cfg.to_dict(), "resolved": {**enc_info, "cluster_params": params, "dataset_rows": len(ds)}}
     return ClusterResult(metrics, run_timings(timer, emb, backend), twins, config, emb.rows, backend, labels,
-                         labels_true, Z, ds, emb.skipped, cfg.seed, cfg.gallery)
+                         labels_true, Z, ds, emb.skipped, cfg.seed, cfg.gallery, curation=curation)
 
 
 def config_stages(cfg: RunConfig, emb, backend: Backend, timer: StageTimer, client, n_classes, store_dir):

@@ -38,6 +38,7 @@ class ClusterResult:
     seed: int = 0
     gallery: int = 8
     output: Path | None = None
+    curation: Any = None  # curate.Curation when the run marked duplicates or outliers
 
     @property
     def labels(self) -> np.ndarray:
@@ -76,7 +77,8 @@ class ClusterResult:
         from .report import labels_table
 
         # Through the same typed table as the file, so a frame read back from labels.parquet equals this one.
-        return labels_table(self.rows, self.paths, self.labels_true, self.labels, self.classes).to_pandas()
+        extra = self.curation.columns if self.curation is not None else None
+        return labels_table(self.rows, self.paths, self.labels_true, self.labels, self.classes, extra).to_pandas()
 
     def save(self, path: str | Path | None = None, gallery: int | None = None) -> Path:
         """Write the run directory (config.json, metrics.json, labels.parquet, timings.json, report.html with its
@@ -110,7 +112,7 @@ class ClusterResult:
             write_run(out, backend=self.backend, config=self.config, metrics=self.metrics, timings=self.timings,
                       rows=self.rows, paths=self.paths, labels_true=self.labels_true_device,
                       labels_pred=self.labels_device, Z=self.embedding_device, classes=self.classes, seed=self.seed,
-                      images=images, gallery=self.gallery, name=name)
+                      images=images, gallery=self.gallery, name=name, curation=self.curation)
         self.timings["report"] = timer.seconds["report"] if timer is not None else round(time.perf_counter() - t0, 4)
         if t_start is not None:
             self.timings["total"] = round(time.perf_counter() - t_start, 4)

@@ -27,6 +27,7 @@ DEFAULTS = {
     "reduce": {"method": "umap", "dims": 50, "params": {}, "zscore": None, "normalize": "none", "fit_sample": None},
     "cluster": {"method": "kmeans", "k": None, "k_range": (2, 30), "params": {}},
     "evaluate": {"silhouette_umap": True, "silhouette_original": False, "silhouette_metrics": ("euclidean",)},
+    "curate": {"duplicates": None, "outliers": None},
     "device": "auto", "gpus": 1, "workers": None, "scheduler_address": None, "seed": 0, "output": None, "gallery": 8,
 }
 

@@ -74,7 +74,8 @@ def _slug(text: str) -> str:
 
 # What a run writes into its directory; a folder holding any of these (and nothing but RUN_FILES) is an earlier run.
 RESULT_FILES = frozenset({"config.json", "metrics.json", "labels.parquet", "timings.json", "report.html", "map.png",
-                          "sizes.png", "contingency.png", "k_auto.png", "skipped.csv", "gallery"})
+                          "sizes.png", "contingency.png", "k_auto.png", "skipped.csv", "gallery", "curate",
+                          "duplicates.parquet"})
 # A sweep's child writes its log.txt (its stdout, open while the run runs) and, when it fails, error.txt there too.
 LOG_FILES = frozenset({"log.txt", "error.txt"})
 RUN_FILES = RESULT_FILES | LOG_FILES
@@ -202,7 +203,7 @@ def run_dir(output: str | None, dataset: str, encoder: str, reduce: str, cluster
             _swap(out, final)
 
 
-def label_columns(rows, paths, labels_true, labels_pred, classes=None) -> dict:
+def label_columns(rows, paths, labels_true, labels_pred, classes=None, extra: dict | None = None) -> dict:
     """labels.parquet's columns as Python lists: `class_true` is the source's own name for `label_true` (the folder,
     the csv label, the dataset's class), so renumbered labels can be mapped back; None where the source has none."""
     rows = np.asarray(rows, dtype=np.int64)
@@ -217,25 +218,27 @@ def label_columns(rows, paths, labels_true, labels_pred, classes=None) -> dict:
         "label_true": truth if truth is not None else [None] * n,
         "class_true": names,
         "label_pred": np.asarray(labels_pred).astype(np.int64).tolist(),
+        **{name: np.asarray(values).tolist() for name, values in (extra or {}).items()},  # the curate stage's
     }
 
 
-def labels_table(rows, paths, labels_true, labels_pred, classes=None):
-    """labels.parquet's table (pyarrow): the columns of label_columns, typed."""
+def labels_table(rows, paths, labels_true, labels_pred, classes=None, extra: dict | None = None):
+    """labels.parquet's table (pyarrow): the columns of label_columns, typed (extra columns by their values)."""
     import pyarrow as pa
 
-    cols = label_columns(rows, paths, labels_true, labels_pred, classes)
+    cols = label_columns(rows, paths, labels_true, labels_pred, classes, extra)
     types = {"row": pa.int64(), "path": pa.string(), "label_true": pa.int64(), "class_true": pa.string(),
              "label_pred": pa.int64()}
-    return pa.table({k: pa.array(v, types[k]) for k, v in cols.items()})
+    return pa.table({k: pa.array(v, types.get(k)) for k, v in cols.items()})
 
 
-def write_labels(path: Path, rows: np.ndarray, paths, labels_true, labels_pred, classes=None) -> None:
+def write_labels(path: Path, rows: np.ndarray, paths, labels_true, labels_pred, classes=None,
+                 extra: dict | None = None) -> None:
     """labels.parquet (see label_columns), written atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = labels_table(rows, paths, labels_true, labels_pred, classes)
+    table = labels_table(rows, paths, labels_true, labels_pred, classes, extra)
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf)
     atomic_write_bytes(path, buf.getvalue().to_pybytes())
@@ -253,10 +256,12 @@ def write_skipped(path: Path, skipped: list[tuple[int, str]], paths) -> None:
 
 def write_run(out: Path, *, backend, config: dict, metrics: dict, timings: dict, rows, paths, labels_true,
               labels_pred, Z=None, classes=None, seed: int = 0, images=None, gallery: int = 0,
-              name: str | None = None) -> None:
+              name: str | None = None, curation=None) -> None:
     """Write config.json, metrics.json, labels.parquet, report.html with its plots and, when `images` can read the
     dataset's rows again (`images(row)` -> PIL image), a gallery of `gallery` images per cluster; skipped.csv is
-    written when the encode stage ends, and timings.json last by the caller, once the report itself is timed."""
+    written when the encode stage ends, and timings.json last by the caller, once the report itself is timed.
+    `curation` (curate.Curation): its columns join labels.parquet, its tables are written as parquet files and its
+    strips follow the gallery in report.html."""
     from .html import sample_rows, write_html
 
     labels_dev = labels_pred
@@ -264,7 +269,10 @@ def write_run(out: Path, *, backend, config: dict, metrics: dict, timings: dict,
     labels_true = None if labels_true is None else np.asarray(backend.to_host(labels_true))
     atomic_write_json(out / "config.json", {**config, "versions": versions(), "device": device_description(backend)})
     atomic_write_json(out / "metrics.json", metrics)
-    write_labels(out / "labels.parquet", rows, paths, labels_true, labels_pred, classes)
+    write_labels(out / "labels.parquet", rows, paths, labels_true, labels_pred, classes,
+                 curation.columns if curation is not None else None)
+    for file, frame in (curation.tables if curation is not None else {}).items():
+        write_frame(out / file, frame)
     if Z is not None:
         idx = sample_rows(len(labels_pred), seed)
         Z_sample = backend.to_host(Z[backend.asarray(idx)])  # only the drawn rows leave the device
@@ -276,6 +284,20 @@ def write_run(out: Path, *, backend, config: dict, metrics: dict, timings: dict,
             n_clusters = int(len(np.unique(labels_pred[labels_pred >= 0])))
             section = write_gallery(out, groups, images, np.asarray(rows), labels_pred, labels_true, classes,
                                     n_clusters, paths)
+        if curation is not None and curation.strips:
+            from .strips import write_strips
+
+            section += write_strips(out, curation.strips, images)
         write_html(out, title=f"gpuclust: {name or out.name}", metrics=metrics, timings=timings, Z_sample=Z_sample, idx=idx,
                    labels_pred=labels_pred, labels_true=labels_true, classes=classes, gallery=section,
                    k_scores=(config.get("resolved") or {}).get("cluster_params", {}).get("k_auto_scores"))
+
+
+def write_frame(path: Path, frame) -> None:
+    """A pandas DataFrame as a parquet file, written atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf)
+    atomic_write_bytes(path, buf.getvalue().to_pybytes())

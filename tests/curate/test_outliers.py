@@ -131,3 +131,34 @@ def test_outlier_scores_bad_input_is_a_user_error(X, k, message):
 
     with pytest.raises(gc.UserError, match=message):
         gc.outlier_scores(X, k=k)
+
+
+def _stage(backend):
+    """outliers_stage on the digits' pixels (real rows), a few rows as noise."""
+    from sklearn.datasets import load_digits
+
+    from gpuclust.curate import Curation
+    from gpuclust.curate.outliers import outliers_stage
+
+    d = load_digits()
+    X, y = d.data[:400].astype(np.float32), d.target[:400].astype(np.int64)
+    y[:5] = -1
+    cur = Curation()
+    xp = backend.xp
+    outliers_stage(cur, 0.05, xp.asarray(X), xp.asarray(X[:, :10]), xp.asarray(y), np.arange(400), None, backend)
+    return cur, X
+
+
+def test_stage_on_either_twin(backend):
+    import gpuclust as gc
+
+    cur, X = _stage(backend)
+    cols = cur.columns
+    assert all(isinstance(v, np.ndarray) for v in cols.values())
+    np.testing.assert_allclose(cols["outlier_score"], gc.outlier_scores(X, device="cpu"), atol=1e-5)
+    assert cols["outlier"].sum() == 20 and cur.metrics["n_outliers"] == 20
+    assert np.isnan(cols["silhouette_row"][:5]).all() and np.isfinite(cols["silhouette_row"][5:]).all()
+    title, strips = cur.strips[0]
+    assert title == "Outliers" and [len(rows) for _, rows in strips] == [8, 8]
+    top = np.argsort(-cols["outlier_score"], kind="stable")[:16]
+    assert [r for _, rows in strips for r in rows] == top.tolist()

@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Clusterer": "gpuclust.estimator",
     "score": "gpuclust.evaluate.score",
+    "outlier_scores": "gpuclust.curate.outliers",
     "cluster_images": "gpuclust.images",
     "embed": "gpuclust.images",
     "ClusterResult": "gpuclust.result",

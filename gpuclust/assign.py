@@ -51,6 +51,7 @@ class RunInfo:
 
     @property
     def precomputed(self) -> bool:
+        """Whether the run read precomputed embeddings (embeddings:PATH) rather than encoding images."""
         return self.cfg.data.spec.partition(":")[0] == "embeddings"
 
 
@@ -210,7 +211,10 @@ def new_embeddings(info: RunInfo, data: Any, limit: int | None, device: str, pro
     else:
         from .images import paths_dataset
 
-        ds = paths_dataset(data if isinstance(data, list) else [data])
+        try:
+            ds = paths_dataset(data if isinstance(data, list) else [data])
+        except UserError:
+            raise UserError(f"{data}: holds no images") from None
         ds = ds if limit is None else ds.subset(limit)
     if info.precomputed:
         emb, enc = precomputed_stage(ds, cfg, backend)

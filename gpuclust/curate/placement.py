@@ -173,28 +173,18 @@ def umap_place(X_fit: np.ndarray, layout: np.ndarray, params: dict, Q: np.ndarra
     """New rows Q placed into a UMAP layout of the rows X_fit, as umap-learn's `UMAP.transform` places them (exact
     neighbours; `params` the run's --reduce-param values over UMAP_DEFAULTS). `optimise=False`: the weighted mean of
     the neighbours' positions only, before the layout epochs."""
-    import scipy.sparse
     from sklearn.utils import check_random_state
     from umap.layouts import optimize_layout_euclidean
-    from umap.umap_ import (DISCONNECTION_DISTANCES, INT32_MAX, INT32_MIN, compute_membership_strengths,
-                            find_ab_params, init_graph_transform, make_epochs_per_sample, smooth_knn_dist)
+    from umap.umap_ import INT32_MAX, INT32_MIN, find_ab_params, init_graph_transform, make_epochs_per_sample
 
     from ..reduce import UMAP_DEFAULTS
-    from ..reduce.knn import ExactQueryIndex
 
     p = {**UMAP_DEFAULTS, **params}
     if p.get("output_metric", "euclidean") != "euclidean":
         raise UserError("assign places rows into UMAP layouts with a euclidean output_metric only")
-    n, k = X_fit.shape[0], min(int(p["n_neighbors"]), X_fit.shape[0] - 1)
-    idx, dist = ExactQueryIndex(np.asarray(X_fit, dtype=np.float32), p["metric"]).query(Q, k)
-    idx[dist >= p.get("disconnection_distance", DISCONNECTION_DISTANCES.get(p["metric"], np.inf))] = -1
-    sigmas, rhos = smooth_knn_dist(dist, float(k), local_connectivity=max(0.0, p.get("local_connectivity", 1.0) - 1))
-    rows, cols, vals, _ = compute_membership_strengths(idx, dist, sigmas, rhos, bipartite=True)
-    graph = scipy.sparse.coo_matrix((vals, (rows, cols)), shape=(Q.shape[0], n))
-    csr = graph.tocsr()
-    csr.eliminate_zeros()
+    graph = _membership(X_fit, p, Q)
     layout = np.asarray(layout, dtype=np.float32)
-    emb = init_graph_transform(csr, layout)
+    emb = init_graph_transform(graph.tocsr(), layout)  # (graph holds no explicit zeros: the csr needs no pruning)
     if not optimise:
         return np.asarray(emb, dtype=np.float32)
     epochs = (100 if Q.shape[0] <= 10000 else 30) if p.get("n_epochs") is None else int(p["n_epochs"] // 3.0)
@@ -202,12 +192,29 @@ def umap_place(X_fit: np.ndarray, layout: np.ndarray, params: dict, Q: np.ndarra
     graph.eliminate_zeros()
     a, b = (p["a"], p["b"]) if p.get("a") is not None else find_ab_params(p.get("spread", 1.0), p["min_dist"])
     rng_state = check_random_state(p.get("transform_seed", 42)).randint(INT32_MIN, INT32_MAX, 3).astype(np.int64)
-    emb = optimize_layout_euclidean(emb, layout.copy(), graph.row, graph.col, epochs, n,
+    emb = optimize_layout_euclidean(emb, layout.copy(), graph.row, graph.col, epochs, X_fit.shape[0],
                                     make_epochs_per_sample(graph.data, epochs), a, b, rng_state,
                                     p.get("repulsion_strength", 1.0), p.get("learning_rate", 1.0) / 4.0,
                                     p.get("negative_sample_rate", 5), parallel=False, verbose=False,
                                     tqdm_kwds={"disable": True})
     return np.asarray(emb, dtype=np.float32)
+
+
+def _membership(X_fit, p: dict, Q):
+    """The new rows' fuzzy membership in the fitted rows (a coo matrix, new x fitted), from their exact neighbours."""
+    import scipy.sparse
+    from umap.umap_ import DISCONNECTION_DISTANCES, compute_membership_strengths, smooth_knn_dist
+
+    from ..reduce.knn import ExactQueryIndex
+
+    n, k = X_fit.shape[0], min(int(p["n_neighbors"]), X_fit.shape[0] - 1)
+    idx, dist = ExactQueryIndex(np.asarray(X_fit, dtype=np.float32), p["metric"]).query(Q, k)
+    idx[dist >= p.get("disconnection_distance", DISCONNECTION_DISTANCES.get(p["metric"], np.inf))] = -1
+    sigmas, rhos = smooth_knn_dist(dist, float(k), local_connectivity=max(0.0, p.get("local_connectivity", 1.0) - 1))
+    rows, cols, vals, _ = compute_membership_strengths(idx, dist, sigmas, rhos, bipartite=True)
+    graph = scipy.sparse.coo_matrix((vals, (rows, cols)), shape=(Q.shape[0], n))
+    graph.eliminate_zeros()
+    return graph
 
 
 def cluster_rule(method: str) -> str:

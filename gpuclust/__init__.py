@@ -33,6 +33,7 @@ _EXPORTS = {
     "register_encoder": "gpuclust.encode",
     "RunConfig": "gpuclust.config",
     "run_pipeline": "gpuclust.pipeline",
+    "assign": "gpuclust.assign",
     "UserError": "gpuclust.errors",
 }
 

@@ -33,6 +33,7 @@ _EXPORTS = {
     "RunConfig": "gpuclust.config",
     "run_pipeline": "gpuclust.pipeline",
     "UserError": "gpuclust.errors",
+    "find_duplicates": "gpuclust.curate.duplicates",
 }
 
 __all__ = ["__version__", "sweep", *_EXPORTS]

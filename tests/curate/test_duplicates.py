@@ -20,7 +20,7 @@ from gpuclust.curate.neighbours import NeighbourIndex
 from gpuclust.errors import UserError
 
 ALTERED = ("jpeg", "resize", "brightness", "flip")  # cropping is the hardest; the benchmark measures it
-RECALL, MERGED = 0.0, 99  # measured on these 100 images at the default threshold: recall ?, ? tiles merged
+RECALL, MERGED = 0.6, 9  # measured on these 100 images at 0.9: recall 0.71 of the copies, 7 of 20 tiles merged
 
 
 def _bench():

@@ -35,6 +35,7 @@ _EXPORTS = {
     "run_pipeline": "gpuclust.pipeline",
     "assign": "gpuclust.assign",
     "UserError": "gpuclust.errors",
+    "find_duplicates": "gpuclust.curate.duplicates",
 }
 
 __all__ = ["__version__", "sweep", *_EXPORTS]

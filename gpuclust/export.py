@@ -40,6 +40,7 @@ class ExportResult:
     mode: str  # symlink, hardlink or copy for image files; "written" for images read again from the dataset
     clusters: dict = field(default_factory=dict)  # folder name -> images placed in it
     skipped: int = 0
+    dropped: int = 0  # near-duplicates left out (--drop-duplicates)
 
     @property
     def exported(self) -> int:
@@ -77,6 +78,22 @@ def _read_run(run: Path) -> tuple[dict, list[dict]]:
     except (OSError, ValueError, KeyError) as exc:  # pyarrow raises ArrowInvalid (a ValueError) for a bad file
         raise UserError(f"{run}: cannot read its labels.parquet and config.json ({type(exc).__name__})") from None
     return config, table.to_pylist()
+
+
+def duplicate_rows(run: Path) -> set:
+    """The dataset rows of a run that duplicate a kept row (duplicates.parquet's rows not kept), for
+    --drop-duplicates; a run that did not mark near-duplicates is refused."""
+    import pyarrow.parquet as pq
+
+    path = run / "duplicates.parquet"
+    if not path.is_file():
+        raise UserError(f"{run}: the run marked no near-duplicates (no duplicates.parquet); rerun it with "
+                        "--duplicates THRESHOLD (e.g. 0.9) to export with --drop-duplicates")
+    try:
+        table = pq.read_table(path, columns=["row", "kept"]).to_pydict()
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"{path}: cannot read it ({type(exc).__name__})") from None
+    return {int(r) for r, kept in zip(table["row"], table["kept"]) if not kept}
 
 
 def _ours(dest: Path) -> bool:
@@ -209,9 +226,10 @@ def _image_bytes(ds, row: int, width: int) -> tuple[bytes, str]:
 
 
 def export_clusters(run: Path | str, dest: Path | str, mode: str = "symlink", clusters=None, noise: bool = True,
-                    force: bool = False, progress: bool = True) -> ExportResult:
+                    force: bool = False, progress: bool = True, drop_duplicates: bool = False) -> ExportResult:
     """Place every image of the run `run` in `dest/cluster-NNNN/` (noise in `dest/noise/`), list each row in
-    `dest/export.csv` (row, cluster, source, file, skipped) and return the counts. `clusters` keeps only those ids."""
+    `dest/export.csv` (row, cluster, source, file, skipped) and return the counts. `clusters` keeps only those ids;
+    `drop_duplicates` leaves out the near-duplicates the run marked (all but the kept row of each group)."""
     import csv
 
     from tqdm.auto import tqdm
@@ -235,10 +253,13 @@ def export_clusters(run: Path | str, dest: Path | str, mode: str = "symlink", cl
         raise UserError(f"--clusters {','.join(map(str, sorted(keep)))}: the run has no such cluster (it has "
                         f"{len(found)}: {found[0] if found else '-'} to {found[-1] if found else '-'})")
     chosen = [r for r in rows if (keep is None or r["label_pred"] in keep) and (noise or r["label_pred"] >= 0)]
+    dropped = duplicate_rows(run) if drop_duplicates else set()
+    n_chosen = len(chosen)
+    chosen = [r for r in chosen if int(r["row"]) not in dropped]
     ds = None if kind in FILE_SOURCES else _reopen(config)  # before DEST is touched: a refusal leaves nothing
     width = len(str(max(len(ds) - 1, 0))) if ds is not None else 0
     _prepare(dest, force, run, mode, [r["path"] or "" for r in chosen] if ds is None else [])
-    result = ExportResult(dest, mode if ds is None else "written")
+    result = ExportResult(dest, mode if ds is None else "written", dropped=n_chosen - len(chosen))
     used: dict[str, set] = {}
     # Each row is listed before its file is placed, so a killed export's listing names all it wrote (--force
     # removes those and nothing else).
@@ -281,6 +302,7 @@ def export_clusters(run: Path | str, dest: Path | str, mode: str = "symlink", cl
 EXAMPLE = """examples:
   python -m gpuclust.export runs/20261124-101500-folder-dino_vitb16-umap50-hdbscan ~/photos-by-cluster
   python -m gpuclust.export RUN DEST --mode copy --clusters 3,7 --no-noise
+  python -m gpuclust.export RUN DEST --drop-duplicates   # a run made with --duplicates 0.9
 """
 
 
@@ -306,6 +328,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "copy; images that are not files of their own (packaged sets, shards) are always written")
     p.add_argument("--clusters", type=_ids, metavar="N[,N...]", help="only these clusters (default: all)")
     p.add_argument("--no-noise", action="store_true", help="leave out the rows the clusterer called noise (-1)")
+    p.add_argument("--drop-duplicates", action="store_true",
+                   help="leave out the near-duplicates the run marked (a run made with --duplicates): each "
+                        "group's kept row is exported, the others are not")
     p.add_argument("--force", action="store_true", help="replace an earlier export in DEST")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
@@ -318,13 +343,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         result = export_clusters(args.run, args.dest, args.mode, args.clusters, noise=not args.no_noise,
-                                 force=args.force, progress=not args.quiet)
+                                 force=args.force, progress=not args.quiet, drop_duplicates=args.drop_duplicates)
     except UserError as exc:
         print(f"gpuclust.export: error: {one_line(exc)}", file=sys.stderr)
         return 2
     folders = [f for f in result.clusters if f != "noise"]
     noise = f", {result.clusters['noise']:,} in noise/" if "noise" in result.clusters else ""
     skipped = f"; {result.skipped:,} skipped (see export.csv)" if result.skipped else ""
+    skipped += f"; {result.dropped:,} near-duplicates left out" if args.drop_duplicates else ""
     how = {"symlink": "symlinks", "hardlink": "hard links", "copy": "copies", "written": "image files"}[result.mode]
     print(f"exported {result.exported:,} images ({how}) into {len(folders):,} cluster folders{noise} under "
           f"{result.dest}{skipped}")

@@ -107,11 +107,11 @@ def print_summary(result, console=None) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("ami", "ari", "nmi", "silhouette", "silhouette_umap", "n_clusters", "noise_fraction", "n_rows",
-                "n_skipped"):
+                "n_skipped", "n_duplicate_groups", "n_duplicates", "n_outliers"):
         if key in m and m[key] is not None:
             v = m[key]
             table.add_row(key, f"{v:.4f}" if isinstance(v, float) else str(v))
-    for stage in ("data", "encode", "reduce", "cluster", "evaluate", "report", "total"):
+    for stage in ("data", "encode", "reduce", "cluster", "evaluate", "curate", "report", "total"):
         if stage in t:
             table.add_row(f"{stage} [s]", f"{t[stage]:.2f}")
     if result.twins.get("encode") == "none":

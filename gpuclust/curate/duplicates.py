@@ -8,7 +8,7 @@ How, in bounded memory (no n x n matrix anywhere):
    it was given: it is searched again with twice as many, up to MAX_CANDIDATES. A row with more duplicates than that
    still joins its group through the pairs of its neighbours (a group is a connected graph); only the pairs it
    would have had beyond MAX_CANDIDATES are not listed, and no group is split by it.
-2. Grouping: connected components of the pairs (scipy.sparse.csgraph, or cupyx's on the GPU).
+2. Grouping: connected components of the pairs (scipy.sparse.csgraph on the host: the pairs are few).
 3. No chaining: a component can join a and c through b (a~b, b~c) while a and c are far apart. So every member of
    a group must be at least `threshold` similar to the group's kept row, computed exactly; the members that are not
    are split off and grouped among themselves by the same rule, greedily (their best kept row first), and a member
@@ -164,18 +164,13 @@ def candidate_pairs(nx, threshold: float, k: int) -> tuple[np.ndarray, np.ndarra
 
 
 def components(backend, n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """The connected component of each of n rows in the graph of pairs (i, j): cupyx.scipy's on the GPU twin,
-    scipy's on the CPU."""
-    if backend.is_gpu:
-        import cupy
-        from cupyx.scipy.sparse import coo_matrix
-        from cupyx.scipy.sparse.csgraph import connected_components
-
-        graph = coo_matrix((cupy.ones(len(i), cupy.float32), (cupy.asarray(i), cupy.asarray(j))), shape=(n, n))
-        return cupy.asnumpy(connected_components(graph.tocsr(), directed=False)[1])
+    """The connected component of each of n rows in the graph of pairs (i, j), by scipy on the host on both twins:
+    cupyx.scipy.sparse.csgraph needs pylibcugraph, which the GPU install (cuML's wheels) does not bring, and the pairs
+    are few (at most candidates x rows), so moving them costs little."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
+    i, j = (np.asarray(backend.to_host(a)) for a in (i, j))
     graph = coo_matrix((np.ones(len(i), np.float32), (i, j)), shape=(n, n))
     return connected_components(graph.tocsr(), directed=False)[1]
 

@@ -227,7 +227,7 @@ def new_embeddings(info: RunInfo, data: Any, limit: int | None, device: str, pro
     return emb.X, emb.rows, ds, emb.skipped, backend
 
 
-def find_duplicates(backend, X_run, X_new, rows_run, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def copies_in_run(backend, X_run, X_new, rows_run, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """(the run row each new row duplicates, -1 for none; its cosine similarity, NaN for none): the most similar
     run row when its similarity in the encoder's space is at least `threshold`."""
     from .curate.neighbours import top_k_cosine, unit_rows
@@ -263,7 +263,7 @@ def assign(run: str | Path, data: Any, *, encoder: str | None = None, duplicates
     method = info.cfg.cluster.method
     params = (info.config.get("resolved") or {}).get("cluster_params", {})
     labels, dist = place_clusters(space.Z, labels_run, method, params, Zq)
-    dup_row, dup_sim = find_duplicates(backend, backend.asarray(X_run), X_new, info.labels["row"].to_numpy(),
+    dup_row, dup_sim = copies_in_run(backend, backend.asarray(X_run), X_new, info.labels["row"].to_numpy(),
                                        threshold)
     frame = assigned_frame(rows, ds, labels, dist, dup_row, dup_sim)
     metrics = assigned_metrics(frame, threshold, len(skipped))

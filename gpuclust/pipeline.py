@@ -23,7 +23,7 @@ from .errors import UserError
 from .report import run_dir
 from .result import ClusterResult
 from .stream import RowChunks
-from .store import EmbeddingStore, ReductionCache, atomic_write_json, default_cache_dir
+from .store import EmbeddingStore, ReductionCache, default_cache_dir
 
 log = logging.getLogger("gpuclust")
 

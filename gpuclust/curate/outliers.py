@@ -1,8 +1,8 @@
 """Outliers: a score per row for how little it resembles the rest of the collection, and the top FRACTION marked.
 
 The score is the cosine distance from a row to its k-th nearest neighbour in the encoder's space (X), found by the
-exact search of curate/neighbours.py. k = 10 by default: a handful of foreign images of one kind are each other's
-nearest neighbours, so a k below the size of such a clump sees only the clump and misses it; at k = 10 it is seen
+search of curate/neighbours.py (exact, or faiss IVF at scale). k = 10 by default: a handful of foreign images of one
+kind are each other's nearest neighbours, so a k below the size of such a clump sees only the clump and misses it; at k = 10 it is seen
 (benchmarks/bench_outliers.py measures k = 1, 5, 10, 20 and the other scores; docs/curate.md has the numbers).
 
 The run also gets each row's silhouette in the clustered space Z (`silhouette_row`, NaN for noise), where the
@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..stream import RowChunks
-from .neighbours import top_k_cosine, unit_rows
+from .neighbours import IVF_MIN_ROWS, top_k_cosine, unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +45,20 @@ def outlier_scores(X: Any, *, k: int = DEFAULT_K, device: str = "auto") -> np.nd
 
 
 def knn_distance(backend, X: Any, k: int = DEFAULT_K):
-    """Cosine distance of each row to its k-th nearest other row (on the backend's device). X may be RowChunks:
-    then it is searched a chunk of queries against a chunk of rows at a time, never held whole."""
-    if isinstance(X, RowChunks):
+    """Cosine distance of each row to its k-th nearest other row (on the backend's device), by the curate stage's one
+    search (top_k_cosine: exact, or faiss IVF from IVF_MIN_ROWS rows on the CPU twin, which reads RowChunks chunk by
+    chunk). Where that search would search exactly and so load a streamed X whole (below IVF_MIN_ROWS rows, or on
+    the GPU twin), a chunk of queries is searched against a chunk of rows at a time instead."""
+    if isinstance(X, RowChunks) and (backend.is_gpu or X.n_rows < IVF_MIN_ROWS):
         return _knn_distance_chunks(backend, X, k)
-    _, sim = top_k_cosine(backend, unit_rows(backend, X), k)
+    _, sim = top_k_cosine(backend, X, k)
     return 1.0 - sim[:, -1].astype(backend.xp.float64)
 
 
 def _knn_distance_chunks(backend, X: RowChunks, k: int):
-    """knn_distance over RowChunks: for each chunk of queries, the k best of every chunk of rows, merged. Reads
-    the chunks (n_chunks + 1) times each; memory is two chunks and their similarities."""
+    """knn_distance over RowChunks of few rows (or on the GPU twin): for each chunk of queries, the k best of every
+    chunk of rows, merged. Reads the chunks (n_chunks + 1) times each; memory is two chunks and their
+    similarities."""
     xp = backend.xp
     ids = X.chunk_ids()
     k = max(1, min(k, X.n_rows - 1))

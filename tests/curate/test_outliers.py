@@ -122,6 +122,31 @@ def test_row_chunks_are_never_loaded_whole(outlier_run, cache_dir, monkeypatch):
         np.testing.assert_allclose(chunked, gc.outlier_scores(X, k=k), atol=1e-6)
 
 
+def test_large_streamed_rows_take_the_shared_ivf_search_without_loading(monkeypatch):
+    """From IVF_MIN_ROWS rows a streamed X goes through neighbours.py's faiss IVF search (read chunk by chunk), not
+    the chunk x chunk exact pass; with every list probed IVF is exact, so the scores equal the in-memory ones."""
+    pytest.importorskip("faiss")
+    from sklearn.datasets import load_digits
+
+    import gpuclust.curate.neighbours as neighbours
+    import gpuclust.curate.outliers as outliers
+    from gpuclust.backend import cpu_backend
+    from gpuclust.stream import ArrayRows, RowChunks
+
+    X = load_digits().data.astype(np.float32) + 1.0  # no zero rows
+    monkeypatch.setattr(outliers, "IVF_MIN_ROWS", 500)
+    monkeypatch.setattr(neighbours, "IVF_MIN_ROWS", 500)
+    monkeypatch.setattr(neighbours, "NPROBE", 10_000)  # every list: the IVF search is exact
+    monkeypatch.setattr(RowChunks, "load", lambda *a: pytest.fail("RowChunks loaded whole"))
+    monkeypatch.setattr(outliers, "_knn_distance_chunks", lambda *a: pytest.fail("the chunk x chunk pass ran"))
+    streamed = outliers.knn_distance(cpu_backend(), ArrayRows(X, chunk_rows=300), 10)
+    U = X / np.linalg.norm(X, axis=1, keepdims=True)
+    S = U @ U.T
+    np.fill_diagonal(S, -np.inf)
+    exact = 1.0 - np.sort(S, axis=1)[:, -10]
+    np.testing.assert_allclose(streamed, exact, atol=1e-5)
+
+
 @pytest.mark.parametrize("X,k,message", [
     (np.ones((1, 4)), 10, "at least 2 rows"), (np.ones(5), 10, "2-D"), (np.ones((5, 4)), 0, "k=0"),
     (np.ones((5, 4)), True, "k=True"), (np.ones((5, 4)), 2.5, "k=2.5"),

@@ -26,6 +26,21 @@ def store_lock(store: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+# One thread per numeric library. A run's labels can depend on the thread count (k-means and BLAS reduce in another
+# order, and UMAP amplifies the rounding into another layout), and a test process may find OMP_NUM_THREADS set by an
+# earlier test's library (dask's workers): tests that compare a CLI run with another computation pin both sides here.
+ONE_THREAD = {v: "1" for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")}
+
+
+@contextlib.contextmanager
+def one_thread():
+    """This process's numeric libraries (OpenMP, BLAS) on one thread for the block, as ONE_THREAD pins a CLI run."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """`python -m gpuclust.run ARGS` in a subprocess, as a user would call it."""
     return subprocess.run([sys.executable, "-m", "gpuclust.run", *args], capture_output=True, text=True,

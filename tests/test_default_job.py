@@ -12,10 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import ROOT, run_cli
+from helpers import ONE_THREAD, ROOT, run_cli
 
 REFERENCE_AMI = 0.6841909222496354
-ONE_THREAD = {v: "1" for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")}
 
 
 def test_default_job_labels_are_unchanged(tmp_path):

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 from .errors import UserError
 
 # The YAML sections, in the order --help and docs/cli.md show them; "run" holds RunConfig's own fields.
-SECTIONS = ("data", "encode", "reduce", "cluster", "evaluate", "curate", "run")
+SECTIONS = ("data", "encode", "reduce", "cluster", "evaluate", "curate", "explore", "run")
 
 
 def option(default: Any = dataclasses.MISSING, *, flag: str | None, help: str, metavar: str | None = None,
@@ -191,6 +191,15 @@ class CurateConfig:
 
 
 @dataclass(frozen=True)
+class ExploreConfig:
+    """The 2-D map every run draws in report.html and the explorer opens (gpuclust/explore/layout.py)."""
+
+    map: str = option("umap", flag="--map", choices=("umap", "none"), help=(
+        "the 2-D map of every row, written to map.parquet and drawn in report.html: umap (default; a 2-D UMAP of "
+        "the embeddings on the run's twin, cached in the store) or none"))
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One run: a section per stage, then the run's own settings (device, executor, seed, output)."""
 
@@ -200,6 +209,7 @@ class RunConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     curate: CurateConfig = field(default_factory=CurateConfig)
+    explore: ExploreConfig = field(default_factory=ExploreConfig)
     device: str = option("auto", flag="--device", choices=("auto", "cpu", "gpu"), help="twin to run (default auto)")
     gpus: int = option(1, flag="--gpus", metavar="N", parse=int,
                        help="GPUs to encode on: N > 1 starts one Dask-CUDA worker per GPU (default 1)")
@@ -220,7 +230,7 @@ class RunConfig:
 
 
 _SECTIONS = {"data": DataConfig, "encode": EncodeConfig, "reduce": ReduceConfig, "cluster": ClusterConfig,
-             "evaluate": EvalConfig, "curate": CurateConfig}
+             "evaluate": EvalConfig, "curate": CurateConfig, "explore": ExploreConfig}
 
 
 @dataclass(frozen=True)

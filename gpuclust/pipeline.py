@@ -337,12 +337,26 @@ def compute(cfg: RunConfig, ds, backend: Backend, timer: StageTimer, progress: b
         metrics.update(curation.metrics)
     else:
         curation = None
+    map_xy = map_stage(cfg, emb.X, backend, timer, enc_info["store"])
     twins = {"encode": "none" if precomputed else backend.name, **twins, "evaluate": backend.name}
+    if map_xy is not None:
+        twins["map"] = map_xy[1]
     metrics.update(twins=twins, n_skipped=len(emb.skipped), **({"k_auto": params["k_auto"]} if "k_auto" in params
                                                                else {}))
     config = {**cfg.to_dict(), "resolved": {**enc_info, "cluster_params": params, "dataset_rows": len(ds)}}
     return ClusterResult(metrics, run_timings(timer, emb, backend), twins, config, emb.rows, backend, labels,
-                         labels_true, Z, ds, emb.skipped, cfg.seed, cfg.gallery, curation=curation)
+                         labels_true, Z, ds, emb.skipped, cfg.seed, cfg.gallery, curation=curation,
+                         map_xy=None if map_xy is None else map_xy[0])
+
+
+def map_stage(cfg: RunConfig, X, backend: Backend, timer: StageTimer, store_dir: str | None):
+    """(xy on the host, twin) of the run's 2-D map (explore/layout.py), or None with --map none."""
+    if cfg.explore.map == "none":
+        return None
+    from .explore.layout import map_2d, map_params
+
+    with timer("map", rows=int(X.shape[0])), memory_hint("map"):
+        return map_2d(X, map_params(cfg.reduce), backend, cfg.seed, store_dir)
 
 
 def config_stages(cfg: RunConfig, emb, backend: Backend, timer: StageTimer, client, n_classes, store_dir):

@@ -111,7 +111,7 @@ def print_summary(result, console=None) -> None:
         if key in m and m[key] is not None:
             v = m[key]
             table.add_row(key, f"{v:.4f}" if isinstance(v, float) else str(v))
-    for stage in ("data", "encode", "reduce", "cluster", "evaluate", "curate", "report", "total"):
+    for stage in ("data", "encode", "reduce", "cluster", "evaluate", "curate", "map", "report", "total"):
         if stage in t:
             table.add_row(f"{stage} [s]", f"{t[stage]:.2f}")
     if result.twins.get("encode") == "none":

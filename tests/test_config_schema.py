@@ -28,6 +28,7 @@ DEFAULTS = {
     "cluster": {"method": "kmeans", "k": None, "k_range": (2, 30), "params": {}},
     "evaluate": {"silhouette_umap": True, "silhouette_original": False, "silhouette_metrics": ("euclidean",)},
     "curate": {"duplicates": None, "outliers": None},
+    "explore": {"map": "umap"},
     "device": "auto", "gpus": 1, "workers": None, "scheduler_address": None, "seed": 0, "output": None, "gallery": 8,
 }
 
@@ -47,7 +48,7 @@ def test_every_field_is_declared_once_with_its_default():
         assert opt.value(RunConfig()) == opt.default and opt.help, opt.key
     assert {opt.key for opt in FIXED} == {"data.subsample", "encode.store_dtype", "encode.precision",
                                           "encode.preprocess", "encode.decode", "encode.runtime",
-                                          "reduce.normalize", "device"}
+                                          "reduce.normalize", "explore.map", "device"}
 
 
 def test_parser_flags_are_the_schemas():

@@ -75,7 +75,7 @@ def _slug(text: str) -> str:
 # What a run writes into its directory; a folder holding any of these (and nothing but RUN_FILES) is an earlier run.
 RESULT_FILES = frozenset({"config.json", "metrics.json", "labels.parquet", "timings.json", "report.html", "map.png",
                           "sizes.png", "contingency.png", "k_auto.png", "skipped.csv", "gallery", "curate",
-                          "duplicates.parquet"})
+                          "duplicates.parquet", "map.parquet", "explore"})
 # A sweep's child writes its log.txt (its stdout, open while the run runs) and, when it fails, error.txt there too.
 LOG_FILES = frozenset({"log.txt", "error.txt"})
 RUN_FILES = RESULT_FILES | LOG_FILES
@@ -256,7 +256,7 @@ def write_skipped(path: Path, skipped: list[tuple[int, str]], paths) -> None:
 
 def write_run(out: Path, *, backend, config: dict, metrics: dict, timings: dict, rows, paths, labels_true,
               labels_pred, Z=None, classes=None, seed: int = 0, images=None, gallery: int = 0,
-              name: str | None = None, curation=None) -> None:
+              name: str | None = None, curation=None, map_xy=None) -> None:
     """Write config.json, metrics.json, labels.parquet, report.html with its plots and, when `images` can read the
     dataset's rows again (`images(row)` -> PIL image), a gallery of `gallery` images per cluster; skipped.csv is
     written when the encode stage ends, and timings.json last by the caller, once the report itself is timed.
@@ -273,6 +273,8 @@ def write_run(out: Path, *, backend, config: dict, metrics: dict, timings: dict,
                  curation.columns if curation is not None else None)
     for file, frame in (curation.tables if curation is not None else {}).items():
         write_frame(out / file, frame)
+    if map_xy is not None:
+        write_map(out / "map.parquet", rows, map_xy)
     if Z is not None:
         idx = sample_rows(len(labels_pred), seed)
         Z_sample = backend.to_host(Z[backend.asarray(idx)])  # only the drawn rows leave the device
@@ -290,7 +292,16 @@ def write_run(out: Path, *, backend, config: dict, metrics: dict, timings: dict,
             section += write_strips(out, curation.strips, images)
         write_html(out, title=f"gpuclust: {name or out.name}", metrics=metrics, timings=timings, Z_sample=Z_sample, idx=idx,
                    labels_pred=labels_pred, labels_true=labels_true, classes=classes, gallery=section,
-                   k_scores=(config.get("resolved") or {}).get("cluster_params", {}).get("k_auto_scores"))
+                   k_scores=(config.get("resolved") or {}).get("cluster_params", {}).get("k_auto_scores"),
+                   map_xy=map_xy)
+
+
+def write_map(path: Path, rows, xy) -> None:
+    """map.parquet: row (the dataset row, as in labels.parquet, same order), x, y (float32)."""
+    import pandas as pd
+
+    xy = np.asarray(xy, dtype=np.float32)
+    write_frame(path, pd.DataFrame({"row": np.asarray(rows, dtype=np.int64), "x": xy[:, 0], "y": xy[:, 1]}))
 
 
 def write_frame(path: Path, frame) -> None:

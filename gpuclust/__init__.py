@@ -38,12 +38,12 @@ _EXPORTS = {
     "find_duplicates": "gpuclust.curate.duplicates",
 }
 
-__all__ = ["__version__", "sweep", *_EXPORTS]
+__all__ = ["__version__", "sweep", "explore", *_EXPORTS]
 
 
 def __getattr__(name: str):
-    if name == "sweep":  # the subpackage is callable: gc.sweep(datasets=[...], ...) runs gpuclust.sweep.run_sweep
-        return importlib.import_module("gpuclust.sweep")
+    if name in ("sweep", "explore"):  # callable subpackages: gc.sweep(...) runs run_sweep, gc.explore(...) explore
+        return importlib.import_module(f"gpuclust.{name}")
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'gpuclust' has no attribute {name!r}")

@@ -100,13 +100,20 @@ def run_reference() -> str:
     return "\n".join(parts)
 
 
-def cli_reference() -> str:
-    """The whole page: gpuclust.run, gpuclust.sweep and gpuclust.export."""
+def other_parsers() -> list[argparse.ArgumentParser]:
+    """The parsers of the commands besides gpuclust.run, in the page's order."""
+    from .assign import get_args_parser as assign_parser
+    from .explore.cli import get_args_parser as explore_parser
     from .export import get_args_parser as export_parser
     from .sweep import get_args_parser as sweep_parser
 
+    return [sweep_parser(), export_parser(), assign_parser(), explore_parser()]
+
+
+def cli_reference() -> str:
+    """The whole page: gpuclust.run, then gpuclust.sweep, .export, .assign and .explore."""
     parts = [_INTRO, run_reference()]
-    for parser in (sweep_parser(), export_parser()):
+    for parser in other_parsers():
         parts.append(f"## {parser.prog}\n\n{parser.description}\n\n{plain_table(parser)}")
     return "\n".join(parts)
 

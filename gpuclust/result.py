@@ -81,6 +81,14 @@ class ClusterResult:
         extra = self.curation.columns if self.curation is not None else None
         return labels_table(self.rows, self.paths, self.labels_true, self.labels, self.classes, extra).to_pandas()
 
+    def explore(self, thumbnails: int | None = None, neighbours: int = 10):
+        """This run's interactive map (gpuclust.explore.Explorer): a notebook shows it inline; `.save(dir)` writes
+        it as a static site. `thumbnails`: rows given one (default 2,000, inline in the page); `neighbours`:
+        nearest rows listed per row, in the clustered space."""
+        from .explore import explore
+
+        return explore(self, thumbnails=thumbnails, neighbours=neighbours)
+
     def save(self, path: str | Path | None = None, gallery: int | None = None) -> Path:
         """Write the run directory (config.json, metrics.json, labels.parquet, timings.json, report.html with its
         plots and gallery): the files `python -m gpuclust.run --output PATH` writes. None: runs/<time>-<names>.

@@ -12,13 +12,16 @@ def test_committed_cli_reference_is_up_to_date():
         f"docs/cli.md is out of date with the flags: run `{REGENERATE}` and commit it"
 
 
-def test_reference_lists_every_flag_of_the_three_commands():
-    from gpuclust.export import get_args_parser as export_parser
+def test_reference_lists_every_flag_of_every_command():
+    from gpuclust.clidoc import other_parsers
     from gpuclust.run import get_args_parser as run_parser
-    from gpuclust.sweep import get_args_parser as sweep_parser
 
     page = cli_reference()
-    for parser in (run_parser(), sweep_parser(), export_parser()):
+    parsers = [run_parser(), *other_parsers()]
+    assert [p.prog for p in parsers] == ["python -m gpuclust.run", "python -m gpuclust.sweep",
+                                         "python -m gpuclust.export", "python -m gpuclust.assign",
+                                         "python -m gpuclust.explore"]
+    for parser in parsers:
         for action in parser._actions:
             for flag in action.option_strings:
                 assert flag in page, (parser.prog, flag)

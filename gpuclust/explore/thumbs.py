@@ -142,11 +142,29 @@ class ThumbnailCache:
         from ..data.base import SkipImage
 
         try:
-            img = ds.load(row)
+            img = _load(ds, row, self.size)
         except SkipImage:
             return False
         _write_file(path, thumbnail_bytes(img, self.size))
         return True
+
+
+def _load(ds, row: int, size: int):
+    """Row `row` of `ds` as an RGB PIL image. A JPEG file is decoded at a reduced scale (Pillow's draft: 1/2 to 1/8
+    of each side, never below `size`), 2.5x faster for a 1280 x 960 photo; anything else goes through `ds.load`."""
+    from PIL import Image, ImageOps
+
+    from ..data.base import FileDataset
+
+    if isinstance(ds, FileDataset) and row not in ds.bad:
+        try:
+            with Image.open(ds.paths[row]) as im:
+                if im.format == "JPEG":
+                    im.draft("RGB", (size, size))
+                    return ImageOps.exif_transpose(im).convert("RGB")
+        except Exception:  # noqa: BLE001 - ds.load below decides, and says why
+            pass
+    return ds.load(row)
 
 
 def _present(path: Path) -> bool:

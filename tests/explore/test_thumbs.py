@@ -6,12 +6,12 @@ import logging
 
 import numpy as np
 import pytest
-from helpers import write_digit_images
 from PIL import Image
 
 from gpuclust.data import load_dataset
 from gpuclust.errors import UserError
 from gpuclust.explore.thumbs import THUMB_SIZE, ThumbnailCache, sample_rows, thumbnail_bytes
+from helpers import write_digit_images
 
 
 def _files(root):
@@ -103,3 +103,24 @@ def test_sample_rows_is_seeded_and_keeps_must():
     assert sample_rows(1000, 0).tolist() == []
     with pytest.raises(UserError):
         sample_rows(1000, -1)
+
+
+def test_jpeg_photos_are_decoded_small_and_upright(tmp_path):
+    from PIL import ImageOps
+
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(np.kron(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8), np.ones((80, 80, 1), np.uint8)))
+    photo.save(tmp_path / "imgs" / "a" / "wide.jpg", quality=92)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: turn 90 degrees, so the upright image is tall
+    photo.save(tmp_path / "imgs" / "a" / "turned.jpg", quality=92, exif=exif)
+    ds = load_dataset(f"imagefolder:{tmp_path / 'imgs'}")
+    got = ThumbnailCache(tmp_path / "thumbs").ensure(ds, [0, 1])
+    sizes = {}
+    for r in (0, 1):
+        with Image.open(got[r]) as im:
+            sizes[ds.paths[r].rsplit("/", 1)[1]] = im.size
+            want = ImageOps.fit(ds.load(r), im.size)  # the full decode, shrunk the slow way
+            assert np.abs(np.asarray(im.convert("RGB"), float) - np.asarray(want, float)).mean() < 12
+    assert sizes == {"wide.jpg": (96, 72), "turned.jpg": (72, 96)}

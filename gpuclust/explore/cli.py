@@ -127,9 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_args(args)
         from . import build, require_bokeh
+
+        require_bokeh()  # before page.py, which imports bokeh
         from .page import write_site
 
-        require_bokeh()
         got = build.from_run(args.run, thumbnails=args.thumbnails, neighbours=args.neighbours,
                              progress=not args.quiet)
         run = build.resolve_run(args.run)

@@ -136,3 +136,31 @@ def digits_map(thumb_dir: Path, every: int = 3):
                    title="digits, pixels", metrics={"ami": 0.61, "silhouette": 0.14})
     return data, files
 
+
+
+def open_explorer(index: Path, row: int | None = None, screenshot: Path | None = None,
+                  size: tuple[int, int] = (1400, 900)) -> dict:
+    """Open an exported explorer (index.html) in headless Chromium, optionally at `#row=ROW`, and read what it
+    shows: points (rows in the page's data source), counts (the header's line), thumbnail (the src of the row's
+    loaded thumbnail), neighbours (thumbnails listed for it), errors (SEVERE console entries), open_s (seconds
+    until BokehJS had drawn the page). Saves a screenshot when asked."""
+    driver = make_driver(*size)
+    try:
+        driver.set_page_load_timeout(300)
+        start = time.monotonic()
+        driver.get(Path(index).resolve().as_uri() + ("" if row is None else f"#row={row}"))
+        wait_for_bokeh(driver, timeout=300)
+        state = {"open_s": round(time.monotonic() - start, 2),
+                 "points": bokeh_model(driver, "points", "m.data.x.length"),
+                 "counts": deep_eval(driver, "#gc-counts", "el.textContent")}
+        if row is not None:
+            state["thumbnail"] = wait_for(lambda: deep_eval(driver, "#gc-thumb", IMG_LOADED), 60,
+                                          "the row's thumbnail")
+            state["neighbours"] = deep_eval(driver, "#gc-neighbours", "el.querySelectorAll('img').length")
+        if screenshot is not None:
+            time.sleep(0.5)  # the WebGL canvas's last frame
+            driver.save_screenshot(str(screenshot))
+        state["errors"] = severe_errors(driver)
+        return state
+    finally:
+        driver.quit()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ class Gathered:
 
 def resolve_run(path: str | Path) -> Path:
     """The run folder `path` names: a run directory as it is; a sweep directory's best run (best.json, by the
-    sweep's ranking metric); anything else is a UserError."""
+    sweep's ranking metric); a folder of runs (runs/) its newest run; anything else is returned as it is, for
+    read_run to refuse."""
     d = Path(path).expanduser()
     if (d / "best.json").is_file() and not (d / "labels.parquet").is_file():
         try:
@@ -52,6 +54,12 @@ def resolve_run(path: str | Path) -> Path:
         run = run if run.is_absolute() or run.exists() else d / run
         log.info("explore: the sweep's best run by %s: %s", doc["rank_by"], run)
         return run
+    if d.is_dir() and not (d / "labels.parquet").is_file():
+        runs = [p.parent for p in d.glob("*/labels.parquet") if (p.parent / "metrics.json").is_file()]
+        if runs:  # a folder of runs (runs/): its newest
+            newest = max(runs, key=lambda p: ((p / "metrics.json").stat().st_mtime, p.name))
+            print(f"explore: the newest run in {path}: {newest}", file=sys.stderr)
+            return newest
     return d
 
 

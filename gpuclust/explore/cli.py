@@ -34,7 +34,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m gpuclust.explore", name="gpuclust.explore",
                       description=__doc__.split("\n")[0], epilog=EXAMPLE,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", metavar="RUN", help="a run directory, or a sweep directory (its best run)")
+    p.add_argument("run", metavar="RUN", help="a run directory, a sweep directory (its best run), or a folder of "
+                   "runs such as runs/ (its newest)")
     p.add_argument("--export", metavar="DIR", help="write the page as a static site into DIR and exit (no server)")
     p.add_argument("--atlas", metavar="DIR", help="also write the rows for Embedding Atlas into DIR")
     p.add_argument("--thumbnails", metavar="N", type=int, default=50_000,
@@ -131,9 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         require_bokeh()  # before page.py, which imports bokeh
         from .page import write_site
 
-        got = build.from_run(args.run, thumbnails=args.thumbnails, neighbours=args.neighbours,
-                             progress=not args.quiet)
         run = build.resolve_run(args.run)
+        got = build.from_run(run, thumbnails=args.thumbnails, neighbours=args.neighbours, progress=not args.quiet)
         site = Path(args.export).expanduser() if args.export else run / "explore"
         server = None if args.export else open_server_early(args, site)
         index = write_site(site, got.data, got.thumb_files)

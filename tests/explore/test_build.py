@@ -73,6 +73,17 @@ def test_a_sweep_directory_opens_its_best_run(run, tmp_path):
         build.resolve_run(sweep)
 
 
+def test_a_folder_of_runs_opens_its_newest(run, tmp_path):
+    import os
+
+    out, _ = run
+    for name, age in (("older", 100), ("newer", 0)):
+        shutil.copytree(out, tmp_path / name)
+        t = os.path.getmtime(out / "metrics.json") - age
+        os.utime(tmp_path / name / "metrics.json", (t, t))
+    assert build.resolve_run(tmp_path) == tmp_path / "newer"
+
+
 def test_not_a_run(tmp_path):
     with pytest.raises(UserError, match="not a gpuclust run directory"):
         build.from_run(tmp_path)

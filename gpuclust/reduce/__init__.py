@@ -283,7 +283,10 @@ def _graph(X, knn: str, p: dict, backend: Backend) -> None:
 
 def _fit_umap(est, method: str, backend: Backend, X):
     from ..progress import step, umap_tqdm_kwds
+    from .jit import cache_umap_learn
 
+    if est.twin == "cpu":
+        cache_umap_learn()  # its compiled code from disk after a first run (reduce/jit.py)
     own_bar = est.twin == "cpu" and "tqdm_kwds" not in est.params  # umap-learn's epoch bar (cuML has none)
     if own_bar:
         est.obj.tqdm_kwds = umap_tqdm_kwds()

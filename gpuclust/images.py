@@ -50,7 +50,7 @@ def cluster_images(data: Any, encoder: Any = "efficientnet_lite0", clusterer: An
     else:
         check_values(cfg)
     backend = resolve_backend(cfg.device)
-    timer, t_start = StageTimer(backend), time.perf_counter()
+    timer, t_start = StageTimer(backend, progress), time.perf_counter()
     ds = _dataset(data, cfg, timer)
     if named:
         check_against_data(cfg, ds)

@@ -20,6 +20,7 @@ from .distributed import dask_kmeans, fill_store, multi_gpu, open_client, wants_
 from .encode import Embeddings, build_encoder, extract
 from .encode.transforms import study_preprocess
 from .errors import UserError
+from .progress import stage_progress
 from .report import run_dir
 from .result import ClusterResult
 from .stream import RowChunks
@@ -29,17 +30,20 @@ log = logging.getLogger("gpuclust")
 
 
 class StageTimer:
-    """Seconds per stage, with a start and a finish line in the log; device work is synchronised first."""
+    """Seconds per stage, with a start and a finish line in the log; device work is synchronised first. With
+    `progress`, a stage that runs a while shows its name and elapsed time on stderr (gpuclust.progress)."""
 
-    def __init__(self, backend: Backend):
-        self.backend, self.seconds, self.peak_rss = backend, {}, {}
+    def __init__(self, backend: Backend, progress: bool = False):
+        self.backend, self.seconds, self.peak_rss, self.progress = backend, {}, {}, progress
 
     @contextmanager
-    def __call__(self, stage: str, rows: int | None = None):
+    def __call__(self, stage: str, rows: int | None = None, show: bool = True):
+        """Time `stage`; `show=False` leaves its progress to the stage itself (the encoder's bar)."""
         log.info("%s: start", stage)
         self.backend.synchronize()
         t0 = time.perf_counter()
-        yield
+        with stage_progress(stage, self.progress and show):
+            yield
         self.backend.synchronize()
         dt = time.perf_counter() - t0
         self.seconds[stage] = round(dt, 4)
@@ -270,7 +274,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> ClusterResult:
     with ExitStack() as stack:
         # One Dask client for the whole run: it encodes shards, transforms streamed chunks and runs multi-GPU KMeans.
         client = stack.enter_context(open_client(cfg)) if wants_cluster(cfg) else None
-        timer, t_start = StageTimer(backend), time.perf_counter()
+        timer, t_start = StageTimer(backend, progress), time.perf_counter()
         ds = data_stage(cfg, timer)
         check_against_data(cfg, ds)
         with run_dir(cfg.output, ds.spec, "precomputed" if is_precomputed(cfg) else cfg.encode.spec,
@@ -309,7 +313,7 @@ def compute(cfg: RunConfig, ds, backend: Backend, timer: StageTimer, progress: b
     which reduces and clusters instead of cfg.reduce / cfg.cluster. `out`/`final`: where skipped.csv goes as soon as
     the encoder has met every row (the CLI's run directory), else nowhere until the result is saved."""
     precomputed = is_precomputed(cfg)
-    with timer("encode", rows=len(ds)):
+    with timer("encode", rows=len(ds), show=precomputed):  # the encoder has its own bar
         if precomputed:
             emb, enc_info = precomputed_stage(ds, cfg, backend)
         else:

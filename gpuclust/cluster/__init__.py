@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from ..backend import ALGORITHMS, Algorithm, Backend, make_estimator
 from ..errors import UserError
+from ..progress import step, track
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def choose_k(Z, Z_score, method: str, params: dict, backend: Backend, seed: int 
         log.warning("--k-range %d:%d: %d images allow k up to %d; trying %d:%d", lo, int(k_range[1]), Z.shape[0], hi,
                     lo, hi)
     scores = {}
-    for k in range(lo, hi + 1):
+    for k in track(range(lo, hi + 1), "k auto", hi - lo + 1):
         labels, _, _ = cluster(Z, method, k, params, backend, seed)
         s = silhouette_score(backend, Z_score, labels, "euclidean", AUTO_K_SAMPLE, AUTO_K_SAMPLE, seed)["value"]
         scores[k] = s if s is not None else float("-inf")
@@ -125,7 +126,7 @@ def cluster(Z, method: str, k: int | None, params: dict, backend: Backend, seed:
     if algo.prepare is not None:
         Z, p, notes = algo.prepare(backend, Z, p)
     est = make_estimator(method, backend, gpu_gap=_size_gap(method, p, n, backend), **p)
-    with warnings.catch_warnings(record=algo.on_warnings is not None) as caught:
+    with warnings.catch_warnings(record=algo.on_warnings is not None) as caught, step(method):
         if caught is not None:
             warnings.simplefilter("always")
         labels = est.call("fit_predict", backend, Z)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError
+from ..progress import step
 
 
 @dataclass
@@ -42,9 +43,11 @@ def curate_stage(curate, X: Any, Z: Any, labels: Any, rows, paths, backend, seed
     if curate.duplicates is not None:
         from .duplicates import duplicates_stage
 
-        duplicates_stage(cur, curate.duplicates, X, Z, labels, rows, paths, backend)
+        with step("near-duplicates"):
+            duplicates_stage(cur, curate.duplicates, X, Z, labels, rows, paths, backend)
     if curate.outliers is not None:
         from .outliers import outliers_stage
 
-        outliers_stage(cur, curate.outliers, X, Z, labels, rows, paths, backend, seed)
+        with step("outliers"):
+            outliers_stage(cur, curate.outliers, X, Z, labels, rows, paths, backend, seed)
     return cur

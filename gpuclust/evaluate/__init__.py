@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from ..backend import Backend
+from ..progress import step
 from .metrics import ami, ari, calinski_harabasz, davies_bouldin, label_metrics, nmi
 from .silhouette import METRICS as SILHOUETTE_METRICS
 from .silhouette import silhouette_samples, silhouette_score
@@ -41,7 +42,8 @@ def _silhouettes(backend, spaces: dict, labels, metrics, seed) -> dict:
             key = "silhouette" + ("" if space == "clustered" else f"_{space}") + \
                 ("" if metric == "euclidean" else f"_{metric}")
             if (id(Z), metric) not in done:  # a UMAP run clusters in its UMAP space: score it once
-                done[(id(Z), metric)] = silhouette(backend, Z, space_labels, metric, seed)
+                with step(f"silhouette ({space} space, {metric})"):
+                    done[(id(Z), metric)] = silhouette(backend, Z, space_labels, metric, seed)
             s = done[(id(Z), metric)]
             out[key] = s["value"]
             if space == "clustered" and metric == metrics[0]:

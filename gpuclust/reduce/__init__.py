@@ -282,17 +282,32 @@ def _graph(X, knn: str, p: dict, backend: Backend) -> None:
 
 
 def _fit_umap(est, method: str, backend: Backend, X):
-    with warnings.catch_warnings():
-        # umap-learn warns that a precomputed graph without a pynndescent index cannot transform; ours can
-        warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
-        return est.call(method, backend, X)
+    from ..progress import step, umap_tqdm_kwds
+    from .jit import cache_umap_learn
+
+    if est.twin == "cpu":
+        cache_umap_learn()  # its compiled code from disk after a first run (reduce/jit.py)
+    own_bar = est.twin == "cpu" and "tqdm_kwds" not in est.params  # umap-learn's epoch bar (cuML has none)
+    if own_bar:
+        est.obj.tqdm_kwds = umap_tqdm_kwds()
+    try:
+        with warnings.catch_warnings(), step("umap fit"):
+            # umap-learn warns that a precomputed graph without a pynndescent index cannot transform; ours can
+            warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
+            return est.call(method, backend, X)
+    finally:
+        if own_bar:  # the fitted model's later transforms (chunk by chunk, assign) stay silent
+            est.obj.tqdm_kwds = None
 
 
 def umap(X, dims: int, params: dict, backend: Backend, seed: int = 0):
     """(Z as float32, twin): UMAP of X to `dims` with the study's defaults under `params`, on the neighbour graph
     `params["knn"]` chooses (see KNN)."""
+    from ..progress import step
+
     dims, p, knn = _umap_settings(X.shape[0], dims, params, seed, backend)
-    _graph(X, knn, p, backend)
+    with step("umap neighbour graph"):
+        _graph(X, knn, p, backend)
     est = make_estimator("umap", backend, n_components=dims, **p)
     Z = _fit_umap(est, "fit_transform", backend, X)
     return backend.xp.asarray(Z, dtype=backend.xp.float32), est.twin
@@ -308,6 +323,7 @@ def reduce_streamed(matrix, method: str, dims, params: dict, backend: Backend, s
     """
     import numpy as np
 
+    from ..progress import step
     from ..stream import column_stats, sample_positions
 
     if method not in ("pca", "umap"):
@@ -318,7 +334,8 @@ def reduce_streamed(matrix, method: str, dims, params: dict, backend: Backend, s
     xp = backend.xp
     n = matrix.n_rows
     pos = sample_positions(n, fit_sample, seed)
-    mean, std, S = column_stats(matrix, backend, rows, sample=pos)  # one read of the rows for both
+    with step("column statistics"):
+        mean, std, S = column_stats(matrix, backend, rows, sample=pos)  # one read of the rows for both
     shift = scale = None
     if zscore_first if zscore_first is not None else method == "pca":
         # float32 statistics, so standardising a chunk makes float32 copies of it, not float64 ones
@@ -334,7 +351,8 @@ def reduce_streamed(matrix, method: str, dims, params: dict, backend: Backend, s
             # cuML's transform after a fit on a precomputed graph has not been verified
             raise UserError(f"--reduce-param knn={knn} cannot be combined with --fit-sample on the GPU: cuML "
                             "transforms new rows with its own neighbour search; drop one of them")
-        _graph(S, knn, p, backend)
+        with step("umap neighbour graph"):
+            _graph(S, knn, p, backend)
         est = make_estimator("umap", backend, n_components=udims, **p)
         _fit_umap(est, "fit", backend, S)
         if est.twin == "cpu":
@@ -409,8 +427,10 @@ def _transform_all(matrix, model, twin: str, backend: Backend, stats, client=Non
     else:
         from ..backend import cpu_backend
 
+        from ..progress import track
+
         local = backend if twin == backend.name else cpu_backend()  # the CPU twin standing in takes host rows
-        for j, cid in enumerate(ids):
+        for j, cid in enumerate(track(ids, "transform", len(ids))):
             B = matrix.read(cid)
             parts[j] = _transform_block(local, model, B if local is backend else backend.to_host(B), stats)
     dims = parts[0].shape[1]

@@ -193,7 +193,7 @@ def cached(store_dir: str | None, key: dict, backend: Backend, compute):
     key = {**key, "backend": backend.name}
     hit = cache.get(key)
     if hit is not None:
-        log.info("reduce: reusing the stored %s space (%s)", key["method"], cache.dir)
+        log.info("reduce: reusing the stored %s space (%s)", key.get("purpose", key["method"]), cache.dir)
         return backend.asarray(hit[0]), hit[1]["twin"]
     Z, twin = compute()
     cache.put(key, backend.to_host(Z), {"twin": twin})
@@ -341,7 +341,7 @@ def compute(cfg: RunConfig, ds, backend: Backend, timer: StageTimer, progress: b
         metrics.update(curation.metrics)
     else:
         curation = None
-    map_xy = map_stage(cfg, emb.X, backend, timer, enc_info["store"])
+    map_xy = map_stage(cfg, emb.X, Z, backend, timer, enc_info["store"])
     twins = {"encode": "none" if precomputed else backend.name, **twins, "evaluate": backend.name}
     if map_xy is not None:
         twins["map"] = map_xy[1]
@@ -353,13 +353,17 @@ def compute(cfg: RunConfig, ds, backend: Backend, timer: StageTimer, progress: b
                          map_xy=None if map_xy is None else map_xy[0])
 
 
-def map_stage(cfg: RunConfig, X, backend: Backend, timer: StageTimer, store_dir: str | None):
-    """(xy on the host, twin) of the run's 2-D map (explore/layout.py), or None with --map none."""
+def map_stage(cfg: RunConfig, X, Z, backend: Backend, timer: StageTimer, store_dir: str | None):
+    """(xy on the host, twin) of the run's 2-D map (explore/layout.py), or None with --map none. A streamed run
+    maps its reduced space Z (held in memory already), fitted on at most its --fit-sample rows."""
     if cfg.explore.map == "none":
         return None
     from .explore.layout import map_2d, map_params
 
     with timer("map", rows=int(X.shape[0])), memory_hint("map"):
+        if isinstance(X, RowChunks):
+            return map_2d(Z, map_params(cfg.reduce), backend, cfg.seed, store_dir, cfg.reduce.fit_sample,
+                          metric="euclidean")
         return map_2d(X, map_params(cfg.reduce), backend, cfg.seed, store_dir)
 
 

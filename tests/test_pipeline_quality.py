@@ -44,7 +44,7 @@ def test_effnet_umap_kmeans_reaches_measured_ami(effnet_run):
     assert m["ami"] >= AMI_FLOOR_EFFNET, m
     assert m["n_clusters"] == 10 and m["n_rows"] == N and m["noise_fraction"] == 0.0
     assert 0.0 < m["silhouette_umap"] <= 1.0
-    assert effnet_run.twins == {"encode": "cpu", "reduce": "cpu", "cluster": "cpu", "evaluate": "cpu"}
+    assert effnet_run.twins == {"encode": "cpu", "reduce": "cpu", "cluster": "cpu", "evaluate": "cpu", "map": "cpu"}
 
 
 def test_encoder_beats_pixels(effnet_run, pixels_run):

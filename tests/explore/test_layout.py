@@ -39,12 +39,13 @@ def test_map_keeps_digits_apart_and_is_cached(digits, tmp_path):
     np.testing.assert_array_equal(again, xy)
 
 
-def test_large_runs_fit_a_sample_and_place_the_rest(digits, monkeypatch):
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])  # the encoder's space; a streamed run's reduced space
+def test_large_runs_fit_a_sample_and_place_the_rest(digits, monkeypatch, metric):
     X, y = digits
     cpu = resolve_backend("cpu")
     monkeypatch.setitem(layout.FIT_ROWS, "cpu", 600)
     monkeypatch.setattr(layout, "PLACE_ROWS", 500)  # several placing blocks
-    xy, _ = layout.map_2d(X, layout.map_params({"method": "pca", "params": {}}), cpu, seed=0)
+    xy, _ = layout.map_2d(X, layout.map_params({"method": "pca", "params": {}}), cpu, seed=0, metric=metric)
     fitted = np.zeros(len(X), bool)
     fitted[np.random.default_rng(0).choice(len(X), 600, replace=False)] = True
     # Placed rows are named by their fitted neighbours on the map nearly as well as fitted rows are.

@@ -106,16 +106,14 @@ def bootstrap_rows(n: int, b: int = 50, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(3000 + seed).integers(0, n, size=(b, n))
 
 
-def confidence(score_draws: np.ndarray) -> tuple[float, float]:
-    """From (b, candidates) draws of a criterion (column 0..: candidates, higher is better) and the full-data pick
-    `p` (the argmax of the draws' mean is not used: the pick is made on the full data by the caller, passed as the
-    first column's order): returns (share of draws where the pick is first, margin to the runner-up in units of the
-    bootstrap standard deviation of their difference). The caller puts the pick in column 0 and the full-data
-    runner-up in column 1."""
-    first = np.argmax(score_draws, axis=1)
-    share = float((first == 0).mean())
-    diff = score_draws[:, 0] - score_draws[:, 1]
+def confidence(score_draws: np.ndarray, pick: int, runner: int, twins: np.ndarray) -> tuple[float, float]:
+    """From (b, candidates) draws of a criterion (higher is better), the full-data pick and runner-up (the best
+    candidate with another partition) and a mask of the pick's twins (candidates with the pick's partition, such as
+    HDBSCAN at two sizes finding the same clusters): (the share of draws whose first is the pick or a twin, the
+    margin pick - runner-up in units of the bootstrap standard deviation of that difference)."""
+    share = float(twins[np.argmax(score_draws, axis=1)].mean())
+    diff = score_draws[:, pick] - score_draws[:, runner]
     sd = float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
-    if sd == 0:  # the same difference in every draw: a sure pick, or a tie (two candidates with the same labels)
+    if sd == 0:  # the same difference in every draw (stability and prediction strength do not move with the rows)
         return share, float("inf") if diff.mean() > 0 else 0.0
     return share, float(diff.mean() / sd)

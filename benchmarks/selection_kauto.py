@@ -86,7 +86,11 @@ def run(sets, encoders, kmax: int, sweep_csv, summary_csv) -> pd.DataFrame:
     for name in sets:
         for enc in encoders:
             for method in ("kmeans", "agglomerative"):
-                rows, sil_rows = sweep(name, enc, method, kmax)
+                part = ss.cache_dir() / "selection-kauto" / f"{name}-{enc}-{method}-{kmax}.pkl"
+                if not part.exists():  # saved as each sweep finishes, so a rerun resumes
+                    part.parent.mkdir(parents=True, exist_ok=True)
+                    pd.to_pickle(sweep(name, enc, method, kmax), part)
+                rows, sil_rows = pd.read_pickle(part)
                 frame = pd.DataFrame(rows)
                 all_rows += rows
                 true_k = int(frame["n_classes"].iloc[0])

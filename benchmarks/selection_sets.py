@@ -120,10 +120,14 @@ def umap_space(name: str, encoder: str, ds=None) -> tuple[np.ndarray, np.ndarray
     import gpuclust as gc
 
     path = cache_dir() / "selection-umap" / f"{name}-{encoder}.npz"
+    _wait_for_other(path)
     if path.exists():
         f = np.load(path)
         return f["Z"], f["y"], {"embed_s": float(f["embed_s"]), "umap_s": float(f["umap_s"])}
     ds = ds if ds is not None else SETS[name][0]()
+    busy = path.with_suffix(".busy")
+    busy.parent.mkdir(parents=True, exist_ok=True)
+    busy.write_text(str(os.getpid()))
     t0 = time.perf_counter()
     X, rows = gc.embed(ds, encoder=encoder, device="cpu", cache_dir=str(cache_dir()), progress=False,
                        return_rows=True)
@@ -135,7 +139,22 @@ def umap_space(name: str, encoder: str, ds=None) -> tuple[np.ndarray, np.ndarray
     y = np.asarray(ds.labels)[np.asarray(rows)]
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, Z=Z, y=y, embed_s=t1 - t0, umap_s=t2 - t1)
+    busy.unlink(missing_ok=True)
     return Z, y, {"embed_s": t1 - t0, "umap_s": t2 - t1}
+
+
+def _wait_for_other(path: Path) -> None:
+    """Wait while another live process of this study computes the same space (its `.busy` marker names its pid)."""
+    busy = path.with_suffix(".busy")
+    while busy.exists() and not path.exists():
+        try:
+            pid = int(busy.read_text() or 0)
+            if pid == os.getpid():
+                return
+            os.kill(pid, 0)
+        except (ValueError, ProcessLookupError, FileNotFoundError):
+            return
+        time.sleep(5)
 
 
 def prepare(names=None, encoders=ENCODERS) -> None:

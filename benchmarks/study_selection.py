@@ -30,6 +30,7 @@ import pandas as pd
 from scipy.stats import rankdata, spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import selection_consensus as scons  # noqa: E402
 import selection_criteria as sc  # noqa: E402
 import selection_sets as ss  # noqa: E402
 
@@ -96,7 +97,11 @@ def run_candidates(sets, encoders) -> tuple[pd.DataFrame, dict]:
     rows, draws = [], {}
     for name in sets:
         for enc in encoders:
-            r, d = candidate_rows(name, enc)
+            part = ss.cache_dir() / "selection-candidates" / f"{name}-{enc}.pkl"
+            if not part.exists():  # each set x encoder is saved as it finishes, so a rerun resumes
+                part.parent.mkdir(parents=True, exist_ok=True)
+                pd.to_pickle(candidate_rows(name, enc), part)
+            r, d = pd.read_pickle(part)
             rows += r
             draws.update(d)
     return pd.DataFrame(rows), draws
@@ -134,10 +139,17 @@ def _encoder_first(sil: np.ndarray, enc: np.ndarray, within: np.ndarray) -> np.n
     return order * 10.0 + _rank01(within)
 
 
-def criteria(sil, stab, ps, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+def criteria(sil, stab, ps, frame: pd.DataFrame, cross, cons, cons_other) -> dict[str, np.ndarray]:
     """Every criterion's score for a set's candidates (higher is better), from their silhouettes (mean per row,
-    noise 0), stabilities and prediction strengths; `frame` gives family and encoder."""
+    noise 0), stabilities, prediction strengths, cross-space silhouettes and consensus; `frame` gives family,
+    encoder and numbers of clusters."""
     fam, enc = frame["family"].to_numpy(), frame["encoder"].to_numpy()
+    # The granularity the user asked for: k-taking clusterers were given k (here the number of classes, as a sweep on
+    # labelled data takes it; on unlabelled data the user's --k or --k auto's); a candidate whose number of clusters
+    # is more than 20% off that k ranks below every one within it.
+    k_given = frame["n_classes"].to_numpy()
+    off = np.abs(frame["n_clusters"].to_numpy() - k_given) > 0.2 * k_given
+    demote = np.where(off, -10.0, 0.0)
     return {
         "silhouette_umap_all": sil,
         "silhouette_family_z": _zscore_within(sil, fam),
@@ -145,22 +157,32 @@ def criteria(sil, stab, ps, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         "prediction_strength": ps,
         "silhouette_x_stability": sil * stab,
         "rank_mean_sil_stab": _rank01(sil) + _rank01(stab),
+        "silhouette_at_given_k": sil + demote,
+        "silhouette_x_stability_at_given_k": sil * stab + demote,
+        "cross_space_silhouette": cross,
+        "consensus_mean_ari": cons,
+        "consensus_other_encoders": cons_other,
+        "silhouette_x_consensus": sil * cons,
+        "cross_space_silhouette_x_consensus": cross * cons,
         "encoder_first_then_silhouette": _encoder_first(sil, enc, sil),
         "encoder_first_then_stability": _encoder_first(sil, enc, stab),
         "encoder_first_then_sil_x_stab": _encoder_first(sil, enc, sil * stab),
     }
 
 
-def boot_scores(frame: pd.DataFrame, draws: dict, b: int = B) -> dict[str, np.ndarray]:
+def boot_scores(frame: pd.DataFrame, draws: dict, extra: tuple, b: int = B) -> dict[str, np.ndarray]:
     """(b, candidates) draws of every criterion: rows resampled with replacement (the same rows for every
-    candidate) for the silhouettes, each candidate's subsample ARIs resampled for its stability."""
+    candidate) for the silhouettes and the consensus, each candidate's subsample ARIs resampled for its stability.
+    `extra`: (cross-space per-row silhouettes, labels), each a list in the frame's order."""
     n = len(draws[frame["cid"].iloc[0]][0])
     idx = sc.bootstrap_rows(n, b)
     rng = np.random.default_rng(4000)
     sil = np.stack([draws[c][0][idx].mean(axis=1) for c in frame["cid"]], axis=1)
     stab = np.stack([rng.choice(draws[c][1], (b, len(draws[c][1]))).mean(axis=1) for c in frame["cid"]], axis=1)
+    cross = np.stack([r[idx].mean(axis=1) for r in extra[0]], axis=1)
+    cons = np.stack([np.stack(scons.consensus(extra[1], idx[i], frame["encoder"])) for i in range(b)])
     ps = frame["prediction_strength"].to_numpy()
-    per = [criteria(sil[i], stab[i], ps, frame) for i in range(b)]
+    per = [criteria(sil[i], stab[i], ps, frame, cross[i], cons[i][0], cons[i][1]) for i in range(b)]
     return {name: np.stack([p[name] for p in per]) for name in per[0]}
 
 
@@ -169,21 +191,31 @@ def summarise(cands: pd.DataFrame, draws: dict) -> pd.DataFrame:
     out = []
     for name, frame in cands.groupby("set", sort=False):
         frame = frame.reset_index(drop=True)
+        encs = list(dict.fromkeys(frame["encoder"]))
+        labels = scons.candidate_labels(name, encs, CANDIDATES)
+        labels = [labels[c] for c in frame["cid"]]
+        cross_rows, cross_s = sc.timed(scons.cross_space_rows, name, encs, dict(zip(frame["cid"], labels)))
+        cross_rows = [cross_rows[c] for c in frame["cid"]]
+        cons, cons_s = sc.timed(scons.consensus, labels, None, frame["encoder"])
         full = criteria(frame["silhouette_umap_all"].to_numpy(), frame["stability"].to_numpy(),
-                        frame["prediction_strength"].to_numpy(), frame)
-        boots = boot_scores(frame, draws)
+                        frame["prediction_strength"].to_numpy(), frame, np.array([r.mean() for r in cross_rows]),
+                        *cons)
+        boots = boot_scores(frame, draws, (cross_rows, labels))
         amis = frame["ami"].to_numpy()
         for crit, score in full.items():
             order = np.argsort(-score, kind="stable")  # highest score first (the first candidate on ties)
-            pick, runner = order[0], order[1]
-            cols = np.r_[pick, runner, np.setdiff1d(np.arange(len(frame)), [pick, runner])]
-            share, margin = sc.confidence(boots[crit][:, cols])
+            pick = order[0]
+            twins = np.array([np.array_equal(draws[c][0], draws[frame["cid"][pick]][0]) for c in frame["cid"]])
+            runner = next((i for i in order if not twins[i]), pick)
+            share, margin = sc.confidence(boots[crit], pick, runner, twins)
             rho = spearmanr(score, amis).statistic if np.ptp(score) > 0 else np.nan
             p = frame.iloc[pick]
             out.append(dict(set=name, criterion=crit, spearman=rho, best_ami=amis.max(), pick_ami=amis[pick],
                             loss=amis.max() - amis[pick], pick=f"{p.encoder} {p.clusterer} {p.params}".strip(),
                             pick_clusters=int(p.n_clusters), n_classes=int(p.n_classes),
-                            confidence_share=share, confidence_margin=margin, n_candidates=len(frame)))
+                            confidence_share=share, confidence_margin=margin, n_candidates=len(frame),
+                            cross_space_s_per_candidate=cross_s / len(frame),
+                            consensus_s_per_candidate=cons_s / len(frame)))
     return pd.DataFrame(out)
 
 
@@ -207,12 +239,33 @@ def markdown_tables(summary: pd.DataFrame, cands: pd.DataFrame) -> str:
         lines.append(f"| {r.criterion} | {r.set} | {r.pick} | {r.pick_clusters} / {r.n_classes} | "
                      f"{r.pick_ami:.3f} | {r.best_ami:.3f} | {r.loss:.3f} | {r.confidence_share:.2f} | "
                      f"{r.confidence_margin:.1f} |")
+    lines += confidence_check(summary)
     cost = cands[["fit_s", "silhouette_s", "stability_s", "prediction_strength_s"]].median()
-    lines += ["", "## Seconds per candidate (median over all candidates)", "",
-              "| fit | silhouette | stability (5 refits) | prediction strength (2 fits) |", "|---|---|---|---|",
+    per_set = summary.groupby("set")[["cross_space_s_per_candidate", "consensus_s_per_candidate"]].first().median()
+    lines += ["", "## Seconds per candidate (median over all candidates; 2-core CPU shared with other work)", "",
+              "| fit | silhouette | stability (5 refits) | prediction strength (2 fits) | cross-space silhouette "
+              "(3 spaces) | consensus (ARI to the others) |", "|---|---|---|---|---|---|",
               f"| {cost.fit_s:.2f} | {cost.silhouette_s:.3f} | {cost.stability_s:.2f} | "
-              f"{cost.prediction_strength_s:.2f} |"]
+              f"{cost.prediction_strength_s:.2f} | {per_set.cross_space_s_per_candidate:.3f} | "
+              f"{per_set.consensus_s_per_candidate:.4f} |"]
     return "\n".join(lines) + "\n"
+
+
+def confidence_check(summary: pd.DataFrame) -> list[str]:
+    """Does a low confidence flag the picks that lose AMI? Over every criterion x set pick: for each rule, how many
+    of the picks losing more than 0.02 it flags (caught), and how many of its flags lose more than 0.02 (right)."""
+    bad = summary["loss"] > 0.02
+    lines = ["", "## Confidence check (every criterion x set pick; bad = loses more than 0.02 AMI)", "",
+             f"{int(bad.sum())} of {len(summary)} picks are bad.", "",
+             "| rule for low confidence | flagged | bad picks caught | flags that are bad |", "|---|---|---|---|"]
+    rules = {f"share < {t}": summary["confidence_share"] < t for t in (0.6, 0.8, 0.9, 0.95)}
+    rules.update({f"margin < {t}": summary["confidence_margin"] < t for t in (1, 2, 3)})
+    for rule, low in rules.items():
+        lines.append(f"| {rule} | {int(low.sum())} | {int((low & bad).sum())} / {int(bad.sum())} | "
+                     f"{int((low & bad).sum())} / {int(low.sum())} |")
+    rho = spearmanr(summary["loss"], -summary["confidence_share"]).statistic
+    lines.append(f"\nSpearman between the loss and (1 - share) over all picks: {rho:.2f}.")
+    return lines
 
 
 def figure(cands: pd.DataFrame, summary: pd.DataFrame, path: Path,

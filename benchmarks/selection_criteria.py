@@ -117,3 +117,33 @@ def confidence(score_draws: np.ndarray, pick: int, runner: int, twins: np.ndarra
     if sd == 0:  # the same difference in every draw (stability and prediction strength do not move with the rows)
         return share, float("inf") if diff.mean() > 0 else 0.0
     return share, float(diff.mean() / sd)
+
+
+# --- graph modularity -----------------------------------------------------------------------------------------------
+
+def knn_graph(Z: np.ndarray, k: int = 15):
+    """The symmetric k-nearest-neighbour graph of Z's rows (scipy sparse, weights 1)."""
+    import scipy.sparse as sp
+    from sklearn.neighbors import NearestNeighbors
+
+    idx = NearestNeighbors(n_neighbors=k + 1).fit(Z).kneighbors(Z, return_distance=False)[:, 1:]
+    n = len(Z)
+    A = sp.csr_matrix((np.ones(idx.size), (np.repeat(np.arange(n), k), idx.ravel())), shape=(n, n))
+    return A.maximum(A.T).tocsr()
+
+
+def modularity(A, labels: np.ndarray) -> float:
+    """Newman's modularity of `labels` on graph A, each noise row a cluster of its own (so noise earns nothing):
+    the share of edges inside clusters minus what random edges with the same degrees would put there. Unlike the
+    silhouette it does not reward merging two groups that are well apart but each a dense community."""
+    import scipy.sparse as sp
+
+    lab = labels.copy()
+    noise = lab < 0
+    lab[noise] = lab.max() + 1 + np.arange(noise.sum())
+    _, lab = np.unique(lab, return_inverse=True)
+    M = sp.csr_matrix((np.ones(len(lab)), (np.arange(len(lab)), lab)))
+    two_m = A.sum()
+    inside = (M.T @ A @ M).diagonal().sum() / two_m
+    deg = np.asarray(M.T @ np.asarray(A.sum(axis=1)).ravel()).ravel() / two_m
+    return float(inside - (deg ** 2).sum())

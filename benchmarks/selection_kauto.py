@@ -48,6 +48,23 @@ def sweep(name: str, encoder: str, method: str, kmax: int) -> tuple[list[dict], 
     return rows, np.stack(sil_rows)
 
 
+def _add_label_scores(name, encoder, method, rows) -> list[dict]:
+    """Calinski-Harabasz, Davies-Bouldin and the modularity on the 15-NN graph, in the UMAP space, for each k's
+    labels (refitted with the same seed: the same labels)."""
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
+
+    Z, _, _ = ss.umap_space(name, encoder)
+    labels = _labels_all(Z, method, [r["k"] for r in rows], 0)
+    A, graph_s = sc.timed(sc.knn_graph, Z)
+    out = []
+    for r in rows:
+        q, q_s = sc.timed(sc.modularity, A, labels[r["k"]])
+        out.append({**r, "calinski_harabasz": float(calinski_harabasz_score(Z, labels[r["k"]])),
+                    "davies_bouldin": float(davies_bouldin_score(Z, labels[r["k"]])), "knn_modularity": q,
+                    "knn_modularity_s": q_s + graph_s / len(rows)})
+    return out
+
+
 def _halves(Z, method, ks):
     perm = np.random.default_rng(2000).permutation(len(Z))
     hs = [np.sort(perm[: len(Z) // 2]), np.sort(perm[len(Z) // 2:])]
@@ -69,6 +86,11 @@ def choose(frame: pd.DataFrame, sil_rows: np.ndarray, b: int = 50) -> dict[str, 
     out = {"silhouette": (ks[first(sil)], float((boot.argmax(1) == first(sil)).mean())),
            "stability": (ks[first(stab)], np.nan),
            "silhouette_x_stability": (ks[first(sil * stab)], np.nan)}
+    out["calinski_harabasz"] = (ks[first(frame["calinski_harabasz"].to_numpy())], np.nan)
+    out["davies_bouldin"] = (ks[first(-frame["davies_bouldin"].to_numpy())], np.nan)
+    q = frame["knn_modularity"].to_numpy()
+    out["knn_modularity"] = (ks[first(q)], np.nan)
+    out["knn_modularity_knee_1pct"] = (ks[np.flatnonzero(q >= 0.99 * q.max()).min()], np.nan)
     strong = np.flatnonzero(ps >= 0.8)
     out["prediction_strength_0.8"] = (ks[strong.max()] if len(strong) else ks[first(ps)], np.nan)
     # The largest k whose silhouette is within 2 bootstrap standard deviations of the best k's (paired draws).
@@ -91,6 +113,9 @@ def run(sets, encoders, kmax: int, sweep_csv, summary_csv) -> pd.DataFrame:
                     part.parent.mkdir(parents=True, exist_ok=True)
                     pd.to_pickle(sweep(name, enc, method, kmax), part)
                 rows, sil_rows = pd.read_pickle(part)
+                if "knn_modularity" not in rows[0]:  # parts saved before these were added
+                    rows = _add_label_scores(name, enc, method, rows)
+                    pd.to_pickle((rows, sil_rows), part)
                 frame = pd.DataFrame(rows)
                 all_rows += rows
                 true_k = int(frame["n_classes"].iloc[0])

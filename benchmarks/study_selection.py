@@ -139,7 +139,7 @@ def _encoder_first(sil: np.ndarray, enc: np.ndarray, within: np.ndarray) -> np.n
     return order * 10.0 + _rank01(within)
 
 
-def criteria(sil, stab, ps, frame: pd.DataFrame, cross, cons, cons_other) -> dict[str, np.ndarray]:
+def criteria(sil, stab, ps, frame: pd.DataFrame, cross, cons, cons_other, q) -> dict[str, np.ndarray]:
     """Every criterion's score for a set's candidates (higher is better), from their silhouettes (mean per row,
     noise 0), stabilities, prediction strengths, cross-space silhouettes and consensus; `frame` gives family,
     encoder and numbers of clusters."""
@@ -159,6 +159,8 @@ def criteria(sil, stab, ps, frame: pd.DataFrame, cross, cons, cons_other) -> dic
         "rank_mean_sil_stab": _rank01(sil) + _rank01(stab),
         "silhouette_at_given_k": sil + demote,
         "silhouette_x_stability_at_given_k": sil * stab + demote,
+        "knn_modularity": q,
+        "silhouette_x_modularity": sil * q,
         "cross_space_silhouette": cross,
         "consensus_mean_ari": cons,
         "consensus_other_encoders": cons_other,
@@ -182,7 +184,11 @@ def boot_scores(frame: pd.DataFrame, draws: dict, extra: tuple, b: int = B) -> d
     cross = np.stack([r[idx].mean(axis=1) for r in extra[0]], axis=1)
     cons = np.stack([np.stack(scons.consensus(extra[1], idx[i], frame["encoder"])) for i in range(b)])
     ps = frame["prediction_strength"].to_numpy()
-    per = [criteria(sil[i], stab[i], ps, frame, cross[i], cons[i][0], cons[i][1]) for i in range(b)]
+    graphs, labels = extra[2], extra[1]
+    # Modularity: the graph induced on the distinct rows of each resample (a graph has no use for repeated rows).
+    q = np.stack([[sc.modularity(graphs[e][np.ix_(r, r)], lab[r]) for lab, e in zip(labels, frame["encoder"])]
+                  for r in (np.unique(i) for i in idx)])
+    per = [criteria(sil[i], stab[i], ps, frame, cross[i], cons[i][0], cons[i][1], q[i]) for i in range(b)]
     return {name: np.stack([p[name] for p in per]) for name in per[0]}
 
 
@@ -197,10 +203,12 @@ def summarise(cands: pd.DataFrame, draws: dict) -> pd.DataFrame:
         cross_rows, cross_s = sc.timed(scons.cross_space_rows, name, encs, dict(zip(frame["cid"], labels)))
         cross_rows = [cross_rows[c] for c in frame["cid"]]
         cons, cons_s = sc.timed(scons.consensus, labels, None, frame["encoder"])
+        graphs, graph_s = sc.timed(lambda: {e: sc.knn_graph(ss.umap_space(name, e)[0]) for e in encs})
+        q = np.array([sc.modularity(graphs[e], lab) for lab, e in zip(labels, frame["encoder"])])
         full = criteria(frame["silhouette_umap_all"].to_numpy(), frame["stability"].to_numpy(),
                         frame["prediction_strength"].to_numpy(), frame, np.array([r.mean() for r in cross_rows]),
-                        *cons)
-        boots = boot_scores(frame, draws, (cross_rows, labels))
+                        *cons, q)
+        boots = boot_scores(frame, draws, (cross_rows, labels, graphs))
         amis = frame["ami"].to_numpy()
         for crit, score in full.items():
             order = np.argsort(-score, kind="stable")  # highest score first (the first candidate on ties)
@@ -215,7 +223,8 @@ def summarise(cands: pd.DataFrame, draws: dict) -> pd.DataFrame:
                             pick_clusters=int(p.n_clusters), n_classes=int(p.n_classes),
                             confidence_share=share, confidence_margin=margin, n_candidates=len(frame),
                             cross_space_s_per_candidate=cross_s / len(frame),
-                            consensus_s_per_candidate=cons_s / len(frame)))
+                            consensus_s_per_candidate=cons_s / len(frame),
+                            modularity_s_per_candidate=graph_s / len(frame)))
     return pd.DataFrame(out)
 
 
@@ -241,13 +250,14 @@ def markdown_tables(summary: pd.DataFrame, cands: pd.DataFrame) -> str:
                      f"{r.confidence_margin:.1f} |")
     lines += confidence_check(summary)
     cost = cands[["fit_s", "silhouette_s", "stability_s", "prediction_strength_s"]].median()
-    per_set = summary.groupby("set")[["cross_space_s_per_candidate", "consensus_s_per_candidate"]].first().median()
+    per_set = summary.groupby("set")[["cross_space_s_per_candidate", "consensus_s_per_candidate",
+                                      "modularity_s_per_candidate"]].first().median()
     lines += ["", "## Seconds per candidate (median over all candidates; 2-core CPU shared with other work)", "",
               "| fit | silhouette | stability (5 refits) | prediction strength (2 fits) | cross-space silhouette "
-              "(3 spaces) | consensus (ARI to the others) |", "|---|---|---|---|---|---|",
+              "(3 spaces) | consensus (ARI to the others) | 15-NN graph + modularity |", "|---|---|---|---|---|---|---|",
               f"| {cost.fit_s:.2f} | {cost.silhouette_s:.3f} | {cost.stability_s:.2f} | "
               f"{cost.prediction_strength_s:.2f} | {per_set.cross_space_s_per_candidate:.3f} | "
-              f"{per_set.consensus_s_per_candidate:.4f} |"]
+              f"{per_set.consensus_s_per_candidate:.4f} | {per_set.modularity_s_per_candidate:.3f} |"]
     return "\n".join(lines) + "\n"
 
 

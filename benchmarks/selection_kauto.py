@@ -138,7 +138,8 @@ def run(sets, encoders, kmax: int, sweep_csv, summary_csv) -> pd.DataFrame:
 def markdown(summ: pd.DataFrame) -> str:
     """Per criterion: share of set x encoder x clusterer cases within +-20% of the true k, and AMI lost against the
     true k (median, max, share <= 0.05); then per set the silhouette's choices."""
-    lines = ["", "## --k auto (k = 2..30, KMeans and ward, every set x encoder)", "",
+    encs = ", ".join(dict.fromkeys(summ["encoder"]))
+    lines = ["", f"## --k auto (k = 2..30, KMeans and ward, every set x encoder of: {encs})", "",
              "| criterion | within +-20% | loss vs true k: median | max | share <= 0.05 | cases |",
              "|---|---|---|---|---|---|"]
     for crit, g in summ.groupby("criterion", sort=False):
@@ -150,6 +151,6 @@ def markdown(summ: pd.DataFrame) -> str:
         cells = [" ".join(str(k) for k in gg["chosen_k"]) + f" ({gg['loss_vs_true_k'].max():+.2f})"
                  for _, gg in g.groupby("criterion", sort=False)]
         lines.append(f"| {name} | {g['true_k'].iloc[0]} | " + " | ".join(cells) + " |")
-    lines.append("\nCells: chosen k per encoder x clusterer (pixels, EfficientNet-Lite0, MobileNetV2; KMeans then ward "
-                 "each), and in brackets the largest AMI lost against the true k.")
+    lines.append(f"\nCells: chosen k per encoder x clusterer ({encs}; KMeans then ward each), and in brackets the "
+                 "largest AMI lost against the true k.")
     return "\n".join(lines) + "\n"

@@ -139,93 +139,116 @@ def _encoder_first(sil: np.ndarray, enc: np.ndarray, within: np.ndarray) -> np.n
     return order * 10.0 + _rank01(within)
 
 
-def criteria(sil, stab, ps, frame: pd.DataFrame, cross, cons, cons_other, q) -> dict[str, np.ndarray]:
-    """Every criterion's score for a set's candidates (higher is better), from their silhouettes (mean per row,
-    noise 0), stabilities, prediction strengths, cross-space silhouettes and consensus; `frame` gives family,
-    encoder and numbers of clusters."""
+def criteria(v: dict, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Every criterion's score for a set's candidates (higher is better), from the ingredients `v` (silhouette: mean
+    per row, noise 0; stability; prediction strength; cross-space silhouette; consensus to all and to the other
+    encoders; modularity); `frame` gives family, encoder and numbers of clusters."""
+    sil, stab, cons, q = v["sil"], v["stab"], v["cons"], v["q"]
     fam, enc = frame["family"].to_numpy(), frame["encoder"].to_numpy()
     # The granularity the user asked for: k-taking clusterers were given k (here the number of classes, as a sweep on
     # labelled data takes it; on unlabelled data the user's --k or --k auto's); a candidate whose number of clusters
     # is more than 20% off that k ranks below every one within it.
     k_given = frame["n_classes"].to_numpy()
-    off = np.abs(frame["n_clusters"].to_numpy() - k_given) > 0.2 * k_given
-    demote = np.where(off, -10.0, 0.0)
+    demote = np.where(np.abs(frame["n_clusters"].to_numpy() - k_given) > 0.2 * k_given, -10.0, 0.0)
     return {
         "silhouette_umap_all": sil,
         "silhouette_family_z": _zscore_within(sil, fam),
         "stability": stab,
-        "prediction_strength": ps,
+        "prediction_strength": v["ps"],
         "silhouette_x_stability": sil * stab,
         "rank_mean_sil_stab": _rank01(sil) + _rank01(stab),
-        "silhouette_at_given_k": sil + demote,
-        "silhouette_x_stability_at_given_k": sil * stab + demote,
         "knn_modularity": q,
         "silhouette_x_modularity": sil * q,
-        "cross_space_silhouette": cross,
+        "cross_space_silhouette": v["cross"],
         "consensus_mean_ari": cons,
-        "consensus_other_encoders": cons_other,
+        "consensus_other_encoders": v["cons_other"],
         "silhouette_x_consensus": sil * cons,
-        "cross_space_silhouette_x_consensus": cross * cons,
+        "cross_space_silhouette_x_consensus": v["cross"] * cons,
         "encoder_first_then_silhouette": _encoder_first(sil, enc, sil),
         "encoder_first_then_stability": _encoder_first(sil, enc, stab),
         "encoder_first_then_sil_x_stab": _encoder_first(sil, enc, sil * stab),
+        "silhouette_at_given_k": sil + demote,
+        "silhouette_x_stability_at_given_k": sil * stab + demote,
+        "knn_modularity_at_given_k": q + demote,
+        "consensus_at_given_k": cons + demote,
+        "silhouette_x_consensus_at_given_k": sil * cons + demote,
     }
 
 
-def boot_scores(frame: pd.DataFrame, draws: dict, extra: tuple, b: int = B) -> dict[str, np.ndarray]:
-    """(b, candidates) draws of every criterion: rows resampled with replacement (the same rows for every
-    candidate) for the silhouettes and the consensus, each candidate's subsample ARIs resampled for its stability.
-    `extra`: (cross-space per-row silhouettes, labels), each a list in the frame's order."""
-    n = len(draws[frame["cid"].iloc[0]][0])
-    idx = sc.bootstrap_rows(n, b)
+def ingredients(name: str, frame: pd.DataFrame, draws: dict, b: int = B) -> tuple[dict, dict, dict]:
+    """The label-free measures of a set's candidates: (full-data values, (b, candidates) bootstrap draws, seconds per
+    candidate). Draws: rows resampled with replacement (the same rows for every candidate) for the silhouettes and
+    the consensus; the graph induced on each resample's distinct rows for the modularity; each candidate's
+    subsample ARIs resampled for its stability; prediction strength held fixed."""
+    encs = list(dict.fromkeys(frame["encoder"]))
+    labels = scons.candidate_labels(name, encs, CANDIDATES)
+    labels = [labels[c] for c in frame["cid"]]
+    cross_rows, cross_s = sc.timed(scons.cross_space_rows, name, encs, dict(zip(frame["cid"], labels)))
+    cross_rows = [cross_rows[c] for c in frame["cid"]]
+    cons, cons_s = sc.timed(scons.consensus, labels, None, frame["encoder"])
+    graphs, graph_s = sc.timed(lambda: {e: sc.knn_graph(ss.umap_space(name, e)[0]) for e in encs})
+    full = dict(sil=frame["silhouette_umap_all"].to_numpy(), stab=frame["stability"].to_numpy(),
+                ps=frame["prediction_strength"].to_numpy(), cross=np.array([r.mean() for r in cross_rows]),
+                cons=cons[0], cons_other=cons[1],
+                q=np.array([sc.modularity(graphs[e], lab) for lab, e in zip(labels, frame["encoder"])]))
+    idx = sc.bootstrap_rows(len(labels[0]), b)
     rng = np.random.default_rng(4000)
-    sil = np.stack([draws[c][0][idx].mean(axis=1) for c in frame["cid"]], axis=1)
-    stab = np.stack([rng.choice(draws[c][1], (b, len(draws[c][1]))).mean(axis=1) for c in frame["cid"]], axis=1)
-    cross = np.stack([r[idx].mean(axis=1) for r in extra[0]], axis=1)
-    cons = np.stack([np.stack(scons.consensus(extra[1], idx[i], frame["encoder"])) for i in range(b)])
-    ps = frame["prediction_strength"].to_numpy()
-    graphs, labels = extra[2], extra[1]
-    # Modularity: the graph induced on the distinct rows of each resample (a graph has no use for repeated rows).
-    q = np.stack([[sc.modularity(graphs[e][np.ix_(r, r)], lab[r]) for lab, e in zip(labels, frame["encoder"])]
-                  for r in (np.unique(i) for i in idx)])
-    per = [criteria(sil[i], stab[i], ps, frame, cross[i], cons[i][0], cons[i][1], q[i]) for i in range(b)]
-    return {name: np.stack([p[name] for p in per]) for name in per[0]}
+    cons_b = np.stack([np.stack(scons.consensus(labels, idx[i], frame["encoder"])) for i in range(b)])
+    boot = dict(sil=np.stack([draws[c][0][idx].mean(axis=1) for c in frame["cid"]], axis=1),
+                stab=np.stack([rng.choice(draws[c][1], (b, len(draws[c][1]))).mean(axis=1) for c in frame["cid"]],
+                              axis=1),
+                ps=np.tile(full["ps"], (b, 1)), cross=np.stack([r[idx].mean(axis=1) for r in cross_rows], axis=1),
+                cons=cons_b[:, 0], cons_other=cons_b[:, 1],
+                q=np.stack([[sc.modularity(graphs[e][np.ix_(r, r)], lab[r]) for lab, e in
+                             zip(labels, frame["encoder"])] for r in (np.unique(i) for i in idx)]))
+    n = len(frame)
+    return full, boot, dict(cross_space_s_per_candidate=cross_s / n, consensus_s_per_candidate=cons_s / n,
+                            modularity_s_per_candidate=graph_s / n)
+
+
+def _cached_ingredients(name: str, frame: pd.DataFrame, draws: dict):
+    """`ingredients`, cached beside the store, keyed by the code that computes them and the set's candidates."""
+    import hashlib
+    import inspect
+
+    here = Path(__file__).parent
+    code = b"".join((here / f).read_bytes() for f in ("selection_criteria.py", "selection_consensus.py"))
+    code += inspect.getsource(ingredients).encode()
+    values = frame[["ami", "silhouette_umap_all", "stability", "prediction_strength"]].to_numpy(float)
+    key = hashlib.sha256(code + "|".join(frame["cid"]).encode() + values.round(12).tobytes()).hexdigest()[:16]
+    part = ss.cache_dir() / "selection-ingredients" / f"{name}-{key}.pkl"
+    if not part.exists():
+        part.parent.mkdir(parents=True, exist_ok=True)
+        pd.to_pickle(ingredients(name, frame, draws), part)
+    return pd.read_pickle(part)
 
 
 def summarise(cands: pd.DataFrame, draws: dict) -> pd.DataFrame:
     """One row per criterion x set: Spearman with AMI, the pick, its AMI loss and its confidence."""
     out = []
     for name, frame in cands.groupby("set", sort=False):
-        frame = frame.reset_index(drop=True)
-        encs = list(dict.fromkeys(frame["encoder"]))
-        labels = scons.candidate_labels(name, encs, CANDIDATES)
-        labels = [labels[c] for c in frame["cid"]]
-        cross_rows, cross_s = sc.timed(scons.cross_space_rows, name, encs, dict(zip(frame["cid"], labels)))
-        cross_rows = [cross_rows[c] for c in frame["cid"]]
-        cons, cons_s = sc.timed(scons.consensus, labels, None, frame["encoder"])
-        graphs, graph_s = sc.timed(lambda: {e: sc.knn_graph(ss.umap_space(name, e)[0]) for e in encs})
-        q = np.array([sc.modularity(graphs[e], lab) for lab, e in zip(labels, frame["encoder"])])
-        full = criteria(frame["silhouette_umap_all"].to_numpy(), frame["stability"].to_numpy(),
-                        frame["prediction_strength"].to_numpy(), frame, np.array([r.mean() for r in cross_rows]),
-                        *cons, q)
-        boots = boot_scores(frame, draws, (cross_rows, labels, graphs))
-        amis = frame["ami"].to_numpy()
-        for crit, score in full.items():
-            order = np.argsort(-score, kind="stable")  # highest score first (the first candidate on ties)
-            pick = order[0]
-            twins = np.array([np.array_equal(draws[c][0], draws[frame["cid"][pick]][0]) for c in frame["cid"]])
-            runner = next((i for i in order if not twins[i]), pick)
-            share, margin = sc.confidence(boots[crit], pick, runner, twins)
-            rho = spearmanr(score, amis).statistic if np.ptp(score) > 0 else np.nan
-            p = frame.iloc[pick]
-            out.append(dict(set=name, criterion=crit, spearman=rho, best_ami=amis.max(), pick_ami=amis[pick],
-                            loss=amis.max() - amis[pick], pick=f"{p.encoder} {p.clusterer} {p.params}".strip(),
-                            pick_clusters=int(p.n_clusters), n_classes=int(p.n_classes),
-                            confidence_share=share, confidence_margin=margin, n_candidates=len(frame),
-                            cross_space_s_per_candidate=cross_s / len(frame),
-                            consensus_s_per_candidate=cons_s / len(frame),
-                            modularity_s_per_candidate=graph_s / len(frame)))
+        out += _summarise_set(name, frame.reset_index(drop=True), draws)
     return pd.DataFrame(out)
+
+
+def _summarise_set(name: str, frame: pd.DataFrame, draws: dict) -> list[dict]:
+    full_v, boot_v, cost = _cached_ingredients(name, frame, draws)
+    full = criteria(full_v, frame)
+    per = [criteria({k: v[i] for k, v in boot_v.items()}, frame) for i in range(len(boot_v["sil"]))]
+    amis, out = frame["ami"].to_numpy(), []
+    for crit, score in full.items():
+        order = np.argsort(-score, kind="stable")  # highest score first (the first candidate on ties)
+        pick = order[0]
+        twins = np.array([np.array_equal(draws[c][0], draws[frame["cid"][pick]][0]) for c in frame["cid"]])
+        runner = next((i for i in order if not twins[i]), pick)
+        share, margin = sc.confidence(np.stack([p[crit] for p in per]), pick, runner, twins)
+        rho = spearmanr(score, amis).statistic if np.ptp(score) > 0 else np.nan
+        p = frame.iloc[pick]
+        out.append(dict(set=name, criterion=crit, spearman=rho, best_ami=amis.max(), pick_ami=amis[pick],
+                        loss=amis.max() - amis[pick], pick=f"{p.encoder} {p.clusterer} {p.params}".strip(),
+                        pick_clusters=int(p.n_clusters), n_classes=int(p.n_classes), confidence_share=share,
+                        confidence_margin=margin, n_candidates=len(frame), **cost))
+    return out
 
 
 # --- output ---------------------------------------------------------------------------------------------------------
@@ -254,7 +277,8 @@ def markdown_tables(summary: pd.DataFrame, cands: pd.DataFrame) -> str:
                                       "modularity_s_per_candidate"]].first().median()
     lines += ["", "## Seconds per candidate (median over all candidates; 2-core CPU shared with other work)", "",
               "| fit | silhouette | stability (5 refits) | prediction strength (2 fits) | cross-space silhouette "
-              "(3 spaces) | consensus (ARI to the others) | 15-NN graph + modularity |", "|---|---|---|---|---|---|---|",
+              "(3 spaces) | consensus (ARI to the others) | 15-NN graph + modularity |",
+              "|---|---|---|---|---|---|---|",
               f"| {cost.fit_s:.2f} | {cost.silhouette_s:.3f} | {cost.stability_s:.2f} | "
               f"{cost.prediction_strength_s:.2f} | {per_set.cross_space_s_per_candidate:.3f} | "
               f"{per_set.consensus_s_per_candidate:.4f} | {per_set.modularity_s_per_candidate:.3f} |"]
@@ -275,11 +299,19 @@ def confidence_check(summary: pd.DataFrame) -> list[str]:
                      f"{int((low & bad).sum())} / {int(low.sum())} |")
     rho = spearmanr(summary["loss"], -summary["confidence_share"]).statistic
     lines.append(f"\nSpearman between the loss and (1 - share) over all picks: {rho:.2f}.")
+    lines += ["", "Per criterion, the rule share < 0.9 or margin < 2:", "",
+              "| criterion | sets where the pick loses > 0.02 | of them flagged low | sets flagged low |",
+              "|---|---|---|---|"]
+    for crit, g in summary.groupby("criterion", sort=False):
+        low = (g["confidence_share"] < 0.9) | (g["confidence_margin"] < 2)
+        bad = g["loss"] > 0.02
+        lines.append(f"| {crit} | {', '.join(g.loc[bad, 'set']) or '-'} | {', '.join(g.loc[bad & low, 'set']) or '-'}"
+                     f" | {', '.join(g.loc[low, 'set']) or '-'} |")
     return lines
 
 
 def figure(cands: pd.DataFrame, summary: pd.DataFrame, path: Path,
-           crits=("silhouette_umap_all", "encoder_first_then_stability")) -> None:
+           crits=("silhouette_umap_all", "silhouette_x_consensus_at_given_k")) -> None:
     """Silhouette (x) against AMI (y), one panel per set, coloured by clusterer family, marker by encoder; the pick
     of each criterion in `crits` circled."""
     import matplotlib

@@ -5,13 +5,15 @@ MobileNetV2): UMAP to 50 dimensions (30 neighbours, min_dist 0, seed 0), then th
 k = the number of classes, HDBSCAN with min_cluster_size 5 / 20 / 50, a Gaussian mixture with k classes). Each
 candidate gets its AMI and the label-free criteria: the silhouette in UMAP space over all rows (noise 0;
 `silhouette_umap_all`, today's pick), its z-score within the clusterer family, stability (ARI to refits on 5 x 80%
-subsamples with another seed), prediction strength, and combinations. For every criterion and set: Spearman with
+subsamples with another seed), prediction strength, kNN-graph modularity, the silhouette averaged over every
+encoder's space, consensus (mean ARI to the set's other candidates), each also restricted to runs within 20% of the
+requested k, and combinations. For every criterion and set: Spearman with
 AMI across the set's candidates, the AMI lost by its pick, and its confidence (the share of 50 paired bootstrap
 resamples of the rows where the pick stays first; the margin to the runner-up in bootstrap standard deviations).
 `--k auto` is studied separately (benchmarks/selection_kauto.py): k = 2..30 for KMeans and ward.
 
     GPUCLUST_CACHE=/tmp/select-cache nice -n 19 python benchmarks/study_selection.py            # everything
-    python benchmarks/study_selection.py --phase summary          # tables and figure from the saved CSVs only
+    python benchmarks/study_selection.py --phase summary          # tables and figure again (needs the cache dir)
     python benchmarks/study_selection.py --sets digits --encoders pixels --phase candidates    # a quick check
 
 Writes benchmarks/results/selection-{candidates,criteria,kauto-sweep,kauto}-<machine>.csv,
@@ -353,6 +355,8 @@ def main(argv=None) -> int:
                     help="prepare: encode + UMAP only; candidates / kauto: compute and save; summary: tables and "
                          "figure from saved CSVs; all: everything")
     ap.add_argument("--kmax", type=int, default=30, help="largest k of the --k auto sweep (default 30)")
+    ap.add_argument("--kauto-encoders", default="pixels,efficientnet_lite0",
+                    help="encoders of the --k auto sweep (default pixels,efficientnet_lite0: the study's)")
     a = ap.parse_args(argv)
     os.environ.setdefault("GPUCLUST_CACHE", str(ss.cache_dir()))
     sets, encs = a.sets.split(","), a.encoders.split(",")
@@ -366,7 +370,7 @@ def main(argv=None) -> int:
     if a.phase in ("kauto", "all"):
         import selection_kauto as sk
 
-        sk.run(sets, encs, a.kmax, csv_path("kauto-sweep"), csv_path("kauto"))
+        sk.run(sets, a.kauto_encoders.split(","), a.kmax, csv_path("kauto-sweep"), csv_path("kauto"))
     if a.phase in ("summary", "all", "candidates"):
         cands = pd.read_csv(csv_path("candidates"), keep_default_na=False)
         summary = summarise(cands, load_draws(ss.cache_dir() / "selection-draws.npz"))

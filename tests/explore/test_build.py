@@ -98,3 +98,6 @@ def test_a_result_in_memory_as_a_notebook_shows_it(tmp_path, monkeypatch):
     assert len(view.data) == len(res.labels) and view.data.thumbs.sum() == 100
     uris = view.inline_thumbnails()
     assert sum(u.startswith("data:image/webp;base64,") for u in uris) == 100 and uris.count("") == len(uris) - 100
+    # What a notebook displays: the standalone page in an iframe, its thumbnails inline.
+    shown = view._repr_html_()
+    assert shown.startswith("<iframe srcdoc=") and "Bokeh" in shown and "data:image/webp;base64," in shown

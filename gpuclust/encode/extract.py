@@ -11,6 +11,12 @@ from ..backend import Backend
 from ..data import ImageDataset, SkipImage
 from ..store import EmbeddingStore, Shard
 from .encoder import Encoder
+from .transforms import split_transform
+
+try:  # (PIL comes with torchvision, which every encoder needs)
+    from PIL.Image import Image as PILImage
+except ImportError:  # pragma: no cover
+    PILImage = ()
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +34,14 @@ class Embeddings:
 
 
 class _Rows:
-    """A torch-style dataset over some rows; a row that fails to decode comes back as (row, None, reason)."""
+    """A torch-style dataset over some rows; a row that fails to decode comes back as (row, None, reason).
+
+    With a transform that ends in ToTensor and Normalize (`split_transform`), an RGB image comes back as the head's
+    uint8 (H, W, 3) array and `_Collate` finishes the batch at once (the same tensors to the bit)."""
 
     def __init__(self, dataset: ImageDataset, rows: range, transform):
         self.dataset, self.rows, self.transform = dataset, rows, transform
+        self.split = split_transform(transform)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -39,19 +49,40 @@ class _Rows:
     def __getitem__(self, j: int):
         row = int(self.rows[j])
         try:
-            return row, self.transform(self.dataset.load(row)), ""
+            img = self.dataset.load(row)
         except SkipImage as exc:
             return row, None, str(exc)
+        if self.split is None or not (isinstance(img, PILImage) and img.mode == "RGB"):
+            return row, self.transform(img), ""
+        out = self.split[0](img)
+        if isinstance(out, PILImage) and out.mode == "RGB":
+            return row, np.asarray(out, dtype=np.uint8), ""
+        return row, self.transform(img), ""  # (a head that left PIL's RGB: the whole transform, as before)
 
 
-def _collate(items):
-    import torch
+class _Collate:
+    """(kept rows, batch tensor or None, [(row, reason)]) from `_Rows` items; their uint8 arrays go through `tail` (a
+    `BatchTail`) together."""
 
-    good = [(r, t) for r, t, _ in items if t is not None]
-    bad = [(r, reason) for r, t, reason in items if t is None]
-    rows = torch.tensor([r for r, _ in good], dtype=torch.int64)
-    batch = torch.stack([t for _, t in good]) if good else None
-    return rows, batch, bad
+    def __init__(self, tail=None):
+        self.tail = tail
+
+    def __call__(self, items):
+        import torch
+
+        good = [(r, t) for r, t, _ in items if t is not None]
+        bad = [(r, reason) for r, t, reason in items if t is None]
+        rows = torch.tensor([r for r, _ in good], dtype=torch.int64)
+        return rows, (self._stack([t for _, t in good]) if good else None), bad
+
+    def _stack(self, items: list):
+        import torch
+
+        arrays = [t for t in items if isinstance(t, np.ndarray)]
+        if len(arrays) == len(items) and len({a.shape for a in arrays}) == 1:
+            return self.tail(arrays)
+        # A mixed batch (another mode, another size): each array finished alone, the same numbers.
+        return torch.stack([self.tail([t])[0] if isinstance(t, np.ndarray) else t for t in items])
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -76,9 +107,13 @@ class _Forward:
     """The encoder's forward pass (under autocast) in micro-batches that halve on out-of-memory, for the rest of
     the run."""
 
-    def __init__(self, model, batch_size: int, precision: str = "fp32", device_type: str = "cpu"):
+    def __init__(self, model, batch_size: int, precision: str = "fp32", device_type: str = "cpu",
+                 channels_last: bool = True):
         self.model, self.limit = model, batch_size
         self.precision, self.device_type = precision, device_type
+        # Whether batches go in as channels_last: torch's convolutions want it; ONNX Runtime takes NCHW, and a
+        # channels_last batch would be copied there and back (two copies of 77 MB per 128 images at 224 px).
+        self.channels_last = channels_last
 
     def __call__(self, x):
         import torch
@@ -176,8 +211,10 @@ def _batches(dataset, encoder, backend, rows, batch_size: int, num_workers: int,
                                              num_workers=num_workers, collate_fn=list)
         yield from _device_batches(loader, dataset, encoder, torch.device(backend.torch_device))
         return
-    loader = torch.utils.data.DataLoader(_Rows(dataset, rows, encoder.transform), batch_size=batch_size,
-                                         num_workers=num_workers, collate_fn=_collate, pin_memory=backend.is_gpu)
+    items = _Rows(dataset, rows, encoder.transform)
+    loader = torch.utils.data.DataLoader(items, batch_size=batch_size, num_workers=num_workers,
+                                         collate_fn=_Collate(items.split[1] if items.split else None),
+                                         pin_memory=backend.is_gpu)
     for r, b, bad in loader:
         yield r, b, bad, len(r) + len(bad)
 
@@ -225,7 +262,7 @@ def encode_shards(dataset, encoder, forward, backend, shards: list[range], batch
         kept = batch_rows.numpy()
         if batch is not None:
             x = batch.to(device, non_blocking=True)
-            if x.ndim == 4:
+            if x.ndim == 4 and forward.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():  # (not across the yields: the consumer runs in between)
                 feats = backend.from_torch(forward(x).contiguous())
@@ -270,7 +307,7 @@ def prepare_forward(encoder: Encoder, backend: Backend, batch_size: int, precisi
     has_weights = any(True for _ in model.parameters())  # (raw pixels are a reshape: nothing to speed up)
     if cache_dir is not None and has_weights and resolve_runtime(runtime, device_type, precision, compile) == "onnx":
         model = OrtEncoder(model, encoder.key, cache_dir)
-    return _Forward(model, batch_size, precision, device_type)
+    return _Forward(model, batch_size, precision, device_type, channels_last=not isinstance(model, OrtEncoder))
 
 
 def store_shard(backend, store: EmbeddingStore, i: int, X, kept, bad, store_dtype: str = "float32"):

@@ -92,9 +92,13 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def open_browser(url: str) -> bool:
-    """Open `url` in the machine's browser; False when it has none (a server, a container)."""
+    """Open `url` in the machine's browser; False when it has none (a server, a container). A Linux machine
+    without a display has none here: Python's webbrowser would fall back to a text browser in this terminal."""
+    import os
     import webbrowser
 
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
     try:
         webbrowser.get()
     except webbrowser.Error:

@@ -100,3 +100,12 @@ def test_without_bokeh_the_command_says_the_install_line(run, capsys, monkeypatc
     monkeypatch.setitem(sys.modules, "bokeh", None)  # import bokeh now fails as when it is not installed
     assert main([str(out), "--export", "unused", "-q"]) == 2
     assert "pip install 'gpuclust[explore]'" in capsys.readouterr().err
+
+
+def test_no_display_means_no_browser_the_url_is_printed(monkeypatch):
+    from gpuclust.explore.cli import open_browser
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert open_browser("http://127.0.0.1:1/") is False

@@ -362,8 +362,11 @@ def map_stage(cfg: RunConfig, X, Z, backend: Backend, timer: StageTimer, store_d
 
     with timer("map", rows=int(X.shape[0])), memory_hint("map"):
         if isinstance(X, RowChunks):
+            r = cfg.reduce  # the reduced space's own settings: another --dims is another map
+            source = {"method": r.method, "dims": r.dims, "params": r.params, "zscore": r.zscore,
+                      "normalize": r.normalize, "fit_sample": r.fit_sample}
             return map_2d(Z, map_params(cfg.reduce), backend, cfg.seed, store_dir, cfg.reduce.fit_sample,
-                          metric="euclidean")
+                          metric="euclidean", source=source)
         return map_2d(X, map_params(cfg.reduce), backend, cfg.seed, store_dir)
 
 

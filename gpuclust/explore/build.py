@@ -46,12 +46,12 @@ def resolve_run(path: str | Path) -> Path:
         try:
             doc = json.loads((d / "best.json").read_text())
             entry = doc["best"][doc["rank_by"]]
+            if entry is None:
+                raise UserError(f"{path}: a sweep with no finished run to open")
+            run = Path(entry["run_dir"])
         except (ValueError, KeyError, TypeError):
             raise UserError(f"{path}: a sweep directory whose best.json names no best run") from None
-        if entry is None:
-            raise UserError(f"{path}: a sweep with no finished run to open")
-        run = Path(entry["run_dir"])
-        run = run if run.is_absolute() or run.exists() else d / run
+        run = run if run.is_absolute() or not (d / run).exists() else d / run  # sweeps write it relative
         log.info("explore: the sweep's best run by %s: %s", doc["rank_by"], run)
         return run
     if d.is_dir() and not (d / "labels.parquet").is_file():
@@ -75,12 +75,16 @@ def from_run(run: str | Path, *, thumbnails: int | None = DEFAULT_THUMBNAILS, ne
     info = read_run(resolve_run(run))
     frame = pd.read_parquet(info.dir / "labels.parquet")
     notes: list[str] = []
-    X = _embeddings(info, notes) if neighbours > 0 or not _has_map(info, frame) else None
+    streamed = info.cfg.reduce.fit_sample is not None and len(frame) > info.cfg.reduce.fit_sample
+    if streamed and neighbours > 0:
+        notes.append("no neighbour lists: the run streamed its embeddings (--fit-sample); reading them whole could "
+                     "exceed its memory")
+        neighbours = 0
+    X = _embeddings(info, notes) if neighbours > 0 or not (info.dir / "map.parquet").is_file() else None
     xy = run_map(info, frame, X, notes)
     data = MapData(
         rows=frame["row"].to_numpy(np.int64), x=xy[:, 0], y=xy[:, 1], cluster=frame["label_pred"].to_numpy(np.int64),
-        label_true=frame["label_true"].to_numpy(np.int64) if "label_true" in frame else None,
-        classes=_classes(frame), paths=frame["path"].tolist() if frame.get("path") is not None
+        label_true=_label_true(frame), classes=_classes(frame), paths=frame["path"].tolist() if frame.get("path") is not None
         and frame["path"].notna().any() else None,
         columns={c: frame[c].to_numpy() for c in CURATE_COLUMNS if c in frame and c != "silhouette_row"},
         title=f"gpuclust: {info.dir.resolve().name}", metrics=info.metrics)
@@ -90,10 +94,6 @@ def from_run(run: str | Path, *, thumbnails: int | None = DEFAULT_THUMBNAILS, ne
     files = _thumbnails(info, data, thumbnails, progress, thumb_cache, notes)
     data.thumbs = np.isin(data.rows, np.fromiter(files, np.int64, len(files)))
     return Gathered(data, files, notes)
-
-
-def _has_map(info, frame) -> bool:
-    return (info.dir / "map.parquet").is_file()
 
 
 def _embeddings(info, notes: list) -> np.ndarray | None:
@@ -133,8 +133,16 @@ def run_map(info, frame, X: np.ndarray | None, notes: list) -> np.ndarray:
     return xy
 
 
+def _label_true(frame) -> np.ndarray | None:
+    """labels.parquet's label_true as int64 (-1 for a row without one), or None for an unlabelled run (the column
+    is there, all null)."""
+    if "label_true" not in frame or frame["label_true"].isna().all():
+        return None
+    return frame["label_true"].fillna(-1).to_numpy(np.int64)
+
+
 def _classes(frame) -> list | None:
-    if "label_true" not in frame or "class_true" not in frame:
+    if _label_true(frame) is None or "class_true" not in frame:
         return None
     pairs = frame[["label_true", "class_true"]].drop_duplicates().dropna()
     if pairs.empty:

@@ -69,7 +69,8 @@ def check_output(out: Path, flag: str) -> None:
     """An output folder must be new, empty, or one this command wrote before (it holds index.html/atlas.parquet)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"{flag} {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not any((out / f).exists() for f in ("index.html", "atlas.parquet")):
+    ours = ("index.html", "atlas.parquet", "thumbs", "README.txt")  # an earlier (possibly failed) export's files
+    if out.is_dir() and any(p.name not in ours for p in out.iterdir()):
         raise UserError(f"{flag} {out}: holds other files; choose a new or empty folder")
 
 
@@ -137,14 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         from .page import write_site
 
         run = build.resolve_run(args.run)
-        got = build.from_run(run, thumbnails=args.thumbnails, neighbours=args.neighbours, progress=not args.quiet)
         site = Path(args.export).expanduser() if args.export else run / "explore"
-        server = None if args.export else open_server_early(args, site)
-        index = write_site(site, got.data, got.thumb_files)
+        server = None if args.export else open_server_early(args, site)  # a port in use fails before the work
+        got = build.from_run(run, thumbnails=args.thumbnails, neighbours=args.neighbours, progress=not args.quiet)
+        index = writing(site, lambda: write_site(site, got.data, got.thumb_files))
         if args.atlas:
             from .atlas import write_atlas
 
-            write_atlas(Path(args.atlas).expanduser(), got.data, got.thumb_files)
+            folder = Path(args.atlas).expanduser()
+            writing(folder, lambda: write_atlas(folder, got.data, got.thumb_files))
     except UserError as exc:
         print(f"gpuclust.explore: error: {one_line(exc)}", file=sys.stderr)
         return 2
@@ -159,8 +161,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def open_server_early(args, site: Path) -> http.server.ThreadingHTTPServer:
     """The server, bound before the (possibly long) build so that a port in use fails first."""
-    site.mkdir(parents=True, exist_ok=True)
-    return open_server(site, args.host, args.port)
+    server = open_server(site, args.host, args.port)
+    try:
+        site.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        server.server_close()
+        raise UserError(f"{site}: cannot write the explorer there ({exc.strerror or exc}); use --export DIR") from None
+    return server
+
+
+def writing(folder: Path, write):
+    """`write()`, with a folder that cannot be written turned into a one-line UserError."""
+    try:
+        return write()
+    except OSError as exc:
+        raise UserError(f"{folder}: cannot write there ({exc.strerror or exc})") from None
 
 
 def cli() -> None:

@@ -66,17 +66,19 @@ def map_key(params: dict, seed: int, n_rows: int, backend, budget: int | None = 
 
 
 def map_2d(X, params: dict, backend, seed: int = 0, store_dir: str | None = None,
-           budget: int | None = None, metric: str = "cosine") -> tuple[np.ndarray, str]:
+           budget: int | None = None, metric: str = "cosine", source: dict | None = None) -> tuple[np.ndarray, str]:
     """(xy, twin): the rows of X (an array on the backend, or RowChunks) on a 2-D map, float32 on the host, and the
     twin that fitted it; from the reduction cache beside the embeddings (`store_dir`) when it holds the map.
     `budget`: at most this many rows are fitted on; `metric`: how the other rows find their nearest fitted rows
-    (cosine for embeddings, euclidean for a reduced space)."""
+    (cosine for embeddings, euclidean for a reduced space); `source`: how X was made when it is not the
+    embeddings themselves (the reducer's settings), part of the cache key."""
     from ..pipeline import cached
 
     n = int(X.shape[0])
     if n < 3:
         return np.zeros((n, 2), np.float32), "none"  # nothing to lay out: UMAP needs a neighbour
-    key = {**map_key(params, seed, n, backend, budget), **({"place_metric": metric} if metric != "cosine" else {})}
+    key = {**map_key(params, seed, n, backend, budget), **({"place_metric": metric} if metric != "cosine" else {}),
+           **({"source": source} if source is not None else {})}
     xy, twin = cached(store_dir, key, backend, lambda: _compute(X, params, backend, seed, budget, metric))
     return np.asarray(backend.to_host(xy), dtype=np.float32), twin
 

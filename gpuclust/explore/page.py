@@ -49,12 +49,13 @@ h1 { font-size: 18px; margin: 4px 0 2px 0; } h3 { font-size: 14px; margin: 4px 0
 .gc-cell img, .gc-none { width: 56px; height: 56px; object-fit: contain; background: #f2f2f2; }
 .gc-none { display: flex; align-items: center; justify-content: center; font-size: 9px; }
 .gc-big { width: 128px; height: 128px; object-fit: contain; background: #f2f2f2; }
+.gc-cell img, .gc-big { image-rendering: pixelated; }
 .gc-note, .gc-path { color: #666; font-size: 12px; } .gc-path { word-break: break-all; }
 .gc-line { color: #444; }
 """
 
 TOOLTIP = """<div style="max-width:240px;font-size:12px">
-<img src="@row{url}" style="display:@row{show};width:96px;height:96px;object-fit:contain;background:#f2f2f2">
+<img src="@row{url}" style="display:@row{show};width:96px;height:96px;object-fit:contain;background:#f2f2f2;image-rendering:pixelated">
 <div><b>row @row</b> · @cluster{cluster}</div>{extra}</div>"""
 
 
@@ -361,9 +362,15 @@ def write_site(out: Path, data: MapData, thumb_files: dict[int, Path] | None = N
     files = {int(r): Path(p) for r, p in (thumb_files or {}).items()}
     if data.thumbs is None:
         data.thumbs = np.isin(np.asarray(data.rows), np.fromiter(files, dtype=np.int64, count=len(files)))
-    (out / "thumbs").mkdir(parents=True, exist_ok=True)
+    html = page_html(data).encode("utf-8")  # before anything is written: a page that cannot be built writes nothing
+    thumbs = out / "thumbs"
+    thumbs.mkdir(parents=True, exist_ok=True)
+    wanted = {f"{r}.webp" for r in files}
+    for old in thumbs.glob("*.webp"):  # an earlier site's thumbnails of rows this one does not show
+        if old.name not in wanted:
+            old.unlink()
     for r, src in files.items():
-        _link_or_copy(src, out / "thumbs" / f"{r}.webp")
+        _link_or_copy(src, thumbs / f"{r}.webp")
     index = out / "index.html"
-    atomic_write_bytes(index, page_html(data).encode("utf-8"))
+    atomic_write_bytes(index, html)
     return index

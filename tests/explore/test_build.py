@@ -101,3 +101,33 @@ def test_a_result_in_memory_as_a_notebook_shows_it(tmp_path, monkeypatch):
     # What a notebook displays: the standalone page in an iframe, its thumbnails inline.
     shown = view._repr_html_()
     assert shown.startswith("<iframe srcdoc=") and "Bokeh" in shown and "data:image/webp;base64," in shown
+
+
+def test_an_unlabelled_folder_run_opens(tmp_path, monkeypatch):
+    """folder: data has no labels (label_true all null in labels.parquet): the map opens without classes."""
+    from helpers import write_digit_images
+
+    write_digit_images(tmp_path / "imgs", n_per_class=10)
+    monkeypatch.setenv("GPUCLUST_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    r = run_cli("--dataset", f"folder:{tmp_path / 'imgs'}", "--encoder", "pixels", "--reduce", "pca", "--dims", "5",
+                "--k", "3", "--device", "cpu", "--gallery", "0", "-q", "--output", str(out),
+                env={"GPUCLUST_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr
+    got = build.from_run(out, thumbnails=10, neighbours=3, thumb_cache=tmp_path / "thumbs")
+    assert got.data.label_true is None and got.data.classes is None and len(got.data) == 30
+    from gpuclust.explore.page import page_html
+
+    assert "30 images" in page_html(got.data)
+
+
+def test_another_reduced_space_of_a_streamed_run_is_another_map(tmp_path):
+    from gpuclust.explore import layout
+
+    cpu_rows = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+    from gpuclust.backend import resolve_backend
+
+    cpu = resolve_backend("cpu")
+    a, _ = layout.map_2d(cpu_rows, {}, cpu, store_dir=str(tmp_path), source={"dims": 8})
+    b, _ = layout.map_2d(cpu_rows[:, :3], {}, cpu, store_dir=str(tmp_path), source={"dims": 3})
+    assert not np.array_equal(a, b)  # not the cached map of the other space

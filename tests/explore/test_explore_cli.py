@@ -66,14 +66,22 @@ def test_serves_the_run_until_stopped(run):
         p.wait(30)
 
 
-def test_a_port_in_use_is_one_line(run):
+def test_a_port_in_use_is_one_line_before_any_work(run, tmp_path):
     out, env = run
+    env = {**env, "GPUCLUST_CACHE": str(tmp_path / "cache")}  # an empty thumbnail cache: the work would fill it
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
         r = explore_cli(str(out), "--port", str(port), "--no-browser", env=env)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and f"--port {port}: in use" in r.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+def test_an_unwritable_export_is_one_line(run):
+    out, env = run
+    r = explore_cli(str(out), "--export", "/proc/no-such-folder/site", "-q", env=env)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot write" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("args,message", [

@@ -70,7 +70,7 @@ def from_run(run: str | Path, *, thumbnails: int | None = DEFAULT_THUMBNAILS, ne
     nearest rows listed per row (0: none)."""
     import pandas as pd
 
-    from ..assign import read_run
+    from ..runinfo import read_run
 
     info = read_run(resolve_run(run))
     frame = pd.read_parquet(info.dir / "labels.parquet")
@@ -98,7 +98,7 @@ def from_run(run: str | Path, *, thumbnails: int | None = DEFAULT_THUMBNAILS, ne
 
 def _embeddings(info, notes: list) -> np.ndarray | None:
     """The run's embeddings in labels.parquet's order, or None (with a note) when its store is gone."""
-    from ..assign import run_embeddings
+    from ..runinfo import run_embeddings
 
     try:
         return run_embeddings(info)
@@ -157,7 +157,7 @@ def _silhouette(info, frame, labels: np.ndarray, notes: list) -> np.ndarray | No
     """Each row's silhouette: labels.parquet's silhouette_row, else from the run's stored reduced space."""
     if "silhouette_row" in frame:
         return frame["silhouette_row"].to_numpy(np.float32)
-    from ..assign import stored_space
+    from ..runinfo import stored_space
     from ..backend import resolve_backend
     from ..curate.outliers import row_silhouette
 

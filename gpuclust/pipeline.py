@@ -200,11 +200,10 @@ def cached(store_dir: str | None, key: dict, backend: Backend, compute):
     return Z, twin
 
 
-def reduce_stage(X, cfg: RunConfig, backend: Backend, store_dir: str | None = None, rows=None, client=None):
-    """(Z, twin): the reduced space cfg.reduce asks for, from the reduction cache beside the embeddings when it holds
-    it; streamed rows (RowChunks) are fitted on cfg.reduce.fit_sample and transformed chunk by chunk."""
-    from .reduce import KNN_AUTO_RULE, SEED_RULE, reduce, reduce_streamed
-    from .stream import RowChunks
+def reduce_key(cfg: RunConfig, backend: Backend, streamed: bool = False) -> dict:
+    """What the reduced space cfg.reduce asks for depends on: its reduction-cache key (the backend is added by
+    `cached`); a streamed run's also names its fit sample."""
+    from .reduce import KNN_AUTO_RULE, SEED_RULE
 
     r = cfg.reduce
     key = {"method": r.method, "dims": r.dims, "params": r.params, "zscore": r.zscore, "normalize": r.normalize,
@@ -213,8 +212,19 @@ def reduce_stage(X, cfg: RunConfig, backend: Backend, store_dir: str | None = No
         key["knn_auto"] = KNN_AUTO_RULE
         if backend.is_gpu:  # (the CPU twin's spaces do not depend on it)
             key["seed_rule"] = SEED_RULE
-    if isinstance(X, RowChunks):
+    if streamed:
         key["fit_sample"] = r.fit_sample
+    return key
+
+
+def reduce_stage(X, cfg: RunConfig, backend: Backend, store_dir: str | None = None, rows=None, client=None):
+    """(Z, twin): the reduced space cfg.reduce asks for, from the reduction cache beside the embeddings when it holds
+    it; streamed rows (RowChunks) are fitted on cfg.reduce.fit_sample and transformed chunk by chunk."""
+    from .reduce import reduce, reduce_streamed
+
+    r = cfg.reduce
+    key = reduce_key(cfg, backend, streamed=isinstance(X, RowChunks))
+    if isinstance(X, RowChunks):
         return cached(store_dir, key, backend,
                       lambda: reduce_streamed(X, r.method, r.dims, dict(r.params), backend, cfg.seed, r.fit_sample,
                                               r.zscore, r.normalize, rows, client))
@@ -361,12 +371,9 @@ def map_stage(cfg: RunConfig, X, Z, backend: Backend, timer: StageTimer, store_d
     from .explore.layout import map_2d, map_params
 
     with timer("map", rows=int(X.shape[0])), memory_hint("map"):
-        if isinstance(X, RowChunks):
-            r = cfg.reduce  # the reduced space's own settings: another --dims is another map
-            source = {"method": r.method, "dims": r.dims, "params": r.params, "zscore": r.zscore,
-                      "normalize": r.normalize, "fit_sample": r.fit_sample}
+        if isinstance(X, RowChunks):  # keyed by the reduced space's own key: another --dims is another map
             return map_2d(Z, map_params(cfg.reduce), backend, cfg.seed, store_dir, cfg.reduce.fit_sample,
-                          metric="euclidean", source=source)
+                          metric="euclidean", source=reduce_key(cfg, backend, streamed=True))
         return map_2d(X, map_params(cfg.reduce), backend, cfg.seed, store_dir)
 
 

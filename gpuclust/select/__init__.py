@@ -59,14 +59,13 @@ class Pick:
 def silhouette_all(c: Candidate, rows: np.ndarray) -> float:
     """The study's proxy over every row: the mean silhouette of the clustered rows in `c.space`, times the share
     of rows clustered (a noise row scores 0); -1 where undefined (fewer than 2 clusters)."""
-    from sklearn.metrics import silhouette_score
+    from ..backend import resolve_backend
+    from ..evaluate.silhouette import silhouette_score
 
-    labels, Z = c.labels[rows], c.space[rows]
-    keep = labels >= 0
-    n_labels = len(np.unique(labels[keep]))
-    if n_labels < 2 or n_labels >= keep.sum():
-        return -1.0
-    return float(silhouette_score(Z[keep], labels[keep])) * float(keep.mean())
+    labels = c.labels[rows]
+    # the evaluate stage's silhouette of the clustered rows, as metrics.json's silhouette_umap_all takes it
+    s = silhouette_score(resolve_backend("cpu"), c.space[rows], labels)["value"]
+    return -1.0 if s is None else float(s) * float((labels >= 0).mean())
 
 
 CRITERIA: dict[str, Callable[[Candidate, np.ndarray], float]] = {"silhouette_umap_all": silhouette_all}

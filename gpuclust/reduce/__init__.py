@@ -11,6 +11,7 @@ import warnings
 
 from ..backend import Backend, make_estimator, planned_twin
 from ..errors import UserError
+from ..progress import step, track, umap_tqdm_kwds
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +283,6 @@ def _graph(X, knn: str, p: dict, backend: Backend) -> None:
 
 
 def _fit_umap(est, method: str, backend: Backend, X):
-    from ..progress import step, umap_tqdm_kwds
     from .jit import cache_umap_learn
 
     if est.twin == "cpu":
@@ -303,8 +303,6 @@ def _fit_umap(est, method: str, backend: Backend, X):
 def umap(X, dims: int, params: dict, backend: Backend, seed: int = 0):
     """(Z as float32, twin): UMAP of X to `dims` with the study's defaults under `params`, on the neighbour graph
     `params["knn"]` chooses (see KNN)."""
-    from ..progress import step
-
     dims, p, knn = _umap_settings(X.shape[0], dims, params, seed, backend)
     with step("umap neighbour graph"):
         _graph(X, knn, p, backend)
@@ -323,7 +321,6 @@ def reduce_streamed(matrix, method: str, dims, params: dict, backend: Backend, s
     """
     import numpy as np
 
-    from ..progress import step
     from ..stream import column_stats, sample_positions
 
     if method not in ("pca", "umap"):
@@ -426,8 +423,6 @@ def _transform_all(matrix, model, twin: str, backend: Backend, stats, client=Non
             parts[futures[fut]] = fut.result()
     else:
         from ..backend import cpu_backend
-
-        from ..progress import track
 
         local = backend if twin == backend.name else cpu_backend()  # the CPU twin standing in takes host rows
         for j, cid in enumerate(track(ids, "transform", len(ids))):

@@ -342,6 +342,7 @@ def compute(cfg: RunConfig, ds, backend: Backend, timer: StageTimer, progress: b
         if Z_umap is None:
             Z_umap, umap_rows = umap_space(emb.X, Z, cfg, backend, store_dir=enc_info["store"])
         metrics = evaluate_stage(cfg, emb, Z, labels, labels_true, Z_umap, umap_rows, backend)
+        selection = selection_stage(Z_umap, umap_rows, labels, emb.rows, backend)
     if cfg.curate.duplicates is not None or cfg.curate.outliers is not None:
         from .curate import curate_stage
 
@@ -360,7 +361,21 @@ def compute(cfg: RunConfig, ds, backend: Backend, timer: StageTimer, progress: b
     config = {**cfg.to_dict(), "resolved": {**enc_info, "cluster_params": params, "dataset_rows": len(ds)}}
     return ClusterResult(metrics, run_timings(timer, emb, backend), twins, config, emb.rows, backend, labels,
                          labels_true, Z, ds, emb.skipped, cfg.seed, cfg.gallery, curation=curation,
-                         map_xy=None if map_xy is None else map_xy[0])
+                         map_xy=None if map_xy is None else map_xy[0], selection=selection)
+
+
+def selection_stage(Z_umap, umap_rows, labels, rows, backend: Backend) -> dict | None:
+    """What the run keeps for a sweep's label-free pick (selection.parquet, gpuclust/select): a seeded sample of
+    rows with their labels and silhouettes in the UMAP space; None when the run has no UMAP space."""
+    if Z_umap is None:
+        return None
+    import numpy as np
+
+    from .select import selection_rows
+
+    if umap_rows is not None:  # a streamed run's UMAP space holds its fit sample only
+        labels, rows = labels[backend.xp.asarray(umap_rows)], np.asarray(rows)[np.asarray(umap_rows)]
+    return selection_rows(backend, Z_umap, labels, rows)
 
 
 def map_stage(cfg: RunConfig, X, Z, backend: Backend, timer: StageTimer, store_dir: str | None):

@@ -40,6 +40,7 @@ class ClusterResult:
     output: Path | None = None
     curation: Any = None  # curate.Curation when the run marked duplicates or outliers
     map_xy: np.ndarray | None = None  # (rows, 2) float32: the run's 2-D map (explore/layout.py), None with --map none
+    selection: dict | None = None  # selection.parquet's columns (gpuclust/select), None without a UMAP space
 
     @property
     def labels(self) -> np.ndarray:
@@ -122,7 +123,7 @@ class ClusterResult:
                       rows=self.rows, paths=self.paths, labels_true=self.labels_true_device,
                       labels_pred=self.labels_device, Z=self.embedding_device, classes=self.classes, seed=self.seed,
                       images=images, gallery=self.gallery, name=name, curation=self.curation,
-                      map_xy=self.map_xy)
+                      map_xy=self.map_xy, selection=self.selection)
         self.timings["report"] = timer.seconds["report"] if timer is not None else round(time.perf_counter() - t0, 4)
         if t_start is not None:
             self.timings["total"] = round(time.perf_counter() - t_start, 4)

@@ -147,7 +147,7 @@ def test_settings_compared_are_the_results_tables_group_means(grid2x2, capsys):
             assert s["best_run"] == top["run"] and float(s["best_ami"]) == float(top["ami"])
             assert float(s["mean_silhouette_umap_all"]) == pytest.approx(
                 statistics.fmean(float(r["silhouette_umap_all"]) for r in group), abs=1e-12)
-    for key in ("reduce.method", "cluster.method"):  # the label-free pick: the value with the best mean silhouette
+    for key in ("reduce.method", "cluster.method"):  # the silhouette's pick: the value with the best mean silhouette
         mine = [s for s in summary if s["setting"] == key]
         top = max(mine, key=lambda s: float(s["mean_silhouette_umap_all"]))
         assert [s["label_free_pick"] for s in mine] == [str(s is top) for s in mine]
@@ -172,7 +172,7 @@ def test_settings_compared_are_the_results_tables_group_means(grid2x2, capsys):
     assert "mean ami per setting, over every other setting" in printed
     line = next(x for x in printed.splitlines() if "reduce.method" in x and "umap" in x)
     assert f"{float(umap['mean_ami']):.4f}" in line and umap["best_run"] in line
-    assert ("yes" in line) == (umap["label_free_pick"] == "True") and "label-free pick" in printed
+    assert ("yes" in line) == (umap["label_free_pick"] == "True") and "silhouette's pick" in printed
 
 
 def test_settings_comparison_orders_lower_is_better_and_names_unset_parameters():

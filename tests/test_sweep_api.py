@@ -42,10 +42,14 @@ def test_a_python_sweep_returns_one_row_per_run_and_the_label_free_pick(frame):
     assert (df["n_clusters"] == 10).all() and (df["n_rows"] == 1797).all()
     best = df.attrs["best"]
     assert best["rank_by"] == "ami" and best["ok"] == 2
-    free = best["best"]["silhouette_umap_all"]  # the label-free pick: no labels used to choose it
+    free = best["best"]["silhouette_umap_all"]  # the best run by the silhouette alone: no labels used
     top = df.loc[df["silhouette_umap_all"].idxmax()]
     assert free["run"] == top["run"] and free["value"] == top["silhouette_umap_all"]
     assert free["config"]["cluster"]["method"] == top["cluster.method"]
+    pick = best["label_free"]  # the label-free pick: two runs are too few to weigh agreement, the silhouette at k
+    assert pick["criterion"] == "silhouette_umap_all" and pick["k"] == 10 and pick["run"] == top["run"]
+    assert list(df["label_free_score"]) == [e["score"] for e in sorted(pick["runs"], key=lambda e: e["run"])]
+    assert 0 <= pick["confidence"] <= 1 and pick["ami_lost"] == pytest.approx(df["ami"].max() - top["ami"], abs=1e-4)
     assert best["best"]["ami"]["run"] == df.loc[df["ami"].idxmax(), "run"]
     assert df.attrs["output"] is None and list(tmp.iterdir()) == []  # the temporary sweep directory is gone
 

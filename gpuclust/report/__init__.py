@@ -75,7 +75,7 @@ def _slug(text: str) -> str:
 # What a run writes into its directory; a folder holding any of these (and nothing but RUN_FILES) is an earlier run.
 RESULT_FILES = frozenset({"config.json", "metrics.json", "labels.parquet", "timings.json", "report.html", "map.png",
                           "sizes.png", "contingency.png", "k_auto.png", "skipped.csv", "gallery", "curate",
-                          "duplicates.parquet", "map.parquet", "explore"})
+                          "duplicates.parquet", "map.parquet", "selection.parquet", "explore"})
 # A sweep's child writes its log.txt (its stdout, open while the run runs) and, when it fails, error.txt there too.
 LOG_FILES = frozenset({"log.txt", "error.txt"})
 RUN_FILES = RESULT_FILES | LOG_FILES
@@ -256,12 +256,12 @@ def write_skipped(path: Path, skipped: list[tuple[int, str]], paths) -> None:
 
 def write_run(out: Path, *, backend, config: dict, metrics: dict, timings: dict, rows, paths, labels_true,
               labels_pred, Z=None, classes=None, seed: int = 0, images=None, gallery: int = 0,
-              name: str | None = None, curation=None, map_xy=None) -> None:
+              name: str | None = None, curation=None, map_xy=None, selection: dict | None = None) -> None:
     """Write config.json, metrics.json, labels.parquet, report.html with its plots and, when `images` can read the
     dataset's rows again (`images(row)` -> PIL image), a gallery of `gallery` images per cluster; skipped.csv is
     written when the encode stage ends, and timings.json last by the caller, once the report itself is timed.
     `curation` (curate.Curation): its columns join labels.parquet, its tables are written as parquet files and its
-    strips follow the gallery in report.html."""
+    strips follow the gallery in report.html. `selection` (pipeline.selection_stage): selection.parquet's columns."""
     from .html import sample_rows, write_html
 
     labels_dev = labels_pred
@@ -275,6 +275,10 @@ def write_run(out: Path, *, backend, config: dict, metrics: dict, timings: dict,
         write_frame(out / file, frame)
     if map_xy is not None:
         write_map(out / "map.parquet", rows, map_xy)
+    if selection is not None:  # a sweep's label-free pick reads it (gpuclust/select)
+        import pandas as pd
+
+        write_frame(out / "selection.parquet", pd.DataFrame(selection))
     if Z is not None:
         idx = sample_rows(len(labels_pred), seed)
         Z_sample = backend.to_host(Z[backend.asarray(idx)])  # only the drawn rows leave the device

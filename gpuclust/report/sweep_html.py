@@ -87,7 +87,7 @@ def settings_html(summary: list[dict], metric: str, run_dirs: dict[str, str]) ->
         mine = [s for s in summary if s["setting"] == key]
         proxy = metric != PROXY and f"mean_{PROXY}" in mine[0]
         head = ["value", "runs", f"mean {metric}", "sd", f"best {metric}", "best run",
-                *([f"mean {PROXY}", "label-free pick"] if proxy else [])]
+                *([f"mean {PROXY}", "silhouette's pick"] if proxy else [])]
         body = []
         for s in mine:
             link = f'<a href="{html.escape(run_dirs[s["best_run"]])}/report.html">{html.escape(s["best_run"])}</a>'
@@ -100,12 +100,55 @@ def settings_html(summary: list[dict], metric: str, run_dirs: dict[str, str]) ->
     return "".join(parts)
 
 
+MAX_PICK_ROWS = 10  # runs listed under the label-free pick
+
+
+def pick_html(picks: dict[str, dict | None], run_dirs: dict[str, str]) -> str:
+    """The label-free pick of each dataset (sweep/select.py): what it is, how sure, what it lost with labels, and
+    the runs it was chosen from, best first."""
+    parts = []
+    for spec, doc in picks.items():
+        if not doc:
+            continue
+        link = f'<a href="{html.escape(doc["run_dir"])}/report.html">run {html.escape(doc["run"])}</a>'
+        rule = ("the highest silhouette in UMAP space (noise 0) times the run's mean ARI to the other runs"
+                if doc["criterion"] == "silhouette_x_consensus" else "the highest silhouette in UMAP space (noise 0)")
+        band = "" if doc["k"] is None else f", among the runs within 20% of the asked {doc['k']} clusters"
+        sure = (f"<b>Low confidence</b>: first in {doc['confidence']:.0%} of {doc['rows']}-row bootstrap resamples, "
+                f"margin {_cell(doc['margin'])} standard deviations over run {html.escape(str(doc['runner_up']))} "
+                f"({html.escape(str(doc['runner_up_name']))}); look at both."
+                if doc["low_confidence"] else
+                f"Confidence: first in {doc['confidence']:.0%} of bootstrap resamples of its {doc['rows']} scored rows"
+                + ("" if doc["margin"] is None else f", margin {_cell(doc['margin'])} standard deviations") + ".")
+        lost = ("" if doc.get("ami_lost") is None else
+                f" With the labels: AMI {doc['ami']:.4f} against {doc['best_ami']:.4f} for the best run "
+                f"(lost {doc['ami_lost']:.4f}).")
+        head = ["#", "run", "configuration", "clusters", "within 20% of k", "silhouette_umap_all", "consensus",
+                "score", *(["ami"] if any("ami" in e for e in doc["runs"]) else [])]
+        body = []
+        for i, e in enumerate(doc["runs"][:MAX_PICK_ROWS], 1):
+            run = f'<a href="{html.escape(run_dirs.get(e["run"], ""))}/report.html">{html.escape(e["run"])}</a>'
+            cells = [str(i), run, html.escape(e["name"]), _cell(e.get("n_clusters")), "yes" if e["in_band"] else "no",
+                     _cell(e["silhouette_umap_all"]), _cell(e["consensus"]), _cell(e["score"]),
+                     *([_cell(e.get("ami"))] if "ami" in head else [])]
+            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        notes = "".join(f"<li>{html.escape(n)}</li>" for n in doc.get("notes", []))
+        title = "label-free pick" + (f": {html.escape(spec)}" if len(picks) > 1 else "")
+        parts.append(f"<h2>{title}</h2><p>Without labels, gpuclust picks {link} ({html.escape(doc['name'])}, "
+                     f"{_cell(doc.get('n_clusters'))} clusters): {rule}{band}. {sure}{lost}</p>"
+                     f"{f'<ul>{notes}</ul>' if notes else ''}<table><tr>"
+                     f"{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>{''.join(body)}</table>")
+    return "".join(parts)
+
+
 def write_sweep_report(out: Path, ordered: list[dict], failed: list[dict], names: dict[str, str],
                        datasets: dict[str, str], colour_by: dict[str, str], rank_by: str, n_runs: int,
-                       varied: list[str] = (), lower_is_better: bool = False) -> Path:
+                       varied: list[str] = (), lower_is_better: bool = False,
+                       picks: dict[str, dict | None] | None = None) -> Path:
     """`ordered`: the ok rows ranked best first; `failed`: rows of runs that did not finish ok; `names`,
     `datasets`, `colour_by`: run id -> its label, its dataset, and the setting its point is coloured by;
-    `varied`: the settings the grid varies (compared over everything else)."""
+    `varied`: the settings the grid varies (compared over everything else); `picks`: the label-free pick of each
+    dataset (sweep/select.py)."""
     images = []
     summary = by_setting(ordered, list(varied), rank_by, lower_is_better)
     axes = heatmap_axes(list(varied), ordered)
@@ -156,6 +199,7 @@ def write_sweep_report(out: Path, ordered: list[dict], failed: list[dict], names
 <h1>gpuclust sweep: {html.escape(out.name)}</h1>
 <p>{len(ordered)} of {n_runs} runs finished ok, ranked by {html.escape(rank_by)}; each run's name links to its
 own report.</p>{f"<ul>{tau_text}</ul>" if tau_text else ""}
+{pick_html(picks or {}, run_dirs)}
 {"".join(f'<p><img src="{name}" alt="{name}"></p>' for name in images)}
 {compared}
 <h2>runs</h2><table><tr>{head}</tr>{"".join(body)}</table>

@@ -1,112 +1,245 @@
 """Label-free selection: which of several finished clusterings of the same images to trust, and how sure that is.
 
-A `Candidate` is one clustering: its labels, the space it is scored in (the UMAP space of the study's proxy) and,
-for criteria that refit, how it was made. `pick` ranks candidates by a criterion (`CRITERIA`) and measures its
-confidence by resampling the rows: the criterion of every candidate is computed again on RESAMPLES seeded
-subsamples of FRACTION of the rows, and the confidence is the share of subsamples where the pick stays first
-(`Pick.confidence`); below LOW_CONFIDENCE the pick says so (`Pick.low`). The sweep (best.json, its tables and
-report) and `--k auto` use it. docs/selection.md has the study behind the default.
+The criterion is the one docs/selection-study.md chose by evidence (8 labelled sets x 3 encoders x 6 clusterers):
+
+- Among the runs whose number of clusters is within BAND (20%) of the k that was asked for, the highest
+  **silhouette x consensus**: the mean per-row silhouette in the run's UMAP space (noise rows 0: the study's
+  `silhouette_umap_all`) times the run's mean ARI to the other runs (noise as one cluster). Runs outside the band
+  rank after every run inside it. No k asked for (only clusterers that find k, or several ks): no band.
+- With fewer than MIN_CONSENSUS_RUNS runs, agreement means little: the silhouette alone (at the asked k).
+- The **confidence**: RESAMPLES bootstrap resamples of the rows, paired across runs (the silhouette as the mean of
+  the stored per-row values over the resampled rows, the ARIs on the resampled rows). `Pick.confidence` is the share
+  of resamples where the pick (or a run with the very same partition) stays first, `Pick.margin` its lead over the
+  best run with another partition in units of that lead's bootstrap standard deviation; the pick is **low
+  confidence** when the share is below MIN_SHARE or the margin below MIN_MARGIN.
+
+Every run scores the same seeded sample of at most SAMPLE_ROWS rows (`selection_rows`), which a run directory keeps
+as selection.parquet, so that a sweep picks from its runs' folders without loading any space again.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
 from ..errors import UserError
+from .ari import pair_ari
 
-RESAMPLES = 30  # subsamples of the rows for the confidence
-FRACTION = 0.8  # share of the rows in each subsample
-LOW_CONFIDENCE = 0.7  # a pick that stays first in fewer subsamples than this is reported as low confidence
-SCORE_ROWS = 4000  # rows a criterion scores at most (a seeded sample beyond; the silhouette is n^2)
+SAMPLE_ROWS = 4000  # rows every run scores (a seeded sample beyond; the exact silhouette is quadratic in rows)
+SAMPLE_SEED = 0  # the same rows for every run over the same rows, whatever the run's own seed
+RESAMPLES = 50  # bootstrap resamples of the rows for the confidence
+BAND = 0.2  # a run is "at the asked k" when its number of clusters is within 20% of it
+MIN_CONSENSUS_RUNS = 4  # fewer runs than this: the silhouette alone
+MIN_SHARE = 0.9  # below: low confidence (the pick is not first in 10% of resamples or more)
+MIN_MARGIN = 2.0  # below: low confidence (the lead is within 2 bootstrap standard deviations)
+_DEMOTE = 10.0  # subtracted from the score of runs outside the band (scores lie in [-1, 1])
+
+
+def sample_positions(n: int, size: int = SAMPLE_ROWS) -> np.ndarray:
+    """The sorted positions of the rows a run scores: all of n, or a sample seeded by SAMPLE_SEED."""
+    if n <= size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(SAMPLE_SEED).choice(n, size=size, replace=False))
+
+
+def row_silhouettes(backend, space, labels) -> np.ndarray:
+    """Each row's silhouette among the clustered rows of `space` (host float64); NaN for noise rows, and for every
+    row when the silhouette is undefined (fewer than 2 clusters, or each row its own)."""
+    from ..evaluate.silhouette import silhouette_samples
+
+    labels = np.asarray(labels)
+    out = np.full(len(labels), np.nan)
+    keep = labels >= 0
+    n_labels = len(np.unique(labels[keep]))
+    if n_labels < 2 or n_labels > keep.sum() - 1:
+        return out
+    xp = backend.xp
+    s = silhouette_samples(backend, xp.asarray(space)[xp.asarray(np.flatnonzero(keep))], xp.asarray(labels[keep]))
+    out[keep] = np.asarray(backend.to_host(s), dtype=np.float64)
+    return out
+
+
+def selection_rows(backend, space, labels, rows) -> dict:
+    """What a run keeps for label-free selection (selection.parquet): the dataset `row` of each sampled row, its
+    cluster `label_pred` and its `silhouette` in `space` (the run's UMAP space; NaN: noise). `space`, `labels` and
+    `rows` hold the same rows in the same order."""
+    labels, rows = np.asarray(backend.to_host(labels)), np.asarray(rows)
+    pos = sample_positions(len(labels))
+    space = space[backend.xp.asarray(pos)] if len(pos) < len(labels) else space
+    return {"row": rows[pos].astype(np.int64), "label_pred": labels[pos].astype(np.int64),
+            "silhouette": row_silhouettes(backend, space, labels[pos]).astype(np.float32)}
 
 
 @dataclass
 class Candidate:
-    """One clustering of the rows: `id` (a run's name), `labels` (int, -1 noise), `space` (the rows in the space
-    the criterion scores, host float32), and what made it (`method`, `params`, `k`) for criteria that refit."""
+    """One clustering: `id` (a run's name), the dataset `rows` it scored, their `labels` (-1 noise) and per-row
+    `silhouette` (NaN: noise), the run's `n_clusters` over all its rows (default: those in `labels`), and the `k`
+    it was asked for (None when its clusterer finds the number itself)."""
 
     id: str
+    rows: np.ndarray
     labels: np.ndarray
-    space: np.ndarray
-    method: str | None = None
-    params: dict = field(default_factory=dict)
+    silhouette: np.ndarray
+    n_clusters: int | None = None
     k: int | None = None
+
+    def __post_init__(self):
+        self.rows, self.labels = np.asarray(self.rows), np.asarray(self.labels)
+        self.silhouette = np.asarray(self.silhouette, dtype=np.float64)
+        if not len(self.rows) == len(self.labels) == len(self.silhouette):
+            raise UserError(f"candidate {self.id}: rows, labels and silhouettes of different lengths")
+        if self.n_clusters is None:
+            self.n_clusters = int(len(np.unique(self.labels[self.labels >= 0])))
+
+    @classmethod
+    def from_space(cls, id: str, space, labels, rows=None, k: int | None = None, backend=None) -> "Candidate":
+        """A candidate scored in `space` (e.g. a UMAP embedding), on the rows a run would keep."""
+        from ..backend import resolve_backend
+
+        backend = backend or resolve_backend("cpu")
+        labels = np.asarray(labels)
+        sel = selection_rows(backend, space, labels, np.arange(len(labels)) if rows is None else rows)
+        return cls(id, sel["row"], sel["label_pred"], sel["silhouette"],
+                   int(len(np.unique(labels[labels >= 0]))), k)
 
 
 @dataclass
 class Pick:
-    """The candidate a criterion ranks first: `id`, the `criterion`, every candidate's `scores` on all rows,
-    `confidence` (the share of row subsamples where it stays first), `runner_up` and the `margin` to it (in units
-    of the spread of that difference over the subsamples), and `low` when the confidence is below LOW_CONFIDENCE."""
+    """The run the criterion ranks first and how sure that is. `scores`, `silhouette`, `consensus` and `in_band`:
+    per run id (consensus None with fewer than MIN_CONSENSUS_RUNS runs); `k`: the asked k the band is drawn around
+    (None: no band); `confidence`: the share of resamples where the pick stays first; `margin`: its lead over
+    `runner_up` in bootstrap standard deviations; `low`: the confidence is low; `rows`: the rows compared."""
 
     id: str
     criterion: str
+    k: int | None
     scores: dict
+    silhouette: dict
+    consensus: dict | None
+    in_band: dict
     confidence: float
-    runner_up: str | None
     margin: float | None
+    runner_up: str | None
     low: bool
+    rows: int
+    notes: list = field(default_factory=list)
+
+    def order(self) -> list[str]:
+        """Run ids best first (runs outside the band after those inside; ties to the earlier run)."""
+        ids = list(self.scores)
+        return sorted(ids, key=lambda i: (not self.in_band[i], -self.scores[i], ids.index(i)))
 
     def to_dict(self) -> dict:
-        """The pick as best.json holds it."""
-        return {"run": self.id, "criterion": self.criterion, "value": self.scores[self.id],
-                "confidence": round(self.confidence, 3), "low_confidence": self.low, "runner_up": self.runner_up,
-                "margin": None if self.margin is None else round(self.margin, 3)}
+        """The pick as best.json holds it (per-run values under "runs", best first)."""
+        def r(v):
+            return None if v is None else round(float(v), 4)
+
+        runs = [{"run": i, "score": r(self.scores[i]), "silhouette_umap_all": r(self.silhouette[i]),
+                 "consensus": None if self.consensus is None else r(self.consensus[i]), "in_band": self.in_band[i]}
+                for i in self.order()]
+        margin = None if self.margin is None else (None if not np.isfinite(self.margin) else round(self.margin, 2))
+        return {"run": self.id, "criterion": self.criterion, "k": self.k, "value": r(self.scores[self.id]),
+                "confidence": round(self.confidence, 3), "margin": margin, "low_confidence": self.low,
+                "runner_up": self.runner_up, "rows": self.rows, "notes": list(self.notes), "runs": runs}
 
 
-def silhouette_all(c: Candidate, rows: np.ndarray) -> float:
-    """The study's proxy over every row: the mean silhouette of the clustered rows in `c.space`, times the share
-    of rows clustered (a noise row scores 0); -1 where undefined (fewer than 2 clusters)."""
-    from ..backend import resolve_backend
-    from ..evaluate.silhouette import silhouette_score
-
-    labels = c.labels[rows]
-    # the evaluate stage's silhouette of the clustered rows, as metrics.json's silhouette_umap_all takes it
-    s = silhouette_score(resolve_backend("cpu"), c.space[rows], labels)["value"]
-    return -1.0 if s is None else float(s) * float((labels >= 0).mean())
-
-
-CRITERIA: dict[str, Callable[[Candidate, np.ndarray], float]] = {"silhouette_umap_all": silhouette_all}
-DEFAULT = "silhouette_umap_all"
-
-
-def _scores(candidates: list[Candidate], criterion: Callable, rows: np.ndarray) -> np.ndarray:
-    return np.array([criterion(c, rows) for c in candidates], dtype=np.float64)
+def _align(candidates: list[Candidate]) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """(common dataset rows, each candidate's labels on them, (runs, rows) silhouettes with noise 0)."""
+    common = candidates[0].rows
+    for c in candidates[1:]:
+        common = np.intersect1d(common, c.rows)
+    if len(common) < 2:
+        raise UserError("the runs to pick from share fewer than 2 scored rows: they clustered different images")
+    labels, sil = [], []
+    for c in candidates:
+        idx = np.searchsorted(c.rows, common) if np.all(np.diff(c.rows) > 0) else _positions(c.rows, common)
+        labels.append(c.labels[idx])
+        sil.append(np.nan_to_num(c.silhouette[idx], nan=0.0))
+    return common, labels, np.stack(sil)
 
 
-def pick(candidates: list[Candidate], criterion: str = DEFAULT, resamples: int = RESAMPLES, seed: int = 0,
-         score_rows: int = SCORE_ROWS) -> Pick:
-    """The candidate `criterion` ranks first, with its confidence over `resamples` subsamples of the rows (every
-    candidate holds the same rows in the same order). Ties go to the earlier candidate."""
-    if criterion not in CRITERIA:
-        raise UserError(f"selection criterion {criterion!r}: one of {', '.join(CRITERIA)}")
+def _positions(rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    where = {int(r): i for i, r in enumerate(rows)}
+    return np.array([where[int(r)] for r in wanted], dtype=np.int64)
+
+
+def asked_k(candidates: list[Candidate]) -> tuple[int | None, str | None]:
+    """The k the runs were asked for, when they agree on one: (k, None), else (None, why there is no band)."""
+    ks = sorted({c.k for c in candidates if c.k is not None})
+    if len(ks) == 1:
+        return ks[0], None
+    if not ks:
+        return None, "no run was asked for a number of clusters: no band"
+    return None, f"the runs were asked for several numbers of clusters ({', '.join(map(str, ks))}): no band"
+
+
+def pick(candidates: list[Candidate], k: int | None = None, resamples: int = RESAMPLES, seed: int = 0) -> Pick:
+    """The candidate the criterion ranks first, with its confidence. `k`: the asked number of clusters the band is
+    drawn around (default: the one the candidates were asked for, when they agree)."""
     if not candidates:
         raise UserError("nothing to pick from: no finished run")
-    n = len(candidates[0].labels)
-    if any(len(c.labels) != n or len(c.space) != n for c in candidates):
-        raise UserError("the candidates to pick from hold different rows")
-    fn, rng = CRITERIA[criterion], np.random.default_rng(seed)
-    base = np.sort(rng.choice(n, size=min(n, score_rows), replace=False))
-    full = _scores(candidates, fn, base)
-    order = np.argsort(-full, kind="stable")
-    best = int(order[0])
-    if len(candidates) == 1:
-        return Pick(candidates[0].id, criterion, {candidates[0].id: float(full[0])}, 1.0, None, None, False)
-    second = int(order[1])
-    wins, diffs = 0, []
-    m = max(2, int(round(FRACTION * len(base))))
-    for _ in range(resamples):
-        rows = np.sort(rng.choice(base, size=m, replace=False))
-        s = _scores(candidates, fn, rows)
-        wins += int(np.argmax(s) == best)  # argmax keeps the first of ties, as the full ranking does
-        diffs.append(s[best] - s[second])
-    spread = float(np.std(diffs))
-    margin = float(full[best] - full[second]) / spread if spread > 0 else None
-    confidence = wins / resamples if resamples else 1.0
-    return Pick(candidates[best].id, criterion, {c.id: float(v) for c, v in zip(candidates, full)}, confidence,
-                candidates[second].id, margin, confidence < LOW_CONFIDENCE)
+    if len({c.id for c in candidates}) < len(candidates):
+        raise UserError("the runs to pick from have repeated names")
+    notes = []
+    if k is None:
+        k, why = asked_k(candidates)
+        notes += [why] if why else []
+    rows, labels, S = _align(candidates)
+    n_runs, m = len(candidates), len(rows)
+    use_consensus = n_runs >= MIN_CONSENSUS_RUNS
+    if not use_consensus and n_runs > 1:
+        notes.append(f"{n_runs} runs: too few to weigh agreement, the silhouette alone")
+    in_band = np.array([k is None or abs(c.n_clusters - k) <= BAND * k for c in candidates])
+    if k is not None and not in_band.any():
+        notes.append(f"no run found within 20% of {k} clusters")
+    demote = np.where(in_band, 0.0, -_DEMOTE)
+    ari_full = pair_ari(labels, np.ones((1, m)))[0]  # (runs, runs)
+    sil = S.mean(axis=1)
+    cons = _mean_to_others(ari_full) if use_consensus else None
+    full = (sil * cons if use_consensus else sil) + demote
+    best = int(np.argmax(full))  # the first of ties
+    twins = ari_full[best] >= 1.0 - 1e-9
+    others = np.flatnonzero(~twins)
+    runner = int(others[np.argmax(full[others])]) if len(others) else None
+    draws = _draws(labels, S, demote, use_consensus, resamples, seed)
+    share = float(twins[np.argmax(draws, axis=1)].mean()) if len(draws) else 1.0
+    margin = _margin(draws, best, runner)
+    low = share < MIN_SHARE or (margin is not None and margin < MIN_MARGIN)
+    ids = [c.id for c in candidates]
+    return Pick(ids[best], "silhouette_x_consensus" if use_consensus else "silhouette_umap_all", k,
+                dict(zip(ids, full - demote)), dict(zip(ids, sil)),
+                None if cons is None else dict(zip(ids, cons)), dict(zip(ids, in_band.tolist())), share, margin,
+                None if runner is None else ids[runner], bool(low), m, notes)
 
 
-__all__ = ["Candidate", "Pick", "pick", "CRITERIA", "DEFAULT", "LOW_CONFIDENCE", "silhouette_all"]
+def _mean_to_others(ari: np.ndarray) -> np.ndarray:
+    n = ari.shape[-1]
+    return (ari.sum(axis=-1) - np.diagonal(ari, axis1=-2, axis2=-1)) / max(n - 1, 1)
+
+
+def _draws(labels, S, demote, use_consensus: bool, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, runs) criterion values on paired bootstrap resamples of the rows (as row counts)."""
+    m = S.shape[1]
+    if resamples <= 0:
+        return np.zeros((0, len(labels)))
+    rng = np.random.default_rng(seed)
+    W = np.stack([np.bincount(rng.integers(0, m, m), minlength=m) for _ in range(resamples)]).astype(np.float64)
+    sil = W @ S.T / m  # (resamples, runs)
+    if use_consensus:
+        sil = sil * _mean_to_others(pair_ari(labels, W))
+    return sil + demote[None, :]
+
+
+def _margin(draws: np.ndarray, best: int, runner: int | None) -> float | None:
+    """The pick's mean lead over the runner-up in bootstrap standard deviations (None without a runner-up)."""
+    if runner is None or len(draws) < 2:
+        return None
+    diff = draws[:, best] - draws[:, runner]
+    sd = float(diff.std(ddof=1))
+    if sd == 0:
+        return float("inf") if diff.mean() > 0 else 0.0
+    return float(diff.mean() / sd)
+
+
+__all__ = ["Candidate", "Pick", "pick", "asked_k", "selection_rows", "row_silhouettes", "sample_positions",
+           "SAMPLE_ROWS", "RESAMPLES", "BAND", "MIN_SHARE", "MIN_MARGIN", "MIN_CONSENSUS_RUNS"]

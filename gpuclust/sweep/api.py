@@ -42,8 +42,8 @@ def run_sweep(datasets=None, encoders=None, reducers=None, clusterers=None, *, b
     With `output=None` the sweep runs in a temporary directory removed at the end; otherwise `output` is a sweep
     directory as the CLI writes it (rerunning resumes). Failed runs are rows with status `error` or
     `internal_error`; bad input raises UserError before anything runs. `frame.attrs["best"]` is the best.json
-    document (`["best"]["silhouette_umap_all"]` is the label-free pick) and `frame.attrs["output"]` the directory
-    kept (None for a temporary one).
+    document (`["label_free"]` is the label-free pick with its confidence; `["best"]["ami"]` the best run by AMI
+    when the data has labels) and `frame.attrs["output"]` the directory kept (None for a temporary one).
     """
     options = sweep_options(datasets, encoders, reducers, clusterers, base=base, grid=grid, output=output,
                             rank_by=rank_by, jobs=jobs, gpus=gpus, scheduler_address=scheduler_address, force=force,

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..errors import OneLineParser, UserError, one_line
 from .options import SweepOptions
 from .runner import SweepInterrupted, SweepResult, prepare, run_planned
+from .select import pick_line
 from .table import print_table
 
 EXAMPLE = """examples:
@@ -163,6 +164,9 @@ def _print_summary(result: SweepResult, top: int, say) -> None:
     for metric, pick in result.best()["best"].items():
         if pick:
             say(f"best by {metric}: run {pick['run']} ({pick['name']}) {pick['value']:.4f}")
+    for spec, doc in result.picks.items():
+        if doc:
+            say(("" if len(result.picks) == 1 else f"{spec}: ") + pick_line(doc))
 
 
 def _exit_code(result: SweepResult) -> int:

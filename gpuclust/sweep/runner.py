@@ -6,13 +6,14 @@ from __future__ import annotations
 import csv
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
 from .fanout import _share_keys, check_fan_out, next_ready, open_slots
 from .grid import Run, plan, varied_keys
 from .options import SweepOptions
+from .select import label_free
 from .table import (
     _result_text,
     best_doc,
@@ -48,6 +49,7 @@ class SweepResult:
     rank_by: str
     done_earlier: int
     seconds: float
+    picks: dict = field(default_factory=dict)  # dataset spec -> the label-free pick's best.json entry (or None)
 
     @property
     def by_id(self) -> dict[str, Run]:
@@ -59,8 +61,9 @@ class SweepResult:
         return {s: sum(r["status"] == s for r in self.table) for s in ("ok", "error", "internal_error")}
 
     def best(self) -> dict:
-        """The best.json document: the best run by the ranking metric, by AMI and by the label-free silhouettes."""
-        return best_doc(self.table, self.by_id, self.varied, self.rank_by)
+        """The best.json document: the best run by the ranking metric, by AMI and by the label-free silhouettes, and
+        the label-free pick with its confidence."""
+        return best_doc(self.table, self.by_id, self.varied, self.rank_by, self.picks)
 
 
 def check_rank_by(metric: str | None) -> None:
@@ -137,9 +140,10 @@ def _run_locked(options: SweepOptions, runs: list[Run], out: Path, slots, say, o
     rank_by = effective_rank(options.rank_by, rows.values())
     if options.rank_by and rank_by != options.rank_by:
         say(f"sweep: no run has {options.rank_by}; ranked by {rank_by}")
-    table = write_outputs(out, rows, by_id, varied, rank_by)
-    write_report(out, table, runs, varied, rank_by)
-    return SweepResult(out, runs, varied, table, rank_by, len(done), time.perf_counter() - t0)
+    picks = label_free(out, [rows[k] for k in sorted(rows)], by_id, varied)
+    table = write_outputs(out, rows, by_id, varied, rank_by, picks)
+    write_report(out, table, runs, varied, rank_by, picks)
+    return SweepResult(out, runs, varied, table, rank_by, len(done), time.perf_counter() - t0, picks)
 
 
 def _run_pending(options: SweepOptions, runs: list[Run], done: set[str], out: Path, slots, rows: dict, say,

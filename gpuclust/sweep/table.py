@@ -182,27 +182,37 @@ def best(rows: list[dict], runs: dict[str, Run], varied: list[str], metric: str)
             "metrics": {k: r[k] for k in MAIN_METRICS if r.get(k) is not None}, "config": cfg}
 
 
-def best_doc(rows: list[dict], runs: dict[str, Run], varied: list[str], rank_by: str) -> dict:
-    """best.json: the best run by `rank_by`, AMI and the label-free silhouettes (per dataset too)."""
+def best_doc(rows: list[dict], runs: dict[str, Run], varied: list[str], rank_by: str,
+             picks: dict[str, dict | None] | None = None) -> dict:
+    """best.json: the best run by `rank_by`, AMI and the label-free silhouettes (per dataset too), and the
+    label-free pick with its confidence (`picks`: per dataset, from sweep/select.py; computed when the sweep ends).
+    With one dataset the pick is `label_free`; with several, each dataset's is in `per_dataset`."""
     metrics = list(dict.fromkeys([rank_by, "ami", "silhouette_umap_all", "silhouette_umap"]))
 
     def pick(subset):
         return {m: best(subset, runs, varied, m) for m in metrics}
 
+    picks = picks or {}
     doc = {"rank_by": rank_by, "runs": len(runs), "finished": len(rows),
            "ok": sum(r["status"] == "ok" for r in rows), "best": pick(rows)}
     datasets = list(dict.fromkeys(run.cfg.data.spec for run in runs.values()))
+    doc["label_free"] = picks.get(datasets[0]) if len(datasets) == 1 else None
     if len(datasets) > 1:  # a metric's best across datasets mostly names the easiest dataset: also per dataset
-        doc["per_dataset"] = {d: pick([r for r in rows if runs[r["run"]].cfg.data.spec == d]) for d in datasets}
+        doc["per_dataset"] = {d: {**pick([r for r in rows if runs[r["run"]].cfg.data.spec == d]),
+                                  "label_free": picks.get(d)} for d in datasets}
     return doc
 
 
 def write_outputs(out: Path, rows_by_id: dict[str, dict], runs: dict[str, Run], varied: list[str],
-                  rank_by: str) -> list[dict]:
-    """results.csv, results.parquet, best.json and by_setting.csv, each written atomically; returns the rows."""
+                  rank_by: str, picks: dict[str, dict | None] | None = None) -> list[dict]:
+    """results.csv, results.parquet, best.json and by_setting.csv, each written atomically; returns the rows.
+    `picks` (the label-free picks, once the sweep ends) add each scored run's label_free_score and consensus."""
     from ..store import atomic_write_bytes, atomic_write_json
 
     rows = [rows_by_id[k] for k in sorted(rows_by_id)]
+    for doc in (picks or {}).values():
+        for entry in (doc or {}).get("runs", []):
+            rows_by_id[entry["run"]].update(label_free_score=entry["score"], consensus=entry["consensus"])
     cols = columns(rows, varied)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, cols, restval="", extrasaction="ignore", lineterminator="\n")
@@ -212,7 +222,7 @@ def write_outputs(out: Path, rows_by_id: dict[str, dict], runs: dict[str, Run], 
     data = _parquet(rows, cols)
     if data is not None:
         atomic_write_bytes(out / "results.parquet", data)
-    atomic_write_json(out / "best.json", best_doc(rows, runs, varied, rank_by))
+    atomic_write_json(out / "best.json", best_doc(rows, runs, varied, rank_by, picks))
     summary = settings_summary(rows, varied, rank_by)
     if summary:
         buf = io.StringIO()
@@ -232,15 +242,16 @@ def settings_summary(rows: list[dict], varied: list[str], rank_by: str) -> list[
     return by_setting(ranked(rows, rank_by), varied, rank_by, rank_by in LOWER_IS_BETTER)
 
 
-def write_report(out: Path, table: list[dict], runs: list[Run], varied: list[str], rank_by: str) -> Path:
-    """report.html of the sweep directory: the ranked runs linked to their reports, silhouette against AMI, and the
-    ranking as bars (written once the sweep ends: the plots cost a second or two)."""
+def write_report(out: Path, table: list[dict], runs: list[Run], varied: list[str], rank_by: str,
+                 picks: dict[str, dict | None] | None = None) -> Path:
+    """report.html of the sweep directory: the label-free pick, the ranked runs linked to their reports, silhouette
+    against AMI, and the ranking as bars (written once the sweep ends: the plots cost a second or two)."""
     from ..report.sweep_html import colour_keys, write_sweep_report
 
     return write_sweep_report(out, ranked(table, rank_by), [r for r in table if r["status"] != "ok"],
                               {r.id: r.label(varied) for r in runs}, {r.id: r.cfg.data.spec for r in runs},
                               colour_keys({r.id: r.flat for r in runs}, varied), rank_by, len(runs),
-                              varied, rank_by in LOWER_IS_BETTER)
+                              varied, rank_by in LOWER_IS_BETTER, picks or {})
 
 
 def rankable() -> set[str]:
@@ -310,7 +321,7 @@ def settings_table(summary: list[dict], rank_by: str):
     proxy = rank_by != PROXY and any(f"mean_{PROXY}" in s for s in summary)
     table = Table(title=f"mean {rank_by} per setting, over every other setting")
     names = ["setting", "value", "runs", f"mean {rank_by}", "sd", "best run",
-             *([f"mean {PROXY}", "label-free pick"] if proxy else [])]
+             *([f"mean {PROXY}", "silhouette's pick"] if proxy else [])]
     for name in names:
         table.add_column(name, justify="left" if name in ("setting", "value") else "right", no_wrap=True)
     last = None

@@ -1,14 +1,23 @@
-"""Label-free picks with a confidence (gpuclust/select), on real images: scikit-learn's digits in a UMAP-like space
-(PCA of the pixels here, to keep the test fast)."""
+"""Label-free picks with a confidence (gpuclust/select) on real images: scikit-learn's digits, clustered in a
+PCA space of their pixels (fast; the criterion is the same in any space)."""
 import numpy as np
 import pytest
-from sklearn.cluster import KMeans
+from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
-from sklearn.metrics import adjusted_mutual_info_score
+from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, silhouette_samples
 
+from gpuclust.backend import resolve_backend
 from gpuclust.errors import UserError
-from gpuclust.select import LOW_CONFIDENCE, Candidate, pick
+from gpuclust.select import (
+    MIN_CONSENSUS_RUNS,
+    SAMPLE_ROWS,
+    Candidate,
+    pick,
+    sample_positions,
+    selection_rows,
+)
+from gpuclust.select.ari import ari_weighted, pair_ari
 
 
 @pytest.fixture(scope="module")
@@ -17,32 +26,118 @@ def digits():
     return PCA(10, random_state=0).fit_transform(d.data).astype(np.float32), d.target
 
 
-def test_the_pick_on_real_digits_is_near_the_best_and_sure_of_it(digits):
-    Z, y = digits
-    cands = [Candidate(f"k{k}", KMeans(k, n_init=4, random_state=0).fit_predict(Z), Z) for k in (2, 4, 10, 25)]
-    p = pick(cands, resamples=20)
-    ami = {c.id: adjusted_mutual_info_score(y, c.labels) for c in cands}
-    assert max(ami.values()) - ami[p.id] < 0.1  # the silhouette's pick is among the good partitions
-    assert set(p.scores) == set(ami) and p.scores[p.id] == max(p.scores.values())
-    assert p.runner_up != p.id and 0 <= p.confidence <= 1 and p.low == (p.confidence < LOW_CONFIDENCE)
-    assert p.to_dict()["run"] == p.id
-
-
-def test_near_ties_are_low_confidence(digits):
+@pytest.fixture(scope="module")
+def runs(digits):
+    """Eight clusterings of the digits: KMeans and ward at k = 4, 10, 16 and 30 (what a sweep over k would hold)."""
     Z, _ = digits
-    # Two k-means runs of the same k with other seeds: the criterion cannot tell them apart on resampled rows.
-    labels = [KMeans(10, n_init=1, random_state=s).fit_predict(Z) for s in (0, 1, 2)]
-    p = pick([Candidate(f"seed{s}", lab, Z) for s, lab in enumerate(labels)], resamples=30)
-    clear = pick([Candidate("k10", labels[0], Z), Candidate("k2", KMeans(2, n_init=2, random_state=0).fit_predict(Z), Z)],
-                 resamples=30)
-    assert clear.confidence > p.confidence and clear.confidence >= LOW_CONFIDENCE
+    out = {}
+    for k in (4, 10, 16, 30):
+        out[f"kmeans{k}"] = KMeans(k, n_init=4, random_state=0).fit_predict(Z)
+        out[f"ward{k}"] = AgglomerativeClustering(k).fit_predict(Z)
+    return out
 
 
-def test_bad_candidates_are_refused(digits):
+def _cands(Z, runs, ids, k=None):
+    return [Candidate.from_space(i, Z, runs[i], k=k) for i in ids]
+
+
+def test_weighted_ari_is_scikit_learns_on_the_repeated_rows(digits, runs):
+    a, b = runs["kmeans10"], runs["ward16"]
+    b = np.where(np.arange(len(b)) % 7 == 0, -1, b)  # noise rows count as one cluster, as in the metrics
+    rng = np.random.default_rng(1)
+    W = np.stack([np.ones(len(a))] + [np.bincount(rng.integers(0, len(a), len(a)), minlength=len(a))
+                                      for _ in range(3)]).astype(float)
+    got = ari_weighted(a, b, W)
+    assert got[0] == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)
+    for w, g in zip(W[1:], got[1:]):
+        idx = np.repeat(np.arange(len(a)), w.astype(int))
+        assert g == pytest.approx(adjusted_rand_score(a[idx], b[idx]), abs=1e-12)
+    m = pair_ari([a, b, a], W[:1])[0]
+    assert m[0, 2] == pytest.approx(1.0) and m[0, 1] == pytest.approx(m[1, 0]) and np.allclose(np.diag(m), 1)
+
+
+def test_a_runs_kept_rows_hold_scikit_learns_silhouettes(digits, runs):
+    Z, _ = digits
+    labels = runs["kmeans10"].copy()
+    labels[:50] = -1  # noise: no silhouette, and the others are scored among the clustered rows only
+    sel = selection_rows(resolve_backend("cpu"), Z, labels, np.arange(len(labels)) + 100)
+    assert np.array_equal(sel["row"], np.arange(len(labels)) + 100) and np.array_equal(sel["label_pred"], labels)
+    assert np.isnan(sel["silhouette"][:50]).all()
+    np.testing.assert_allclose(sel["silhouette"][50:], silhouette_samples(Z[50:], labels[50:]), atol=1e-5)
+    big = sample_positions(10 * SAMPLE_ROWS)
+    assert len(big) == SAMPLE_ROWS and np.array_equal(big, sample_positions(10 * SAMPLE_ROWS))  # the same rows
+
+
+def test_the_band_keeps_a_coarse_split_from_winning(digits, runs):
     Z, y = digits
+    ids = list(runs)
+    free = pick(_cands(Z, runs, ids))  # no asked k: the silhouette x consensus over all, coarse splits included
+    at10 = pick(_cands(Z, runs, ids), k=10)
+    ami = {i: adjusted_mutual_info_score(y, runs[i]) for i in ids}
+    assert at10.criterion == "silhouette_x_consensus" and at10.k == 10
+    assert at10.id in ("kmeans10", "ward10") and max(ami.values()) - ami[at10.id] < 0.03
+    assert {i for i, b in at10.in_band.items() if b} == {"kmeans10", "ward10"}
+    assert at10.order()[:2] == sorted(["kmeans10", "ward10"], key=lambda i: -at10.scores[i])
+    assert free.k is None and any("no run was asked" in n for n in free.notes)
+    # the score is the mean per-row silhouette (noise 0) times the mean ARI to the other runs
+    others = [adjusted_rand_score(runs[at10.id], runs[j]) for j in ids if j != at10.id]
+    assert at10.consensus[at10.id] == pytest.approx(np.mean(others), abs=1e-9)
+    assert at10.scores[at10.id] == pytest.approx(at10.silhouette[at10.id] * at10.consensus[at10.id])
+    d = at10.to_dict()
+    assert d["run"] == at10.id and d["runs"][0]["run"] == at10.id and len(d["runs"]) == len(ids)
+
+
+def test_runs_asked_for_one_k_draw_the_band_around_it(digits, runs):
+    Z, _ = digits
+    cands = [Candidate.from_space(i, Z, runs[i], k=10 if i.startswith(("kmeans", "ward")) else None) for i in runs]
+    cands[-1].k = None
+    p = pick(cands)
+    assert p.k == 10  # the k the k-taking runs were asked for
+    several = [Candidate.from_space(i, Z, runs[i], k=int(i.lstrip("kmeanswrd"))) for i in runs]
+    q = pick(several)
+    assert q.k is None and any("several numbers of clusters" in n for n in q.notes)
+
+
+def test_few_runs_use_the_silhouette_alone(digits, runs):
+    Z, _ = digits
+    ids = ["kmeans10", "ward10", "kmeans16"][: MIN_CONSENSUS_RUNS - 1]
+    p = pick(_cands(Z, runs, ids), k=10)
+    assert p.criterion == "silhouette_umap_all" and p.consensus is None
+    assert p.id == max(("kmeans10", "ward10"), key=lambda i: p.silhouette[i])
+
+
+def test_confidence_is_high_for_a_clear_pick_and_low_for_a_near_tie(digits, runs):
+    Z, _ = digits
+    clear = pick(_cands(Z, runs, ["kmeans10", "kmeans4", "kmeans30", "ward30"]), k=10)
+    assert clear.id == "kmeans10" and clear.confidence == 1.0 and not clear.low and clear.margin > 2
+    # The same KMeans with its 10 least certain rows moved to their second-nearest cluster: two partitions that
+    # differ where the silhouette is near 0, so no resampling of the rows can tell them apart reliably.
+    a = runs["kmeans10"]
+    cent = np.stack([Z[a == c].mean(axis=0) for c in range(10)])
+    dist = ((Z[:, None, :] - cent[None]) ** 2).sum(-1)
+    dist[np.arange(len(a)), a] = np.inf
+    moved = np.argsort(np.abs(silhouette_samples(Z, a)))[:10]
+    b = a.copy()
+    b[moved] = dist[moved].argmin(axis=1)
+    near = {"a": a, "b": b, "kmeans4": runs["kmeans4"], "kmeans30": runs["kmeans30"]}
+    tie = pick(_cands(Z, near, list(near)), k=10)
+    assert {tie.id, tie.runner_up} == {"a", "b"} and tie.low and (tie.confidence < 0.9 or tie.margin < 2)
+    # a second run with the very same partition is the pick's twin: it does not lower the confidence
+    twin = pick([*_cands(Z, runs, ["kmeans10", "kmeans4", "kmeans30"]),
+                 Candidate.from_space("copy", Z, runs["kmeans10"] + 100)], k=10)
+    assert twin.id == "kmeans10" and twin.confidence == 1.0 and twin.runner_up != "copy"
+
+
+def test_runs_over_other_rows_are_compared_on_the_rows_they_share(digits, runs):
+    Z, _ = digits
+    a = Candidate.from_space("a", Z, runs["kmeans10"])
+    b = Candidate.from_space("b", Z[:1000], runs["ward10"][:1000])
+    p = pick([a, b], resamples=5)
+    assert p.rows == 1000
+    far = Candidate.from_space("far", Z[:10], runs["ward10"][:10], rows=np.arange(5000, 5010))
+    with pytest.raises(UserError, match="different images"):
+        pick([a, far])
     with pytest.raises(UserError, match="no finished run"):
         pick([])
-    with pytest.raises(UserError, match="different rows"):
-        pick([Candidate("a", y, Z), Candidate("b", y[:-1], Z[:-1])])
-    with pytest.raises(UserError, match="criterion"):
-        pick([Candidate("a", y, Z)], criterion="nope")
+    with pytest.raises(UserError, match="repeated"):
+        pick([a, a])

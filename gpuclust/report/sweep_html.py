@@ -114,12 +114,13 @@ def pick_html(picks: dict[str, dict | None], run_dirs: dict[str, str]) -> str:
         rule = ("the highest silhouette in UMAP space (noise 0) times the run's mean ARI to the other runs"
                 if doc["criterion"] == "silhouette_x_consensus" else "the highest silhouette in UMAP space (noise 0)")
         band = "" if doc["k"] is None else f", among the runs within 20% of the asked {doc['k']} clusters"
-        sure = (f"<b>Low confidence</b>: first in {doc['confidence']:.0%} of {doc['rows']}-row bootstrap resamples, "
-                f"margin {_cell(doc['margin'])} standard deviations over run {html.escape(str(doc['runner_up']))} "
-                f"({html.escape(str(doc['runner_up_name']))}); look at both."
-                if doc["low_confidence"] else
-                f"Confidence: first in {doc['confidence']:.0%} of bootstrap resamples of its {doc['rows']} scored rows"
-                + ("" if doc["margin"] is None else f", margin {_cell(doc['margin'])} standard deviations") + ".")
+        margin = ("" if doc["margin"] is None else
+                  f", margin {doc['margin']:.1f} standard deviations over run {html.escape(str(doc['runner_up']))} "
+                  f"({html.escape(str(doc['runner_up_name']))})")
+        sure = (f"<b>Low confidence</b>: first in {doc['confidence']:.0%} of bootstrap resamples of its "
+                f"{doc['rows']} scored rows{margin}; look at both." if doc["low_confidence"] else
+                f"Confidence: first in {doc['confidence']:.0%} of bootstrap resamples of its {doc['rows']} scored "
+                f"rows{margin}.")
         lost = ("" if doc.get("ami_lost") is None else
                 f" With the labels: AMI {doc['ami']:.4f} against {doc['best_ami']:.4f} for the best run "
                 f"(lost {doc['ami_lost']:.4f}).")

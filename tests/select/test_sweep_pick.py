@@ -4,6 +4,8 @@ alone picks a coarse HDBSCAN run there; the pick must lose at most 0.02 AMI, or 
 import csv
 import itertools
 import json
+import shutil
+import subprocess
 
 import pytest
 
@@ -75,3 +77,27 @@ def test_on_every_smaller_grid_the_pick_loses_little_or_says_it_is_unsure(readme
         assert lost <= TARGET or p.low, (ids, p.id, lost, p.confidence, p.margin)
         flagged += p.low
     assert flagged < len(grids)  # a confidence that is always low would pass the line above
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt install chromium; .ci/run installs it)")
+def test_the_sweep_report_shows_the_pick_in_chromium(readme_sweep, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    out, _ = readme_sweep
+    doc = json.loads((out / "best.json").read_text())["label_free"]
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    dom = subprocess.run([*cmd, "--dump-dom", (out / "report.html").as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    section = dom[dom.index("<h2>label-free pick</h2>"):dom.index("<h2>runs</h2>")]
+    links = [s.split('"')[0] for s in section.split('<a href="')[1:]]
+    assert links[0] == f"{doc['run_dir']}/report.html" and all((out / link).is_file() for link in links)
+    assert f"first in {doc['confidence']:.0%} of bootstrap resamples" in section
+    shot = tmp_path / "sweep.png"
+    subprocess.run([*cmd, "--window-size=1200,900", f"--screenshot={shot}", (out / "report.html").as_uri()],
+                   capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.std() > 20 and np.flatnonzero(pixels.min(axis=1) < 200).size > 300  # the pick's text and table

@@ -49,7 +49,8 @@ class Clusterer(ClusterMixin, BaseEstimator):
     embedding_ : the reduced rows the clusterer saw, in the same array type.
     twins_ : {"reduce": ..., "cluster": ...}: which twin ran each step ("cpu", "gpu", "none", or "object").
     n_clusters_ : clusters found (noise excluded).
-    params_ : the clusterer's resolved keyword arguments (with k_auto_scores when k was chosen).
+    params_ : the clusterer's resolved keyword arguments (when k was chosen: k_auto, k_auto_scores, k_auto_ps,
+        k_auto_prediction_strength, k_auto_low_confidence).
     """
 
     def __init__(self, reducer: Any = "umap", n_components: int | float = 50, clusterer: Any = "kmeans",
@@ -151,9 +152,9 @@ class Clusterer(ClusterMixin, BaseEstimator):
             raise UserError(f"{self.clusterer} needs n_clusters (a number, or 'auto'), or fit(X, y) with labels to "
                             "take the number of classes from")
         if k == "auto":
-            k, scores = choose_k(Z, self._umap_space(X, Z, backend), self.clusterer, params, backend,
-                                 self.random_state, tuple(self.k_range))
-            extra = {"k_auto": k, "k_auto_scores": scores}
+            choice = choose_k(Z, self._umap_space(X, Z, backend), self.clusterer, params, backend,
+                              self.random_state, tuple(self.k_range))
+            k, extra = choice.k, choice.record()
         labels, twin, resolved = cluster(Z, self.clusterer, k, params, backend, self.random_state, n_classes)
         return labels, twin, {**resolved, **extra}
 

@@ -233,14 +233,15 @@ def reduce_stage(X, cfg: RunConfig, backend: Backend, store_dir: str | None = No
 
 
 def cluster_stage(Z, cfg: RunConfig, backend: Backend, n_classes: int | None, Z_umap=None, client=None):
-    """Labels, the twin that ran, resolved parameters (with `k_auto_scores` when k was chosen)."""
+    """Labels, the twin that ran, resolved parameters (with `k_auto_scores`, `k_auto_prediction_strength` and the
+    rest of `KChoice.record()` when k was chosen)."""
     from .cluster import choose_k, cluster
 
     k, extra = cfg.cluster.k, {}
     if k == "auto":
-        k, scores = choose_k(Z, Z if Z_umap is None else Z_umap, cfg.cluster.method, dict(cfg.cluster.params),
-                             backend, cfg.seed, tuple(cfg.cluster.k_range))
-        extra = {"k_auto": k, "k_auto_scores": scores}
+        choice = choose_k(Z, Z if Z_umap is None else Z_umap, cfg.cluster.method, dict(cfg.cluster.params),
+                          backend, cfg.seed, tuple(cfg.cluster.k_range))
+        k, extra = choice.k, choice.record()
     if multi_gpu(cfg, backend, client):
 
         return dask_kmeans(client, Z, cfg.cluster.k, dict(cfg.cluster.params), backend, cfg.seed, n_classes)
@@ -356,8 +357,9 @@ def compute(cfg: RunConfig, ds, backend: Backend, timer: StageTimer, progress: b
     twins = {"encode": "none" if precomputed else backend.name, **twins, "evaluate": backend.name}
     if map_xy is not None:
         twins["map"] = map_xy[1]
-    metrics.update(twins=twins, n_skipped=len(emb.skipped), **({"k_auto": params["k_auto"]} if "k_auto" in params
-                                                               else {}))
+    from .select.kauto import METRICS_KEYS  # k_auto, k_auto_ps, k_auto_low_confidence (with --k auto)
+
+    metrics.update(twins=twins, n_skipped=len(emb.skipped), **{k: params[k] for k in METRICS_KEYS if k in params})
     config = {**cfg.to_dict(), "resolved": {**enc_info, "cluster_params": params, "dataset_rows": len(ds)}}
     return ClusterResult(metrics, run_timings(timer, emb, backend), twins, config, emb.rows, backend, labels,
                          labels_true, Z, ds, emb.skipped, cfg.seed, cfg.gallery, curation=curation,

@@ -107,7 +107,8 @@ def print_summary(result, console=None) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("ami", "ari", "nmi", "silhouette", "silhouette_umap", "n_clusters", "noise_fraction", "n_rows",
-                "n_skipped", "n_duplicate_groups", "n_duplicates", "n_outliers"):
+                "n_skipped", "n_duplicate_groups", "n_duplicates", "n_outliers", "k_auto", "k_auto_ps",
+                "k_auto_low_confidence"):
         if key in m and m[key] is not None:
             v = m[key]
             table.add_row(key, f"{v:.4f}" if isinstance(v, float) else str(v))

@@ -74,6 +74,9 @@ def test_k_auto_and_reduce_only():
     pred = model.fit_predict(X)
     assert 8 <= model.params_["k_auto"] <= 12 and set(model.params_["k_auto_scores"]) == set(range(8, 13))
     assert model.n_clusters_ == model.params_["k_auto"] and gc.score(y, pred)["ami"] > 0.75
+    p = model.params_  # how sure, as a run's metrics.json says it
+    assert set(p["k_auto_prediction_strength"]) == set(range(8, 13)) and 8 <= p["k_auto_ps"] <= 12
+    assert p["k_auto_low_confidence"] == (abs(p["k_auto"] - p["k_auto_ps"]) > 0.2 * p["k_auto"])
     Z = gc.Clusterer(reducer="pca", n_components=5, clusterer=None, device="cpu").fit_transform(X)
     assert Z.shape == (1797, 5)
 

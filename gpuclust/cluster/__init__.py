@@ -8,10 +8,14 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ..backend import ALGORITHMS, Algorithm, Backend, make_estimator
 from ..errors import UserError
 from ..progress import step, track
+
+if TYPE_CHECKING:
+    from ..select.kauto import KChoice
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +89,13 @@ AUTO_K_SAMPLE = 5_000  # rows scored per candidate k (a seeded sample beyond thi
 
 
 def choose_k(Z, Z_score, method: str, params: dict, backend: Backend, seed: int = 0,
-             k_range: tuple[int, int] = (2, 30)) -> tuple[int, dict]:
+             k_range: tuple[int, int] = (2, 30)) -> KChoice:
     """`--k auto`: the k in `k_range` whose clustering of Z has the highest silhouette in `Z_score` (the study's
-    label-free proxy: the UMAP space). Returns (k, {k: silhouette})."""
+    label-free proxy: the UMAP space), with how sure that is: each k's prediction strength on Z (gpuclust.select.kauto,
+    on a seeded sample of at most 2 x AUTO_K_SAMPLE rows) and whether its k agrees with the silhouette's. Returns a
+    `KChoice`, which unpacks as (k, {k: silhouette}); a low-confidence answer logs one warning line."""
     from ..evaluate.silhouette import silhouette_score
+    from ..select.kauto import KChoice, k_by_prediction_strength, prediction_strength, ps_halves
 
     if not CLUSTERERS[method].needs_k(params):
         raise UserError(f"--k auto: {method} finds the number of clusters itself; drop --k")
@@ -98,14 +105,19 @@ def choose_k(Z, Z_score, method: str, params: dict, backend: Backend, seed: int 
     if hi < int(k_range[1]):
         log.warning("--k-range %d:%d: %d images allow k up to %d; trying %d:%d", lo, int(k_range[1]), Z.shape[0], hi,
                     lo, hi)
-    scores = {}
+    scores, ps, halves = {}, {}, ps_halves(Z.shape[0], seed)
     for k in track(range(lo, hi + 1), "k auto", hi - lo + 1):
         labels, _, _ = cluster(Z, method, k, params, backend, seed)
         s = silhouette_score(backend, Z_score, labels, "euclidean", AUTO_K_SAMPLE, AUTO_K_SAMPLE, seed)["value"]
         scores[k] = s if s is not None else float("-inf")
-        log.info("k auto: k=%d silhouette %.4f", k, scores[k])
+        ps[k] = prediction_strength(Z, method, k, params, backend, seed, halves)
+        log.info("k auto: k=%d silhouette %.4f prediction strength %s", k, scores[k],
+                 "-" if ps[k] is None else f"{ps[k]:.3f}")
     best = max(scores, key=lambda k: (scores[k], -k))
-    return best, scores
+    choice = KChoice(best, scores, ps, k_by_prediction_strength(ps))
+    if choice.low_confidence:
+        log.warning(choice.warning())
+    return choice
 
 
 def cluster(Z, method: str, k: int | None, params: dict, backend: Backend, seed: int = 0,

@@ -294,10 +294,11 @@ def write_run(out: Path, *, backend, config: dict, metrics: dict, timings: dict,
             from .strips import write_strips
 
             section += write_strips(out, curation.strips, images)
+        cluster_params = (config.get("resolved") or {}).get("cluster_params", {})
         write_html(out, title=f"gpuclust: {name or out.name}", metrics=metrics, timings=timings, Z_sample=Z_sample, idx=idx,
                    labels_pred=labels_pred, labels_true=labels_true, classes=classes, gallery=section,
-                   k_scores=(config.get("resolved") or {}).get("cluster_params", {}).get("k_auto_scores"),
-                   map_xy=map_xy)
+                   k_scores=cluster_params.get("k_auto_scores"), map_xy=map_xy,
+                   k_ps=cluster_params.get("k_auto_prediction_strength"))
 
 
 def write_map(path: Path, rows, xy) -> None:

@@ -136,23 +136,46 @@ def plot_sizes(path: Path, labels_pred) -> None:
     plt.close(fig)
 
 
-def plot_k_auto(path: Path, scores: dict, chosen: int) -> None:
-    """--k auto: the silhouette of each candidate k in the UMAP space, the chosen k marked."""
+def plot_k_auto(path: Path, scores: dict, chosen: int, ps: dict | None = None, k_ps: int | None = None) -> None:
+    """--k auto: the silhouette of each candidate k in the UMAP space, the chosen k marked; with `ps`, each k's
+    prediction strength on a second y axis with its 0.8 line and its own k (`k_ps`) marked."""
     plt = _plt()
     ks = sorted(int(k) for k in scores)
-    vals = [float(scores[k]) if np.isfinite(float(scores[k])) else np.nan for k in ks]
     fig, ax = plt.subplots(figsize=(8, 3.2))
-    ax.plot(ks, vals, marker="o", color="tab:blue")
-    ax.axvline(chosen, color="tab:red", linestyle="--", label=f"chosen k = {chosen}")
+    ax.plot(ks, _finite(scores, ks), marker="o", color="tab:blue", label="silhouette (UMAP space)")
+    ax.axvline(chosen, color="tab:blue", linestyle="--", label=f"chosen k = {chosen} (silhouette)")
+    handles = []
+    if ps:
+        from ..select.kauto import PS_THRESHOLD, agree
+
+        ax2 = ax.twinx()
+        handles += ax2.plot(ks, _finite(ps, ks), marker="s", color="tab:orange", label="prediction strength")
+        ax2.axhline(PS_THRESHOLD, color="tab:orange", linestyle=":", linewidth=1)
+        if k_ps is not None:
+            handles.append(ax2.axvline(k_ps, color="tab:orange", linestyle="--", label=f"its k = {k_ps}"))
+        ax2.set_ylim(0, 1.05)
+        ax2.set_ylabel(f"prediction strength ({PS_THRESHOLD} line)")
+        sure = "agree" if agree(chosen, k_ps) else "disagree: low confidence"
+        ax.set_title(f"--k auto: silhouette k = {chosen}, prediction strength k = {k_ps} ({sure})")
+    else:
+        ax.set_title("--k auto: the k with the highest silhouette")
     if len(ks) <= 30:
         ax.set_xticks(ks)
     ax.set_xlabel("k")
     ax.set_ylabel("silhouette (UMAP space)")
-    ax.set_title("--k auto: the k with the highest silhouette")
-    ax.legend(fontsize=8)
+    ax.legend(handles=ax.get_legend_handles_labels()[0] + handles, fontsize=8)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
+
+
+def _finite(values: dict, ks: list[int]) -> list[float]:
+    """values[k] (a JSON copy's keys may be strings) for each k, NaN where missing, None or infinite."""
+    out = []
+    for k in ks:
+        v = values.get(k, values.get(str(k)))
+        out.append(float(v) if v is not None and np.isfinite(float(v)) else np.nan)
+    return out
 
 
 def _table(d: dict) -> str:
@@ -179,13 +202,24 @@ def sample_rows(n: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n)[:MAX_POINTS])
 
 
+def _k_auto_note(metrics: dict) -> str:
+    """The line above k_auto.png: the two ks and whether the answer is low confidence."""
+    if "k_auto_low_confidence" not in metrics:
+        return ""
+    k, k_ps = metrics["k_auto"], metrics.get("k_auto_ps")
+    if not metrics["k_auto_low_confidence"]:
+        return f"--k auto: k = {k}; prediction strength's k ({k_ps}) agrees.<br>"
+    return (f"<b>--k auto: low confidence</b>: the silhouette chose k = {k}, prediction strength k = {k_ps}; they "
+            "do not agree within 20%, so look at both curves and try the ks between.<br>")
+
+
 def write_html(out: Path, *, title: str, metrics: dict, timings: dict, Z_sample: np.ndarray, idx: np.ndarray,
                labels_pred: np.ndarray, labels_true: np.ndarray | None, classes, gallery: str = "",
-               k_scores: dict | None = None, map_xy: np.ndarray | None = None) -> Path:
+               k_scores: dict | None = None, map_xy: np.ndarray | None = None, k_ps: dict | None = None) -> Path:
     """Plots as PNG files beside report.html. Host arrays: `Z_sample` holds the clustering space at rows `idx`;
     `gallery` is the cluster gallery's HTML section (gallery.write_gallery), placed after the plots; `k_scores`:
-    --k auto's silhouette per candidate k; `map_xy`: the run's 2-D map of every row, drawn instead of the
-    clustering space's principal axes when given."""
+    --k auto's silhouette per candidate k, `k_ps` its prediction strength per k; `map_xy`: the run's 2-D map of every
+    row, drawn instead of the clustering space's principal axes when given."""
     images = ["map.png", "sizes.png"]
     P = (np.asarray(map_xy, dtype=np.float64)[idx] if map_xy is not None
          else project_2d(np.asarray(Z_sample, dtype=np.float64)))
@@ -196,9 +230,10 @@ def write_html(out: Path, *, title: str, metrics: dict, timings: dict, Z_sample:
         plot_contingency(out / "contingency.png", labels_true, labels_pred, classes)
         images.insert(1, "contingency.png")
     if k_scores and metrics.get("k_auto") is not None:
-        plot_k_auto(out / "k_auto.png", k_scores, int(metrics["k_auto"]))
+        plot_k_auto(out / "k_auto.png", k_scores, int(metrics["k_auto"]), k_ps, metrics.get("k_auto_ps"))
         images.append("k_auto.png")
-    body = "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in images)
+    body = "".join(f'<p>{_k_auto_note(metrics)}<img src="{name}" alt="{name}"></p>' if name == "k_auto.png"
+                   else f'<p><img src="{name}" alt="{name}"></p>' for name in images)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1><h2>metrics</h2>{_table(metrics)}<h2>timings (s)</h2>{_table(timings)}{body}{gallery}

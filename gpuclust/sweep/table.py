@@ -26,7 +26,7 @@ SWEEP_FILES = ("results.csv", "results.parquet", "best.json", "by_setting.csv", 
 
 
 MAIN_METRICS = ("ami", "ari", "nmi", "silhouette", "silhouette_umap", "n_clusters", "noise_fraction", "n_rows",
-                "n_skipped", "k_auto")
+                "n_skipped", "k_auto", "k_auto_low_confidence")
 
 
 TIMINGS = ("data", "encode", "reduce", "umap_space", "cluster", "evaluate", "report", "total")

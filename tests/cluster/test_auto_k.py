@@ -46,10 +46,17 @@ def test_cli_k_auto_on_digits(tmp_path):
     assert m["ami"] > 0.5  # digits clustered at a silhouette-chosen k
     scores = cfg["resolved"]["cluster_params"]["k_auto_scores"]
     assert m["k_auto"] == int(max(scores, key=lambda k: (scores[k], -int(k))))
+    # How sure: prediction strength per k beside the silhouettes, its k and the flag in metrics.json.
+    ps = cfg["resolved"]["cluster_params"]["k_auto_prediction_strength"]
+    assert set(ps) == set(scores) and all(0 <= v <= 1 for v in ps.values())
+    assert m["k_auto_ps"] == cfg["resolved"]["cluster_params"]["k_auto_ps"] and 5 <= m["k_auto_ps"] <= 14
+    assert m["k_auto_low_confidence"] == (abs(m["k_auto"] - m["k_auto_ps"]) > 0.2 * m["k_auto"])
+    assert ("low confidence" in proc.stderr) == m["k_auto_low_confidence"]
     from PIL import Image
 
     page = (tmp_path / "run" / "report.html").read_text()
     assert '<img src="k_auto.png"' in page and Image.open(tmp_path / "run" / "k_auto.png").format == "PNG"
+    assert ("--k auto: low confidence" in page) == m["k_auto_low_confidence"] and "k_auto_low_confidence" in page
 
 
 def test_cli_k_bad_value(tmp_path):

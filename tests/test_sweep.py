@@ -219,6 +219,11 @@ def test_unlabelled_sweep_report_ranks_by_the_silhouette_without_the_ami_plot(tm
     assert "ranked by silhouette_umap_all" in page and '<img src="ranking.png"' in page
     assert not (tmp_path / "s" / "silhouette_vs_ami.png").exists() and "Kendall" not in page
     assert page[page.index("<h2>runs</h2>"):].count('/report.html">') == 2
+    # the label-free pick without labels: the silhouette at the asked k (two runs), no AMI to say what it lost
+    pick = json.loads((tmp_path / "s" / "best.json").read_text())["label_free"]
+    assert pick["criterion"] == "silhouette_umap_all" and pick["k"] == 3 and "ami_lost" not in pick
+    assert pick["rows"] == 60 and {e["run"] for e in pick["runs"]} == {"0001", "0002"}
+    assert "<h2>label-free pick</h2>" in page and "With the labels" not in page
 
 
 def test_kendall_tau_needs_three_runs_that_differ():

@@ -101,3 +101,23 @@ def test_the_sweep_report_shows_the_pick_in_chromium(readme_sweep, tmp_path):
                    capture_output=True, timeout=120)
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert pixels.std() > 20 and np.flatnonzero(pixels.min(axis=1) < 200).size > 300  # the pick's text and table
+
+
+def test_a_run_without_selection_rows_is_left_out_with_a_note(readme_sweep, tmp_path):
+    """A run made before runs kept selection.parquet (resumed into a newer sweep) is named, not silently dropped."""
+    from types import SimpleNamespace
+
+    from gpuclust.sweep.select import label_free
+
+    out, _ = readme_sweep
+    rows = list(_rows(out).values())
+    copy = tmp_path / "s"
+    shutil.copytree(out / "runs", copy / "runs")
+    gone = rows[0]["run"]
+    (copy / rows[0]["run_dir"] / "selection.parquet").unlink()
+    cfg = SimpleNamespace(data=SimpleNamespace(spec="fashion-mnist"))
+    runs = {r["run"]: SimpleNamespace(cfg=cfg, dir=r["run_dir"], label=lambda varied, r=r: r["run_dir"]) for r in rows}
+    typed = [{**r, "n_clusters": int(r["n_clusters"]), "ami": float(r["ami"])} for r in rows]
+    doc = label_free(copy, typed, runs, [])["fashion-mnist"]
+    assert gone not in {e["run"] for e in doc["runs"]} and len(doc["runs"]) == len(rows) - 1
+    assert any("not scored" in n and gone in n for n in doc["notes"])

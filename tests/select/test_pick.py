@@ -56,6 +56,25 @@ def test_weighted_ari_is_scikit_learns_on_the_repeated_rows(digits, runs):
     assert m[0, 2] == pytest.approx(1.0) and m[0, 1] == pytest.approx(m[1, 0]) and np.allclose(np.diag(m), 1)
 
 
+def test_weighted_ari_of_fine_partitions_holds_only_the_occupied_cells():
+    """Two runs of 2,000 clusters on 4,000 rows: a dense contingency table per weighting would be 51 x 4M counts
+    (1.6 GB); the occupied cells are at most one per row."""
+    import tracemalloc
+
+    rng = np.random.default_rng(2)
+    a, b = rng.integers(0, 2000, 4000), rng.integers(0, 2000, 4000)
+    W = np.stack([np.ones(4000)] + [np.bincount(rng.integers(0, 4000, 4000), minlength=4000)
+                                    for _ in range(50)]).astype(float)
+    tracemalloc.start()
+    got = ari_weighted(a, b, W)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 100e6
+    assert got[0] == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)
+    idx = np.repeat(np.arange(4000), W[1].astype(int))
+    assert got[1] == pytest.approx(adjusted_rand_score(a[idx], b[idx]), abs=1e-12)
+
+
 def test_a_runs_kept_rows_hold_scikit_learns_silhouettes(digits, runs):
     Z, _ = digits
     labels = runs["kmeans10"].copy()

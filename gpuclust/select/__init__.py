@@ -63,7 +63,7 @@ def selection_rows(backend, space, labels, rows) -> dict:
     """What a run keeps for label-free selection (selection.parquet): the dataset `row` of each sampled row, its
     cluster `label_pred` and its `silhouette` in `space` (the run's UMAP space; NaN: noise). `space`, `labels` and
     `rows` hold the same rows in the same order."""
-    labels, rows = np.asarray(backend.to_host(labels)), np.asarray(rows)
+    labels, rows, space = np.asarray(backend.to_host(labels)), np.asarray(rows), backend.asarray(space)
     pos = sample_positions(len(labels))
     space = space[backend.xp.asarray(pos)] if len(pos) < len(labels) else space
     return {"row": rows[pos].astype(np.int64), "label_pred": labels[pos].astype(np.int64),
@@ -93,11 +93,12 @@ class Candidate:
 
     @classmethod
     def from_space(cls, id: str, space, labels, rows=None, k: int | None = None, backend=None) -> "Candidate":
-        """A candidate scored in `space` (e.g. a UMAP embedding), on the rows a run would keep."""
-        from ..backend import resolve_backend
+        """A candidate scored in `space` (e.g. a UMAP embedding), on the rows a run would keep; CuPy arrays are
+        scored on the GPU twin unless `backend` says otherwise."""
+        from ..backend import is_device_array, resolve_backend
 
-        backend = backend or resolve_backend("cpu")
-        labels = np.asarray(labels)
+        backend = backend or resolve_backend("gpu" if is_device_array(space) else "cpu")
+        labels = np.asarray(backend.to_host(labels))
         sel = selection_rows(backend, space, labels, np.arange(len(labels)) if rows is None else rows)
         return cls(id, sel["row"], sel["label_pred"], sel["silhouette"],
                    int(len(np.unique(labels[labels >= 0]))), k)

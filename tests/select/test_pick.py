@@ -160,3 +160,36 @@ def test_runs_over_other_rows_are_compared_on_the_rows_they_share(digits, runs):
         pick([])
     with pytest.raises(UserError, match="repeated"):
         pick([a, a])
+
+
+class _OnDevice:
+    """Stands in for a CuPy array where there is none: the CUDA array interface, `.get()` to the host, indexing."""
+
+    __cuda_array_interface__: dict = {}
+
+    def __init__(self, a):
+        self.a = np.asarray(a)
+
+    def get(self):
+        return self.a
+
+    def __getitem__(self, i):
+        return _OnDevice(self.a[np.asarray(i)])
+
+    def __len__(self):
+        return len(self.a)
+
+    @property
+    def shape(self):
+        return self.a.shape
+
+
+def test_a_candidate_from_device_arrays_is_scored_as_from_host_ones(digits, runs):
+    """A GPU user's UMAP space and labels (CuPy) scored by the CPU twin: brought to the host, not refused."""
+    Z, _ = digits
+    cpu = resolve_backend("cpu")
+    host = Candidate.from_space("a", Z, runs["kmeans10"], k=10, backend=cpu)
+    dev = Candidate.from_space("a", _OnDevice(Z), _OnDevice(runs["kmeans10"]), k=10, backend=cpu)
+    assert np.array_equal(dev.labels, host.labels) and np.array_equal(dev.rows, host.rows)
+    np.testing.assert_array_equal(dev.silhouette, host.silhouette)
+    assert dev.n_clusters == host.n_clusters == 10

@@ -103,7 +103,7 @@ def settings_html(summary: list[dict], metric: str, run_dirs: dict[str, str]) ->
 MAX_PICK_ROWS = 10  # runs listed under the label-free pick
 
 
-def pick_html(picks: dict[str, dict | None], run_dirs: dict[str, str]) -> str:
+def pick_html(picks: dict[str, dict | None]) -> str:
     """The label-free pick of each dataset (sweep/select.py): what it is, how sure, what it lost with labels, and
     the runs it was chosen from, best first."""
     parts = []
@@ -128,7 +128,7 @@ def pick_html(picks: dict[str, dict | None], run_dirs: dict[str, str]) -> str:
                 "score", *(["ami"] if any("ami" in e for e in doc["runs"]) else [])]
         body = []
         for i, e in enumerate(doc["runs"][:MAX_PICK_ROWS], 1):
-            run = f'<a href="{html.escape(run_dirs.get(e["run"], ""))}/report.html">{html.escape(e["run"])}</a>'
+            run = f'<a href="{html.escape(e["run_dir"])}/report.html">{html.escape(e["run"])}</a>'
             cells = [str(i), run, html.escape(e["name"]), _cell(e.get("n_clusters")), "yes" if e["in_band"] else "no",
                      _cell(e["silhouette_umap_all"]), _cell(e["consensus"]), _cell(e["score"]),
                      *([_cell(e.get("ami"))] if "ami" in head else [])]
@@ -145,11 +145,12 @@ def pick_html(picks: dict[str, dict | None], run_dirs: dict[str, str]) -> str:
 def write_sweep_report(out: Path, ordered: list[dict], failed: list[dict], names: dict[str, str],
                        datasets: dict[str, str], colour_by: dict[str, str], rank_by: str, n_runs: int,
                        varied: list[str] = (), lower_is_better: bool = False,
-                       picks: dict[str, dict | None] | None = None) -> Path:
+                       picks: dict[str, dict | None] | None = None, n_ok: int | None = None) -> Path:
     """`ordered`: the ok rows ranked best first; `failed`: rows of runs that did not finish ok; `names`,
     `datasets`, `colour_by`: run id -> its label, its dataset, and the setting its point is coloured by;
     `varied`: the settings the grid varies (compared over everything else); `picks`: the label-free pick of each
-    dataset (sweep/select.py)."""
+    dataset (sweep/select.py); `n_ok`: the runs that finished ok (default: the ranked ones; runs without the
+    ranking metric, such as an unlabelled dataset's under ami, are not ranked)."""
     images = []
     summary = by_setting(ordered, list(varied), rank_by, lower_is_better)
     axes = heatmap_axes(list(varied), ordered)
@@ -188,6 +189,8 @@ def write_sweep_report(out: Path, ordered: list[dict], failed: list[dict], names
     fails = "".join(f"<li>run {html.escape(r['run'])} ({html.escape(names[r['run']])}): "
                     f"{html.escape(str(r.get('status')))}: {html.escape(str(r.get('error', '')))}</li>" for r in failed)
     run_dirs = {r["run"]: r["run_dir"] for r in ordered}
+    n_ok = len(ordered) if n_ok is None else n_ok
+    unranked = f"{n_ok - len(ordered)} without {html.escape(rank_by)} not ranked, the others " if n_ok > len(ordered) else ""
     proxy_note = (f" Beside it, the mean {PROXY}, which needs no labels, and the value it would have picked: where "
                   f"that is the first row, the silhouette chose as {html.escape(rank_by)} did."
                   if rank_by != PROXY and any(f"mean_{PROXY}" in s for s in summary) else "")
@@ -198,9 +201,9 @@ def write_sweep_report(out: Path, ordered: list[dict], failed: list[dict], names
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>gpuclust sweep: {html.escape(out.name)}</title>
 <style>{STYLE}</style></head><body>
 <h1>gpuclust sweep: {html.escape(out.name)}</h1>
-<p>{len(ordered)} of {n_runs} runs finished ok, ranked by {html.escape(rank_by)}; each run's name links to its
+<p>{n_ok} of {n_runs} runs finished ok, {unranked}ranked by {html.escape(rank_by)}; each run's name links to its
 own report.</p>{f"<ul>{tau_text}</ul>" if tau_text else ""}
-{pick_html(picks or {}, run_dirs)}
+{pick_html(picks or {})}
 {"".join(f'<p><img src="{name}" alt="{name}"></p>' for name in images)}
 {compared}
 <h2>runs</h2><table><tr>{head}</tr>{"".join(body)}</table>

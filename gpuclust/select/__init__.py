@@ -25,8 +25,8 @@ import numpy as np
 from ..errors import UserError
 from .ari import pair_ari
 
-SAMPLE_ROWS = 4000  # rows every run scores (a seeded sample beyond; the exact silhouette is quadratic in rows)
-SAMPLE_SEED = 0  # the same rows for every run over the same rows, whatever the run's own seed
+SAMPLE_ROWS = 4000  # rows every run scores at most (the exact silhouette is quadratic in rows)
+MIN_SHARED = 1000  # fewer scored rows shared by the runs than this: the pick says so in its notes
 RESAMPLES = 50  # bootstrap resamples of the rows for the confidence
 BAND = 0.2  # a run is "at the asked k" when its number of clusters is within 20% of it
 MIN_CONSENSUS_RUNS = 4  # fewer runs than this: the silhouette alone
@@ -35,11 +35,20 @@ MIN_MARGIN = 2.0  # below: low confidence (the lead is within 2 bootstrap standa
 _DEMOTE = 10.0  # subtracted from the score of runs outside the band (scores lie in [-1, 1])
 
 
-def sample_positions(n: int, size: int = SAMPLE_ROWS) -> np.ndarray:
-    """The sorted positions of the rows a run scores: all of n, or a sample seeded by SAMPLE_SEED."""
-    if n <= size:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(SAMPLE_SEED).choice(n, size=size, replace=False))
+def _row_order(rows: np.ndarray) -> np.ndarray:
+    """A fixed pseudo-random key per dataset row id (Fibonacci hashing: the id times 2^64 / golden ratio, wrapping)."""
+    return np.asarray(rows, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+
+
+def sample_positions(rows, size: int = SAMPLE_ROWS) -> np.ndarray:
+    """The sorted positions, among a run's dataset row ids `rows`, of the rows it scores: all of them up to `size`,
+    else the `size` rows whose ids come first in one fixed pseudo-random order of ids. That order depends on the ids
+    alone, not on the run's seed or sample, so runs over the same images score the same rows, and runs over
+    different samples of one dataset (streamed runs score their fit sample) share as many as such samples allow."""
+    rows = np.asarray(rows)
+    if len(rows) <= size:
+        return np.arange(len(rows))
+    return np.sort(np.argsort(_row_order(rows), kind="stable")[:size])
 
 
 def row_silhouettes(backend, space, labels) -> np.ndarray:
@@ -63,8 +72,8 @@ def selection_rows(backend, space, labels, rows) -> dict:
     """What a run keeps for label-free selection (selection.parquet): the dataset `row` of each sampled row, its
     cluster `label_pred` and its `silhouette` in `space` (the run's UMAP space; NaN: noise). `space`, `labels` and
     `rows` hold the same rows in the same order."""
-    labels, rows = np.asarray(backend.to_host(labels)), np.asarray(rows)
-    pos = sample_positions(len(labels))
+    labels, rows, space = np.asarray(backend.to_host(labels)), np.asarray(rows), backend.asarray(space)
+    pos = sample_positions(rows)
     space = space[backend.xp.asarray(pos)] if len(pos) < len(labels) else space
     return {"row": rows[pos].astype(np.int64), "label_pred": labels[pos].astype(np.int64),
             "silhouette": row_silhouettes(backend, space, labels[pos]).astype(np.float32)}
@@ -74,14 +83,14 @@ def selection_rows(backend, space, labels, rows) -> dict:
 class Candidate:
     """One clustering: `id` (a run's name), the dataset `rows` it scored, their `labels` (-1 noise) and per-row
     `silhouette` (NaN: noise), the run's `n_clusters` over all its rows (default: those in `labels`), and the `k`
-    it was asked for (None when its clusterer finds the number itself)."""
+    it was asked for (None when its clusterer finds the number itself, "auto" when the run chose it)."""
 
     id: str
     rows: np.ndarray
     labels: np.ndarray
     silhouette: np.ndarray
     n_clusters: int | None = None
-    k: int | None = None
+    k: int | str | None = None
 
     def __post_init__(self):
         self.rows, self.labels = np.asarray(self.rows), np.asarray(self.labels)
@@ -93,11 +102,12 @@ class Candidate:
 
     @classmethod
     def from_space(cls, id: str, space, labels, rows=None, k: int | None = None, backend=None) -> "Candidate":
-        """A candidate scored in `space` (e.g. a UMAP embedding), on the rows a run would keep."""
-        from ..backend import resolve_backend
+        """A candidate scored in `space` (e.g. a UMAP embedding), on the rows a run would keep; CuPy arrays are
+        scored on the GPU twin unless `backend` says otherwise."""
+        from ..backend import is_device_array, resolve_backend
 
-        backend = backend or resolve_backend("cpu")
-        labels = np.asarray(labels)
+        backend = backend or resolve_backend("gpu" if is_device_array(space) else "cpu")
+        labels = np.asarray(backend.to_host(labels))
         sel = selection_rows(backend, space, labels, np.arange(len(labels)) if rows is None else rows)
         return cls(id, sel["row"], sel["label_pred"], sel["silhouette"],
                    int(len(np.unique(labels[labels >= 0]))), k)
@@ -164,8 +174,12 @@ def _positions(rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
 
 
 def asked_k(candidates: list[Candidate]) -> tuple[int | None, str | None]:
-    """The k the runs were asked for, when they agree on one: (k, None), else (None, why there is no band)."""
-    ks = sorted({c.k for c in candidates if c.k is not None})
+    """The k the runs were asked for, when they agree on one: (k, None), else (None, why there is no band). A run
+    that chose k itself (k "auto") means the k is not known: no band either."""
+    ks = sorted({c.k for c in candidates if isinstance(c.k, int)})
+    if any(c.k == "auto" for c in candidates):
+        asked = f" and others were asked for {', '.join(map(str, ks))}" if ks else ""
+        return None, f"some runs chose k themselves (--k auto){asked}: no band"
     if len(ks) == 1:
         return ks[0], None
     if not ks:
@@ -187,8 +201,13 @@ def pick(candidates: list[Candidate], k: int | None = None, resamples: int = RES
     rows, labels, S = _align(candidates)
     n_runs, m = len(candidates), len(rows)
     use_consensus = n_runs >= MIN_CONSENSUS_RUNS
-    if not use_consensus and n_runs > 1:
+    if n_runs == 1:
+        notes.append("one run: nothing to choose between")
+    elif not use_consensus:
         notes.append(f"{n_runs} runs: too few to weigh agreement, the silhouette alone")
+    if m < MIN_SHARED and m < max(len(c.rows) for c in candidates):
+        notes.append(f"the runs share only {m} of the rows they scored (runs on other samples of the data, such as "
+                     "streamed runs' fit samples): a weaker comparison")
     in_band = np.array([k is None or abs(c.n_clusters - k) <= BAND * k for c in candidates])
     if k is not None and not in_band.any():
         notes.append(f"no run found within 20% of {k} clusters")
@@ -203,7 +222,12 @@ def pick(candidates: list[Candidate], k: int | None = None, resamples: int = RES
     runner = int(others[np.argmax(full[others])]) if len(others) else None
     draws = _draws(labels, S, demote, use_consensus, resamples, seed)
     share = float(twins[np.argmax(draws, axis=1)].mean()) if len(draws) else 1.0
-    margin = _margin(draws, best, runner)
+    if runner is not None and in_band[best] and not in_band[runner]:
+        # The lead over a run outside the band is the demotion, not a measure of sureness: no margin.
+        notes.append(f"no other partition within 20% of {k} clusters; the runner-up is outside it")
+        margin = None
+    else:
+        margin = _margin(draws, best, runner)
     low = share < MIN_SHARE or (margin is not None and margin < MIN_MARGIN)
     ids = [c.id for c in candidates]
     return Pick(ids[best], "silhouette_x_consensus" if use_consensus else "silhouette_umap_all", k,

@@ -165,8 +165,12 @@ def _print_summary(result: SweepResult, top: int, say) -> None:
         if pick:
             say(f"best by {metric}: run {pick['run']} ({pick['name']}) {pick['value']:.4f}")
     for spec, doc in result.picks.items():
+        prefix = "" if len(result.picks) == 1 else f"{spec}: "
         if doc:
-            say(("" if len(result.picks) == 1 else f"{spec}: ") + pick_line(doc))
+            say(prefix + pick_line(doc))
+        elif counts["ok"]:
+            say(prefix + "label-free pick: none (no ok run kept the rows it is compared on, selection.parquet: runs "
+                "made before gpuclust kept them, or without a UMAP space)")
 
 
 def _exit_code(result: SweepResult) -> int:

@@ -13,14 +13,16 @@ from .grid import Run
 log = logging.getLogger("gpuclust.sweep")
 
 
-def asked_k(config: dict) -> int | None:
-    """The number of clusters a run was asked for (its --k, or the number of classes a labelled set gave it); None
-    for --k auto and for clusterers that find the number themselves."""
+def asked_k(config: dict) -> int | str | None:
+    """The number of clusters a run was asked for (its --k, or the number of classes a labelled set gave it); "auto"
+    for --k auto; None for clusterers that find the number themselves."""
     from ..cluster import CLUSTERERS
 
     c = config.get("cluster") or {}
+    if c.get("k") == "auto":
+        return "auto"
     algo = CLUSTERERS.get(c.get("method"))
-    if c.get("k") == "auto" or algo is None or algo.k_param is None or not algo.needs_k(c.get("params") or {}):
+    if algo is None or algo.k_param is None or not algo.needs_k(c.get("params") or {}):
         return None
     v = ((config.get("resolved") or {}).get("cluster_params") or {}).get(algo.k_param)
     return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
@@ -80,7 +82,7 @@ def _pick_dataset(out: Path, ok: list[dict], runs: dict[str, Run], varied: list[
     doc.update(name=run.label(varied), run_dir=run.dir, n_clusters=by_id[p.id].get("n_clusters"),
                runner_up_name=None if p.runner_up is None else runs[p.runner_up].label(varied))
     for entry in doc["runs"]:
-        entry["name"] = runs[entry["run"]].label(varied)
+        entry["name"], entry["run_dir"] = runs[entry["run"]].label(varied), runs[entry["run"]].dir
         entry["n_clusters"] = by_id[entry["run"]].get("n_clusters")
         if by_id[entry["run"]].get("ami") is not None:
             entry["ami"] = by_id[entry["run"]]["ami"]
@@ -102,4 +104,4 @@ def pick_line(doc: dict) -> str:
     if doc["low_confidence"]:
         text += (f"\n  LOW CONFIDENCE: the runner-up, run {doc['runner_up']} ({doc['runner_up_name']}), is about as "
                  "good without labels; look at both reports")
-    return text
+    return text + "".join(f"\n  note: {n}" for n in doc.get("notes", []))

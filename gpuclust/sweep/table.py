@@ -251,7 +251,8 @@ def write_report(out: Path, table: list[dict], runs: list[Run], varied: list[str
     return write_sweep_report(out, ranked(table, rank_by), [r for r in table if r["status"] != "ok"],
                               {r.id: r.label(varied) for r in runs}, {r.id: r.cfg.data.spec for r in runs},
                               colour_keys({r.id: r.flat for r in runs}, varied), rank_by, len(runs),
-                              varied, rank_by in LOWER_IS_BETTER, picks or {})
+                              varied, rank_by in LOWER_IS_BETTER, picks or {},
+                              sum(r["status"] == "ok" for r in table))
 
 
 def rankable() -> set[str]:

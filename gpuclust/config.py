@@ -31,14 +31,17 @@ def option(default: Any = dataclasses.MISSING, *, flag: str | None, help: str, m
     return field(default=default, metadata=meta)
 
 
-def parse_k(text: str) -> int | str:
-    """--k: an integer or "auto"."""
+def parse_int_or_auto(text: str) -> int | str:
+    """--k, --num-workers: an integer or "auto" (the range is checked with the section's settings)."""
     if text == "auto":
         return text
     try:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+
+
+parse_k = parse_int_or_auto  # (the name --k's parser had first)
 
 
 def parse_dims(text: str) -> int | float:
@@ -105,7 +108,12 @@ class EncodeConfig:
                                  help="encoder weights from a local file (offline)")
     batch_size: int = option(128, flag="--batch-size", metavar="N", parse=int,
                              help="encoder batch size (default 128)")
-    num_workers: int = option(0, flag="--num-workers", metavar="N", parse=int, help="DataLoader workers (default 0)")
+    # auto: none where they cannot pay, else a few per core (gpuclust/encode/workers.py has the rule and its
+    # reasons); config.json's resolved.num_workers records the number a run used. Workers change no number.
+    num_workers: int | str = option("auto", flag="--num-workers", metavar="N|auto", parse=parse_int_or_auto, help=(
+        "DataLoader worker processes decoding images beside the encoder; 0: in the main process. auto (default): "
+        "0 for images held in memory, under 1,000 images to encode or --decode device, else up to 4 on the CPU "
+        "twin and 16 on a GPU (one per core)"))
     cache_dir: str | None = option(None, flag="--cache-dir", metavar="DIR",
                                    help="embedding store (default $GPUCLUST_CACHE or ~/.cache/gpuclust)")
     # A new store only; an existing one keeps its layout.
@@ -156,7 +164,7 @@ class ClusterConfig:
 
     method: str = option("kmeans", flag="--cluster", choices=_clusterers, help="clusterer (default kmeans)")
     # None: the number of classes when labels exist; "auto": chosen by silhouette.
-    k: int | str | None = option(None, flag="--k", metavar="N|auto", parse=parse_k, help=(
+    k: int | str | None = option(None, flag="--k", metavar="N|auto", parse=parse_int_or_auto, help=(
         "number of clusters (default: number of classes); auto: chosen by UMAP-space silhouette"))
     k_range: tuple = option((2, 30), flag="--k-range", metavar="MIN:MAX", parse=parse_k_range,
                             help="candidates for --k auto (2:30)")

@@ -21,10 +21,10 @@ from .result import ClusterResult
 def cluster_images(data: Any, encoder: Any = "efficientnet_lite0", clusterer: Any = None, *,
                    limit: int | None = None, subsample: str = "first", device: str | None = None,
                    random_state: int | None = None, cache_dir: str | None = None, batch_size: int = 128,
-                   num_workers: int = 0, precision: str = "fp32", runtime: str = "auto", preprocess: str = "default",
-                   weights: str | None = None, arch: str | None = None, silhouette_original: bool = False,
-                   duplicates: float | None = None, outliers: float | None = None, gallery: int = 8,
-                   progress: bool = True) -> ClusterResult:
+                   num_workers: int | str = "auto", precision: str = "fp32", runtime: str = "auto",
+                   preprocess: str = "default", weights: str | None = None, arch: str | None = None,
+                   silhouette_original: bool = False, duplicates: float | None = None,
+                   outliers: float | None = None, gallery: int = 8, progress: bool = True) -> ClusterResult:
     """Encode the images (reusing the embedding store), reduce, cluster and score them; nothing is written but the
     store. `device`/`random_state` default to the clusterer's. The clusterer, when a gpuclust.Clusterer, is fitted
     too (labels_, embedding_ as numpy). `duplicates` (a cosine threshold) and `outliers` (a fraction) mark those rows,
@@ -68,7 +68,7 @@ def cluster_images(data: Any, encoder: Any = "efficientnet_lite0", clusterer: An
 
 
 def embed(data: Any, encoder: Any = "efficientnet_lite0", *, limit: int | None = None, subsample: str = "first",
-           device: str = "auto", cache_dir: str | None = None, batch_size: int = 128, num_workers: int = 0,
+           device: str = "auto", cache_dir: str | None = None, batch_size: int = 128, num_workers: int | str = "auto",
            precision: str = "fp32", runtime: str = "auto", preprocess: str = "default", weights: str | None = None,
            arch: str | None = None, progress: bool = True, seed: int = 0, return_rows: bool = False):
     """The embeddings (rows x dim, float32) of every readable image, from the embedding store where it holds them:

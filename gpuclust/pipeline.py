@@ -161,7 +161,7 @@ def encode_stage(ds: ImageDataset, cfg: RunConfig, backend: Backend, progress: b
     emb.rows_reused -= computed_elsewhere
     if not streamed(cfg, len(ds)):  # streamed rows are checked in the reducer's statistics pass
         check_finite(backend, emb.X, emb.rows)
-    return emb, {"encoder": enc.name, "dim": enc.dim, "store": str(store.dir)}
+    return emb, {"encoder": enc.name, "dim": enc.dim, "store": str(store.dir), "num_workers": emb.num_workers}
 
 
 def report_skipped(skipped: list, ds: ImageDataset, out: Path | None, final: Path | None = None) -> None:

@@ -54,6 +54,7 @@ def test_list(what, expect, capsys):
     (["--gpus", "2"], ["--gpus 2"]),
     (["--encoder", "timm:no_such_model_xyz"], ["timm has no such model"]),
     (["--config", "/no/such.yaml"], ["no such file"]),
+    (["--num-workers", "-1"], ["--num-workers -1: must be 0 or more"]),
 ])
 def test_bad_input_exits_2_with_one_line(args, needles, tmp_path):
     proc = run_cli(*args, "-q", "--output", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"))
@@ -65,6 +66,8 @@ def test_bad_flag_value_is_argparse_usage_error():
     _one_line_error(proc, "invalid choice", "--help")
     proc = run_cli("--dims", "abc")
     _one_line_error(proc, "--dims", "expected a number")
+    proc = run_cli("--num-workers", "abc")
+    _one_line_error(proc, "--num-workers", "expected an integer or 'auto'")
 
 
 @pytest.mark.parametrize("yaml_text,needles", [
@@ -74,6 +77,8 @@ def test_bad_flag_value_is_argparse_usage_error():
     ("cluster: {k: abc}", ["k 'abc'", "positive integer or auto"]),
     ("reduce: {params: [1, 2]}", ["reduce.params", "a mapping"]),
     ("encode: {batch_size: x}", ["encode.batch_size 'x'"]),
+    ("encode: {num_workers: abc}", ["--num-workers 'abc'", "or auto"]),
+    ("encode: {num_workers: -1}", ["--num-workers -1"]),
     ("seed: -1", ["seed -1"]),
     ("seed: true", ["seed True", "an integer"]),
     ("reduce: {method: umap, dims: 0.9}", ["UMAP needs a whole number"]),

@@ -21,8 +21,8 @@ OWN_FLAGS = {"--help", "-h", "--list", "--config", "--quiet", "-q"}  # the CLI's
 # The defaults every YAML file and stored run relies on.
 DEFAULTS = {
     "data": {"spec": "fashion-mnist", "limit": None, "root": None, "subsample": "first", "download": False},
-    "encode": {"spec": "efficientnet_lite0", "weights": None, "batch_size": 128, "num_workers": 0, "cache_dir": None,
-               "shard_size": 2048, "store_dtype": "float32", "precision": "fp32", "arch": None,
+    "encode": {"spec": "efficientnet_lite0", "weights": None, "batch_size": 128, "num_workers": "auto",
+               "cache_dir": None, "shard_size": 2048, "store_dtype": "float32", "precision": "fp32", "arch": None,
                "preprocess": "default", "decode": "cpu", "compile": False, "runtime": "auto"},
     "reduce": {"method": "umap", "dims": 50, "params": {}, "zscore": None, "normalize": "none", "fit_sample": None},
     "cluster": {"method": "kmeans", "k": None, "k_range": (2, 30), "params": {}},
@@ -116,6 +116,19 @@ def test_flags_map_to_their_keys_and_lay_over_the_yaml(tmp_path):
     assert cfg.evaluate.silhouette_umap is False and cfg.evaluate.silhouette_metrics == ("l1", "cosine")
     assert (cfg.cluster.k, cfg.cluster.k_range, cfg.reduce.dims, cfg.reduce.zscore) == ("auto", (3, 9), 7, False)
     assert cfg.data.root == "/d" and isinstance(cfg.reduce.dims, int)
+
+
+def test_num_workers_is_a_count_or_auto_in_yaml_and_flags(tmp_path):
+    from gpuclust.checks import check_values
+
+    parse = get_args_parser().parse_args
+    for text, flags, want in [("num_workers: auto", [], "auto"), ("num_workers: 2", [], 2),
+                              ("num_workers: 2", ["--num-workers", "auto"], "auto"),
+                              ("num_workers: auto", ["--num-workers", "0"], 0)]:
+        (tmp_path / "c.yaml").write_text(f"encode: {{{text}}}\n")
+        cfg = config_from_args(parse(["--config", str(tmp_path / "c.yaml"), *flags]))
+        check_values(cfg)
+        assert cfg.encode.num_workers == want, (text, flags)
 
 
 def test_defaults_named_in_help_texts_are_the_fields_defaults():

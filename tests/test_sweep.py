@@ -271,6 +271,22 @@ def test_rerun_of_a_finished_sweep_runs_nothing(grid2x2, capsys):
     assert _rows(out) == rows
 
 
+def test_a_sweep_recorded_with_other_loader_workers_resumes(grid2x2, capsys):
+    """DataLoader workers change no number: a sweep begun when --num-workers defaulted to 0 resumes under auto,
+    running nothing again."""
+    out, _, _ = grid2x2
+    meta = out / "sweep.json"
+    doc = json.loads(meta.read_text())
+    for run in doc["runs"]:
+        run["config"]["encode"]["num_workers"] = 0
+    meta.write_text(json.dumps(doc))
+    before = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/metrics.json")}
+    assert main([*FAST, "--limit", str(N), "--reduce", "pca,umap", "--dims", "10", "--cluster",
+                 "kmeans,agglomerative", "--cache-dir", str(out.parent / "cache"), "--output", str(out)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/metrics.json")} == before and len(before) == 4
+    assert {r["config"]["encode"]["num_workers"] for r in json.loads(meta.read_text())["runs"]} == {"auto"}
+
+
 def test_another_grid_in_the_same_directory_is_refused(grid2x2, capsys):
     out, _, _ = grid2x2
     assert main([*FAST, "--limit", str(N), "--reduce", "pca", "--dims", "10", "--cluster", "kmeans",

@@ -46,6 +46,11 @@ class ImageDataset:
         """The encoded file of row i, for decoding on the GPU; only sources made of image files have it."""
         raise NotImplementedError(f"{self.spec} holds decoded images, not files")
 
+    def decodes_files(self) -> bool:
+        """Whether loading a row decodes an image file (worth DataLoader workers: --num-workers auto) rather than
+        converting pixels held in memory; the sources with files to read (`read_bytes`) do."""
+        return type(self).read_bytes is not ImageDataset.read_bytes
+
     def fingerprint(self) -> str:
         """Identity of the rows (not of the spec string): part of the embedding store key."""
         raise NotImplementedError  # pragma: no cover

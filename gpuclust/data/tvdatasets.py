@@ -44,6 +44,10 @@ class TorchvisionDataset(ImageDataset):
             img = Image.fromarray(img)
         return img.convert("RGB")
 
+    def decodes_files(self) -> bool:
+        """CIFAR, MNIST, SVHN, STL10 and USPS hold their pixels in a `data` array; the others read image files."""
+        return not hasattr(getattr(self.source, "data", None), "shape")
+
     def fingerprint(self) -> str:
         """16 hex digits of SHA-256 over the dataset's identity (name, root, split, size), the rows and labels."""
         h = hashlib.sha256(self.ident.encode())

@@ -31,6 +31,7 @@ class Embeddings:
     skipped: list[tuple[int, str]] = field(default_factory=list)
     rows_computed: int = 0
     rows_reused: int = 0
+    num_workers: int = 0  # the DataLoader workers that encoded them (--num-workers auto resolved)
 
 
 class _Rows:
@@ -345,7 +346,7 @@ def _with_donated(backend, donated: tuple[np.ndarray, np.ndarray], X, kept: np.n
 
 
 def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: EmbeddingStore,
-            batch_size: int = 128, num_workers: int = 0, progress: bool = True,
+            batch_size: int = 128, num_workers: int | str = 0, progress: bool = True,
             store_dtype: str = "float32", precision: str = "fp32", compile: bool = False,
             decode: str = "cpu", in_memory: bool = True, donors=None, runtime: str = "torch",
             cache_dir=None) -> Embeddings:
@@ -357,7 +358,8 @@ def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: Em
     `decode="device"` reads files as bytes and decodes JPEGs on the encoder's device (nvJPEG on a GPU).
     `in_memory=False` fills the store without keeping what it encodes and returns the store's rows as chunks read
     from disk on demand (`StoreRows`), for datasets whose embeddings do not fit in memory. `donors` (store.Donors):
-    rows that earlier stores of the same encoder settings hold; they are copied into the new shards, not encoded."""
+    rows that earlier stores of the same encoder settings hold; they are copied into the new shards, not encoded.
+    `num_workers`: DataLoader workers, or "auto" (encode/workers.py), resolved for the rows left to encode."""
     from tqdm.auto import tqdm
 
     # One per run: a halved batch size carries over to later shards.
@@ -370,6 +372,7 @@ def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: Em
     if donors is not None:
         donors.gather(store.dir)
     total = sum(len(store.shard_range(i)) for i in todo) - len(given)
+    num_workers = _workers(num_workers, dataset, total, decode, backend)
     to_encode = set(todo)
     with tqdm(total=total, unit="img", desc=f"encode {encoder.name}", disable=not progress or total == 0,
               dynamic_ncols=True) as bar, contextlib.closing(
@@ -405,6 +408,16 @@ def extract(dataset: ImageDataset, encoder: Encoder, backend: Backend, store: Em
         from ..stream import StoreRows
 
         matrix = StoreRows(store)
-        return Embeddings(matrix, matrix.rows, matrix.skipped, computed, reused)
+        return Embeddings(matrix, matrix.rows, matrix.skipped, computed, reused, num_workers)
     X = xp.concatenate(parts) if len(parts) > 1 else parts[0]
-    return Embeddings(X, np.concatenate(rows), skipped, computed, reused)
+    return Embeddings(X, np.concatenate(rows), skipped, computed, reused, num_workers)
+
+
+def _workers(num_workers: int | str, dataset, n_rows: int, decode: str, backend) -> int:
+    """The DataLoader workers for `n_rows` images to encode; auto's choice is logged with its reason."""
+    from .workers import resolve_workers
+
+    n, why = resolve_workers(num_workers, dataset, n_rows, decode, backend.is_gpu)
+    if num_workers == "auto" and n_rows:
+        log.info("encode: %d DataLoader worker(s) (--num-workers auto: %s)", n, why)
+    return n

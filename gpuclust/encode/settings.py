@@ -11,8 +11,11 @@ def check_settings(encode, names: bool = True) -> None:
     """Sizes and counts; with names, the encoder spec and what goes with it (a checkpoint's file and --arch)."""
     if encode.batch_size < 1:
         raise UserError(f"--batch-size {encode.batch_size}: must be at least 1")
-    if encode.num_workers < 0:
-        raise UserError(f"--num-workers {encode.num_workers}: must be 0 or more")
+    workers = encode.num_workers
+    if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int)):
+        raise UserError(f"--num-workers {workers!r}: a whole number of workers (0: in the main process) or auto")
+    if workers != "auto" and workers < 0:
+        raise UserError(f"--num-workers {workers}: must be 0 or more")
     if encode.shard_size < 1:
         raise UserError(f"shard_size {encode.shard_size}: must be at least 1")
     if not names:

@@ -54,6 +54,24 @@ def _resolved(entries: list) -> list:
     return out
 
 
+# Settings that change no number a run computes: a sweep resumes whichever they were (one begun when --num-workers
+# defaulted to 0 resumes under auto).
+NUMBERLESS = {"encode": ("num_workers",)}
+
+
+def _identity(entries: list) -> list:
+    """The recorded runs without the NUMBERLESS settings: what a rerun must match to resume."""
+    out = []
+    for e in entries:
+        cfg = e.get("config") if isinstance(e, dict) else None
+        if isinstance(cfg, dict):
+            cfg = {k: {n: x for n, x in v.items() if n not in NUMBERLESS[k]} if k in NUMBERLESS and isinstance(v, dict)
+                   else v for k, v in cfg.items()}
+            e = {**e, "config": cfg}
+        out.append(e)
+    return out
+
+
 def _first_difference(old: list, new: list) -> str:
     if len(old) != len(new):
         return f"{len(old)} runs there, {len(new)} now"
@@ -96,9 +114,9 @@ def open_sweep_dir(out: Path, runs: list[Run], axes, force: bool):
                 (out / name).unlink(missing_ok=True)
             shutil.rmtree(out / "runs", ignore_errors=True)
         else:
-            recorded = _resolved(old.get("runs") or [])
-            if recorded != doc["runs"]:
-                raise UserError(f"--output {out} holds another sweep ({_first_difference(recorded, doc['runs'])}); "
+            recorded, now = _identity(_resolved(old.get("runs") or [])), _identity(doc["runs"])
+            if recorded != now:
+                raise UserError(f"--output {out} holds another sweep ({_first_difference(recorded, now)}); "
                                 "use a new --output, or --force to discard its results")
     from ..store import atomic_write_json
 

@@ -11,8 +11,17 @@ Importing this package loads no torch, cupy, cuml or dask; each name below loads
 from __future__ import annotations
 
 import importlib
+import os
 
 __version__ = "0.1.0"
+
+# OpenMP threads (scikit-learn's KMeans, faiss) that wait for work sleep instead of spinning, unless the user chose
+# otherwise: on a machine whose cores are also busy with other work (a test worker, a sweep's other runs, a notebook
+# beside a job), spinning threads take the cores from the ones with work. Measured with benchmarks/bench_omp_wait.py
+# on 2 cores: beside 2 busy processes, 29 small KMeans fits 9.75 -> 0.22 s and KMeans on 10,000 x 50 4.64 -> 0.19 s;
+# beside 1, 1.8-2.1x; alone, no difference (faiss's kNN 1.0-1.1x throughout). It takes effect for OpenMP runtimes
+# loaded after this import (the CLI imports gpuclust first) and in every process a run starts.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # public name -> the module that defines it (loaded on first access, so that `import gpuclust` stays light)
 _EXPORTS = {

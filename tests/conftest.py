@@ -1,9 +1,14 @@
 """Shared fixtures. `gpu`-marked tests are skipped where CuPy, cuML or a CUDA device is missing."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# As `import gpuclust` does, before any test module loads scikit-learn's or faiss's OpenMP runtime: two test workers on
+# two cores would otherwise spin each other's OpenMP threads off the cores (docs/troubleshooting.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _gpu_ok() -> bool:

@@ -34,3 +34,16 @@ def test_lazy_attributes_resolve():
 
     assert gpuclust.RunConfig().reduce.dims == 50
     assert callable(gpuclust.run_pipeline)
+
+
+def test_openmp_threads_sleep_while_waiting_unless_the_user_chose():
+    """`import gpuclust` sets OMP_WAIT_POLICY=PASSIVE where it is unset (spinning OpenMP threads took KMeans from 0.22
+    to 9.75 s beside two busy processes on 2 cores: benchmarks/bench_omp_wait.py); a value the user set is kept."""
+    import os
+
+    code = "import os, gpuclust; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    unset = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    chosen = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                            capture_output=True, text=True, check=True)
+    assert unset.stdout.strip() == "PASSIVE" and chosen.stdout.strip() == "ACTIVE"

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import ClusterConfig, CurateConfig, DataConfig, EncodeConfig, ReduceConfig, RunConfig
+from .config import ClusterConfig, CurateConfig, DataConfig, EncodeConfig, ExploreConfig, ReduceConfig, RunConfig
 from .errors import UserError
 from .estimator import Clusterer
 from .result import ClusterResult
@@ -24,11 +24,13 @@ def cluster_images(data: Any, encoder: Any = "efficientnet_lite0", clusterer: An
                    num_workers: int | str = "auto", precision: str = "fp32", runtime: str = "auto",
                    preprocess: str = "default", weights: str | None = None, arch: str | None = None,
                    silhouette_original: bool = False, duplicates: float | None = None,
-                   outliers: float | None = None, gallery: int = 8, progress: bool = True) -> ClusterResult:
+                   outliers: float | None = None, gallery: int = 8, map: str = "umap",
+                   progress: bool = True) -> ClusterResult:
     """Encode the images (reusing the embedding store), reduce, cluster and score them; nothing is written but the
     store. `device`/`random_state` default to the clusterer's. The clusterer, when a gpuclust.Clusterer, is fitted
     too (labels_, embedding_ as numpy). `duplicates` (a cosine threshold) and `outliers` (a fraction) mark those rows,
-    as --duplicates and --outliers do. Returns a ClusterResult (`to_frame()`, `metrics`, `save(path)`)."""
+    as --duplicates and --outliers do. `map`: "umap" (the 2-D map of `res.explore()` and the report) or "none" to
+    skip it, as --map does. Returns a ClusterResult (`to_frame()`, `metrics`, `save(path)`)."""
     from .backend import resolve_backend
     from .checks import check_against_data, check_config, check_values
     from .pipeline import StageTimer, compute
@@ -43,7 +45,7 @@ def cluster_images(data: Any, encoder: Any = "efficientnet_lite0", clusterer: An
                      encode=dict(cache_dir=cache_dir, batch_size=batch_size, num_workers=num_workers,
                                  precision=precision, runtime=runtime, preprocess=preprocess, weights=weights,
                                  arch=arch), silhouette_original=silhouette_original, gallery=gallery,
-                     curate=CurateConfig(duplicates=duplicates, outliers=outliers))
+                     curate=CurateConfig(duplicates=duplicates, outliers=outliers), map=map)
     ready_data = not isinstance(data, str)
     if named:
         check_config(cfg, ready_data=ready_data, ready_encoder=enc is not None)
@@ -120,7 +122,8 @@ def as_clusterer(clusterer: Any) -> Clusterer:
 
 
 def run_config(data: Any, encoder: str, model: Clusterer, *, limit, subsample, device, seed, encode: dict,
-               silhouette_original: bool = False, gallery: int = 8, curate: CurateConfig | None = None) -> RunConfig:
+               silhouette_original: bool = False, gallery: int = 8, curate: CurateConfig | None = None,
+               map: str = "umap") -> RunConfig:
     """The RunConfig these Python arguments mean (what config.json records, and what the CLI would have run)."""
     named_reducer = isinstance(model.reducer, (str, type(None)))
     named_clusterer = isinstance(model.clusterer, str)
@@ -133,7 +136,8 @@ def run_config(data: Any, encoder: str, model: Clusterer, *, limit, subsample, d
     spec = data if isinstance(data, str) else getattr(data, "spec", "paths")
     cfg = RunConfig(data=DataConfig(spec=spec, limit=limit, subsample=subsample),
                     encode=dataclasses.replace(EncodeConfig(spec=encoder), **encode), reduce=reduce, cluster=cluster,
-                    device=device, seed=seed, gallery=gallery, curate=curate or CurateConfig())
+                    device=device, seed=seed, gallery=gallery, curate=curate or CurateConfig(),
+                    explore=ExploreConfig(map=map))
     if silhouette_original:
         cfg = dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, silhouette_original=True))
     return cfg

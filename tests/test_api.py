@@ -142,6 +142,11 @@ def test_the_named_clusterer_is_fitted_by_cluster_images(tmp_path):
                             cache_dir=str(tmp_path / "s"))
     assert np.array_equal(model.labels_, res.labels) and model.embedding_.shape == (1797, 20)
     assert res.metrics["ami"] > 0.6 and res.timings["total"] > 0
+    assert res.map_xy.shape == (1797, 2) and "map" in res.timings
+    bare = gc.cluster_images("digits", encoder="pixels", clusterer=gc.Clusterer(**DIGITS_PCA), progress=False,
+                             cache_dir=str(tmp_path / "s"), map="none")  # as --map none: no 2-D map
+    assert bare.map_xy is None and "map" not in bare.timings and np.array_equal(bare.labels, res.labels)
+    assert bare.config["explore"]["map"] == "none"
 
 
 def test_names_listed_and_the_package_stays_light():
@@ -213,6 +218,8 @@ def test_bad_names_fail_before_the_encoder_runs(tmp_path, monkeypatch):
         gc.cluster_images("digits", encoder="pixels", clusterer=gc.Clusterer(reducer="tsne", clusterer=KMeans(3)))
     with pytest.raises(gc.UserError, match="KMeans has no parameter foo"):
         gc.cluster_images("digits", encoder="pixels", clusterer=gc.Clusterer(clusterer_params={"foo": 1}))
+    with pytest.raises(gc.UserError, match="tsne"):
+        gc.cluster_images("digits", encoder="pixels", map="tsne")
 
 
 def test_precomputed_embeddings_and_a_stratified_dataset_object(tmp_path):

@@ -367,8 +367,8 @@ def compute(cfg: RunConfig, ds, backend: Backend, timer: StageTimer, progress: b
 
 
 def selection_stage(Z_umap, umap_rows, labels, rows, backend: Backend) -> dict | None:
-    """What the run keeps for a sweep's label-free pick (selection.parquet, gpuclust/select): a seeded sample of
-    rows with their labels and silhouettes in the UMAP space; None when the run has no UMAP space."""
+    """What the run keeps for a sweep's label-free pick (selection.parquet, gpuclust/select): up to
+    select.SAMPLE_ROWS rows with their labels and silhouettes in the UMAP space; None without a UMAP space."""
     if Z_umap is None:
         return None
     import numpy as np

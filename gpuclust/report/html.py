@@ -136,9 +136,11 @@ def plot_sizes(path: Path, labels_pred) -> None:
     plt.close(fig)
 
 
-def plot_k_auto(path: Path, scores: dict, chosen: int, ps: dict | None = None, k_ps: int | None = None) -> None:
+def plot_k_auto(path: Path, scores: dict, chosen: int, ps: dict | None = None, k_ps: int | None = None,
+                low: bool = False) -> None:
     """--k auto: the silhouette of each candidate k in the UMAP space, the chosen k marked; with `ps`, each k's
-    prediction strength on a second y axis with its 0.8 line and its own k (`k_ps`) marked."""
+    prediction strength on a second y axis with its 0.8 line and its own k (`k_ps`) marked, and the title saying
+    whether the run was flagged `low` confidence."""
     plt = _plt()
     ks = sorted(int(k) for k in scores)
     fig, ax = plt.subplots(figsize=(8, 3.2))
@@ -146,7 +148,7 @@ def plot_k_auto(path: Path, scores: dict, chosen: int, ps: dict | None = None, k
     ax.axvline(chosen, color="tab:blue", linestyle="--", label=f"chosen k = {chosen} (silhouette)")
     handles = []
     if ps:
-        from ..select.kauto import PS_THRESHOLD, agree
+        from ..select.kauto import PS_THRESHOLD
 
         ax2 = ax.twinx()
         handles += ax2.plot(ks, _finite(ps, ks), marker="s", color="tab:orange", label="prediction strength")
@@ -155,7 +157,7 @@ def plot_k_auto(path: Path, scores: dict, chosen: int, ps: dict | None = None, k
             handles.append(ax2.axvline(k_ps, color="tab:orange", linestyle="--", label=f"its k = {k_ps}"))
         ax2.set_ylim(0, 1.05)
         ax2.set_ylabel(f"prediction strength ({PS_THRESHOLD} line)")
-        sure = "agree" if agree(chosen, k_ps) else "disagree: low confidence"
+        sure = "disagree: low confidence" if low else "agree"
         ax.set_title(f"--k auto: silhouette k = {chosen}, prediction strength k = {k_ps} ({sure})")
     else:
         ax.set_title("--k auto: the k with the highest silhouette")
@@ -230,7 +232,8 @@ def write_html(out: Path, *, title: str, metrics: dict, timings: dict, Z_sample:
         plot_contingency(out / "contingency.png", labels_true, labels_pred, classes)
         images.insert(1, "contingency.png")
     if k_scores and metrics.get("k_auto") is not None:
-        plot_k_auto(out / "k_auto.png", k_scores, int(metrics["k_auto"]), k_ps, metrics.get("k_auto_ps"))
+        plot_k_auto(out / "k_auto.png", k_scores, int(metrics["k_auto"]), k_ps, metrics.get("k_auto_ps"),
+                    bool(metrics.get("k_auto_low_confidence")))
         images.append("k_auto.png")
     body = "".join(f'<p>{_k_auto_note(metrics)}<img src="{name}" alt="{name}"></p>' if name == "k_auto.png"
                    else f'<p><img src="{name}" alt="{name}"></p>' for name in images)

@@ -51,32 +51,18 @@ def sample_positions(rows, size: int = SAMPLE_ROWS) -> np.ndarray:
     return np.sort(np.argsort(_row_order(rows), kind="stable")[:size])
 
 
-def row_silhouettes(backend, space, labels) -> np.ndarray:
-    """Each row's silhouette among the clustered rows of `space` (host float64); NaN for noise rows, and for every
-    row when the silhouette is undefined (fewer than 2 clusters, or each row its own)."""
-    from ..evaluate.silhouette import silhouette_samples
-
-    labels = np.asarray(labels)
-    out = np.full(len(labels), np.nan)
-    keep = labels >= 0
-    n_labels = len(np.unique(labels[keep]))
-    if n_labels < 2 or n_labels > keep.sum() - 1:
-        return out
-    xp = backend.xp
-    s = silhouette_samples(backend, xp.asarray(space)[xp.asarray(np.flatnonzero(keep))], xp.asarray(labels[keep]))
-    out[keep] = np.asarray(backend.to_host(s), dtype=np.float64)
-    return out
-
-
 def selection_rows(backend, space, labels, rows) -> dict:
     """What a run keeps for label-free selection (selection.parquet): the dataset `row` of each sampled row, its
     cluster `label_pred` and its `silhouette` in `space` (the run's UMAP space; NaN: noise). `space`, `labels` and
     `rows` hold the same rows in the same order."""
+    from ..curate.outliers import row_silhouette  # the per-row silhouette the outliers and the explorer show
+
     labels, rows, space = np.asarray(backend.to_host(labels)), np.asarray(rows), backend.asarray(space)
     pos = sample_positions(rows)
     space = space[backend.xp.asarray(pos)] if len(pos) < len(labels) else space
+    s = row_silhouette(backend, space, backend.xp.asarray(labels[pos]))  # None: undefined (fewer than 2 clusters)
     return {"row": rows[pos].astype(np.int64), "label_pred": labels[pos].astype(np.int64),
-            "silhouette": row_silhouettes(backend, space, labels[pos]).astype(np.float32)}
+            "silhouette": np.full(len(pos), np.nan, np.float32) if s is None else s.astype(np.float32)}
 
 
 @dataclass
@@ -265,5 +251,5 @@ def _margin(draws: np.ndarray, best: int, runner: int | None) -> float | None:
     return float(diff.mean() / sd)
 
 
-__all__ = ["Candidate", "Pick", "pick", "asked_k", "selection_rows", "row_silhouettes", "sample_positions",
+__all__ = ["Candidate", "Pick", "pick", "asked_k", "selection_rows", "sample_positions",
            "SAMPLE_ROWS", "RESAMPLES", "BAND", "MIN_SHARE", "MIN_MARGIN", "MIN_CONSENSUS_RUNS"]

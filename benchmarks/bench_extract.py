@@ -97,18 +97,19 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def ort_step(enc: Encoder, example, threads: int | None, opt: str):
-    """The encoder exported to ONNX (export not timed) and run by ONNX Runtime with these settings."""
+def ort_step(enc: Encoder, example, threads: int | None, opt: str, parallel: str = "rows"):
+    """The encoder exported to ONNX (export not timed) and run by ONNX Runtime with these settings (encode.runtime's
+    Runner: the batch split among threads, "rows", as the pipeline runs it, or one run with intra-op threads)."""
     import torch
 
     from gpuclust.encode import runtime as rt
 
     folder = Path(tempfile.mkdtemp())
     rt.export(enc.model.eval(), example[:1], folder / "model.onnx")
-    session = rt.open_session(folder / "model.onnx", threads, opt)
+    runner = rt.Runner(folder / "model.onnx", threads, opt, parallel)
 
     def step(x):
-        return torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+        return torch.from_numpy(runner(x.numpy()))
     return step
 
 
@@ -116,7 +117,8 @@ def time_tensors(enc: Encoder, device, precision: str, batch: int, n: int, plain
                  compile_mode: str | None = None, ort: tuple | None = None) -> float:
     """Images/s of the forward pass alone over n images held in memory (rotating among 4 random input buffers);
     with `compile_mode`, the model goes through torch.compile in that mode first (compile time not counted: the
-    warm-up steps trigger it); with `ort` (threads, optimisation level), ONNX Runtime runs the exported model."""
+    warm-up steps trigger it); with `ort` (threads, optimisation level, parallel), ONNX Runtime runs the exported
+    model."""
     import torch
 
     from gpuclust.encode.extract import _Forward
@@ -210,11 +212,13 @@ def save(out: Path, rows: list[dict]) -> None:
 
 
 def _ort_path(ort: tuple, source: str) -> str:
-    """`onnx` for the pipeline's own settings (a thread per core, every optimisation), else what differs."""
-    threads, opt = ort
-    if source != "tensors" or (threads == 0 and opt == "all"):
+    """`onnx` for the pipeline's own settings (a thread per core, every optimisation, rows split among threads),
+    else what differs."""
+    threads, opt, parallel = ort
+    if source != "tensors" or (threads == 0 and opt == "all" and parallel == "rows"):
         return "onnx"
-    return "onnx" + (f"-t{threads}" if threads else "") + ("" if opt == "all" else f"-{opt}")
+    return ("onnx" + (f"-t{threads}" if threads else "") + ("" if opt == "all" else f"-{opt}")
+            + ("" if parallel == "rows" else f"-{parallel}"))
 
 
 def main(argv=None) -> int:
@@ -241,6 +245,10 @@ def main(argv=None) -> int:
                    help="ONNX Runtime intra-op threads to time (tensors source; 0: one per core, the pipeline's)")
     p.add_argument("--ort-opt", nargs="+", default=["all"], choices=["disable", "basic", "extended", "all"],
                    help="ONNX Runtime graph optimisation levels to time (tensors source; the pipeline uses all)")
+    p.add_argument("--ort-parallel", nargs="+", default=["rows"], choices=["rows", "intra"],
+                   help="how ONNX Runtime spreads a batch over its threads (tensors source): rows, the pipeline's "
+                        "(the batch split among threads, each running a one-thread session), or intra (one run "
+                        "with intra-op threads)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     p.add_argument("--out", default=None, help="CSV path (default: results/extract-<device>-<versions>.csv)")
     args = p.parse_args(argv)
@@ -274,14 +282,15 @@ def main(argv=None) -> int:
             modes = [None] + (args.compile_modes if source == "tensors" else [])
             combos += [(pr, b, False, m) for m in modes for pr in precisions for b in batches]
             if use_ort and source in ("tensors", "files"):
-                orts = [(t, o) for t in args.ort_threads for o in args.ort_opt] if source == "tensors" else [(0, "all")]
-                combos += [("fp32", b, False, ("onnx", t, o)) for b in batches for t, o in orts]
+                orts = ([(t, o, par) for t in args.ort_threads for o in args.ort_opt for par in args.ort_parallel]
+                        if source == "tensors" else [(0, "all", "rows")])
+                combos += [("fp32", b, False, ("onnx", *o)) for b in batches for o in orts]
             for precision, batch, plain, mode in combos:
                 enc = architecture(enc_name)  # fresh module each time: no state carried between settings
                 ort = mode[1:] if isinstance(mode, tuple) else None
                 if source == "tensors":
                     ips = time_tensors(enc, device, precision, batch, args.n, plain, None if ort else mode,
-                                       (ort[0] or None, ort[1]) if ort else None)
+                                       (ort[0] or None, *ort[1:]) if ort else None)
                 elif source == "files":
                     ips = time_files(enc, Path(tmp.name), "gpu" if on_gpu else "cpu", precision, batch, args.workers,
                                      runtime="onnx" if ort else "torch")

@@ -143,3 +143,25 @@ def test_a_graph_that_breaks_on_another_batch_size_falls_back_to_torch(tmp_path,
             torch.testing.assert_close(fwd(x), x.reshape(n, -1)[:, :8])
     assert fwd.model.failed and "runs on torch" in caplog.text
     assert not list(tmp_path.glob("onnx/*/checked.json"))
+
+
+def test_a_batch_split_among_threads_gives_one_runs_features_in_order(tmp_path):
+    """The pipeline's Runner splits a batch into row chunks that threads run at once on a one-thread session; the
+    features must be those of one run over the whole batch, row for row, for any batch size."""
+    enc = build_encoder("mobilenetv2")
+    x = _fashion_batch(enc, 70)
+    rt.export(enc.model.eval(), x[:2].clone(), tmp_path / "model.onnx")
+    whole = rt.Runner(tmp_path / "model.onnx", threads=2, parallel="intra")
+    split = rt.Runner(tmp_path / "model.onnx", threads=2)
+    assert split.parallel == "rows" and whole.parallel == "intra"
+    assert rt.Runner(tmp_path / "model.onnx", threads=1).parallel == "intra"  # one thread: nothing to split
+    a = x.numpy()
+    want = whole(a)
+    for n in (1, 3, 33, 70):
+        got = split(a[:n])
+        assert got.shape == (n, want.shape[1])
+        np.testing.assert_allclose(got, want[:n], rtol=1e-5, atol=1e-5)
+    reversed_rows = split(np.ascontiguousarray(a[::-1]))
+    np.testing.assert_allclose(reversed_rows, want[::-1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="parallel"):
+        rt.Runner(tmp_path / "model.onnx", parallel="batch")

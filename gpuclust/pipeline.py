@@ -203,13 +203,14 @@ def cached(store_dir: str | None, key: dict, backend: Backend, compute):
 def reduce_key(cfg: RunConfig, backend: Backend, streamed: bool = False) -> dict:
     """What the reduced space cfg.reduce asks for depends on: its reduction-cache key (the backend is added by
     `cached`); a streamed run's also names its fit sample."""
-    from .reduce import KNN_AUTO_RULE, SEED_RULE
+    from .reduce import KNN_AUTO_RULE, SEED_RULE, UMAP_DEFAULTS_RULE
 
     r = cfg.reduce
     key = {"method": r.method, "dims": r.dims, "params": r.params, "zscore": r.zscore, "normalize": r.normalize,
            "seed": cfg.seed}
     if r.method == "umap":
         key["knn_auto"] = KNN_AUTO_RULE
+        key["umap_defaults"] = UMAP_DEFAULTS_RULE
         if backend.is_gpu:  # (the CPU twin's spaces do not depend on it)
             key["seed_rule"] = SEED_RULE
     if streamed:
@@ -253,7 +254,7 @@ def umap_space(X, Z, cfg: RunConfig, backend: Backend, force: bool = False, stor
     """(space, rows) for `silhouette_umap`: the run's own UMAP output when it reduced with UMAP, else the study's
     UMAP; rows is None when the space holds every row, else the sample positions it holds (a streamed run scores
     the UMAP space of its fit sample rather than transforming every row a second time)."""
-    from .reduce import KNN_AUTO_RULE, SEED_RULE, umap
+    from .reduce import KNN_AUTO_RULE, SEED_RULE, UMAP_DEFAULTS_RULE, umap
     from .stream import RowChunks, sample_positions
 
     if not (cfg.evaluate.silhouette_umap or force):
@@ -262,7 +263,8 @@ def umap_space(X, Z, cfg: RunConfig, backend: Backend, force: bool = False, stor
         return Z, None
     rows = None
     key = {"method": "umap", "params": {}, "zscore": False, "normalize": "none", "seed": cfg.seed,
-           "knn_auto": KNN_AUTO_RULE, **({"seed_rule": SEED_RULE} if backend.is_gpu else {})}
+           "knn_auto": KNN_AUTO_RULE, "umap_defaults": UMAP_DEFAULTS_RULE,
+           **({"seed_rule": SEED_RULE} if backend.is_gpu else {})}
     if isinstance(X, RowChunks):
         rows = sample_positions(X.n_rows, cfg.reduce.fit_sample, cfg.seed)
         key["sample"] = cfg.reduce.fit_sample
@@ -360,7 +362,10 @@ def compute(cfg: RunConfig, ds, backend: Backend, timer: StageTimer, progress: b
     from .select.kauto import METRICS_KEYS  # k_auto, k_auto_ps, k_auto_low_confidence (with --k auto)
 
     metrics.update(twins=twins, n_skipped=len(emb.skipped), **{k: params[k] for k in METRICS_KEYS if k in params})
-    config = {**cfg.to_dict(), "resolved": {**enc_info, "cluster_params": params, "dataset_rows": len(ds)}}
+    from .reduce import UMAP_DEFAULTS_RULE
+
+    config = {**cfg.to_dict(), "resolved": {**enc_info, "cluster_params": params, "dataset_rows": len(ds),
+                                            "umap_defaults": UMAP_DEFAULTS_RULE}}
     return ClusterResult(metrics, run_timings(timer, emb, backend), twins, config, emb.rows, backend, labels,
                          labels_true, Z, ds, emb.skipped, cfg.seed, cfg.gallery, curation=curation,
                          map_xy=None if map_xy is None else map_xy[0], selection=selection)

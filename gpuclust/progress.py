@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from contextlib import contextmanager, nullcontext
 from typing import Any, Iterable, Iterator
 
@@ -39,8 +40,9 @@ class _Line:
         from tqdm.auto import tqdm
 
         self.name = name
+        self._start, self._delay = time.time(), show_after()
         self.bar = tqdm(total=None, desc=name, bar_format="{desc} [{elapsed}]", file=sys.stderr, leave=False,
-                        delay=show_after(), miniters=0, mininterval=REFRESH_S, dynamic_ncols=True)
+                        delay=self._delay, miniters=0, mininterval=REFRESH_S, dynamic_ncols=True)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._redraw, name=f"progress {name}", daemon=True)
         self._thread.start()
@@ -50,7 +52,9 @@ class _Line:
             self.bar.update(0)  # tqdm draws only once `delay` has passed and at most every mininterval
 
     def label(self, text: str) -> None:
-        self.bar.set_description_str(text, refresh=False)
+        # Drawn at once when the line already shows: a step quicker than REFRESH_S would otherwise end before the
+        # next redraw and never be named. Before the line's delay has passed, the first redraw shows it.
+        self.bar.set_description_str(text, refresh=time.time() - self._start >= self._delay)
 
     def close(self) -> None:
         self._stop.set()

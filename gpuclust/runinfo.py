@@ -102,6 +102,9 @@ def stored_space(info: RunInfo) -> np.ndarray | None:
            "normalize": r["normalize"], "seed": info.config["seed"]}
     if r["method"] == "umap":
         key["knn_auto"] = KNN_AUTO_RULE
+        rule = (info.config.get("resolved") or {}).get("umap_defaults")
+        if rule is not None:  # (runs made before the rule existed stored their spaces without it)
+            key["umap_defaults"] = rule
         if backend == "gpu":
             key["seed_rule"] = SEED_RULE
     hit = ReductionCache(store).get({**key, "backend": backend})

@@ -99,6 +99,25 @@ def test_second_run_reuses_the_store(effnet_run, tmp_path, cache_dir, monkeypatc
     assert again.metrics["ami"] == pytest.approx(effnet_run.metrics["ami"], abs=1e-12)  # same seed, same numbers
 
 
+def test_a_space_stored_under_other_umap_defaults_is_fitted_again(effnet_run, tmp_path, cache_dir, monkeypatch):
+    """UMAP's defaults are part of a stored space's key (spaces from before the 200-epoch default are not reused),
+    and config.json records them so that a run's own space is found again."""
+    import gpuclust.reduce
+    from gpuclust.runinfo import read_run, stored_space
+
+    assert effnet_run.config["resolved"]["umap_defaults"] == gpuclust.reduce.UMAP_DEFAULTS_RULE
+    assert "n_epochs=200" in gpuclust.reduce.UMAP_DEFAULTS_RULE
+    fits = []
+    real = gpuclust.reduce.umap
+    monkeypatch.setattr(gpuclust.reduce, "umap", lambda *a, **k: fits.append(1) or real(*a, **k))
+    monkeypatch.setattr(gpuclust.reduce, "UMAP_DEFAULTS_RULE", "n_epochs=None (other defaults)")
+    again = run_pipeline(_cfg(tmp_path, cache_dir, cluster="kmeans"), progress=False)
+    assert fits == [1] and again.timings["rows_reused"] == N
+    out = again.save(tmp_path / "run")
+    assert read_run(out).config["resolved"]["umap_defaults"] == "n_epochs=None (other defaults)"
+    np.testing.assert_array_equal(stored_space(read_run(out)), np.asarray(again.embedding))
+
+
 def test_hdbscan_on_effnet_embeddings(tmp_path, cache_dir, effnet_run):
     r = run_pipeline(_cfg(tmp_path, cache_dir, cluster="hdbscan", params={"min_cluster_size": 30}), progress=False)
     m = r.metrics

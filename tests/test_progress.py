@@ -65,7 +65,7 @@ def test_cli_progress_and_quiet_give_the_same_labels(tmp_path):
     """Each stage's line, UMAP's epoch bar and the k candidates' bar with progress on; nothing with -q; the same
     labels either way (each run with its own cache, so neither reuses the other's UMAP space)."""
     err, labels = _run(tmp_path, "shown")
-    # (a step's label shows at the line's next redraw: quick steps such as this k-means may never show)
+    # (a step's label is drawn as the step starts once the line shows, here at once)
     for text in ("reduce: umap fit", "umap epochs", "k auto", "cluster", "evaluate"):
         assert text in err, text
     quiet_err, quiet_labels = _run(tmp_path, "quiet", "-q")

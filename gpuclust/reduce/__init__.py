@@ -15,14 +15,23 @@ from ..progress import step, track, umap_tqdm_kwds
 
 log = logging.getLogger(__name__)
 
-# The study's UMAP: 50 dimensions, 30 neighbours, min_dist 0.
-UMAP_DEFAULTS = {"n_neighbors": 30, "min_dist": 0.0, "metric": "euclidean"}
+# The study's UMAP: 50 dimensions, 30 neighbours, min_dist 0; and 200 optimisation epochs at every size. umap-learn
+# and cuML give graphs of at most 10,000 rows 500 epochs and larger ones 200, so the default job's 10,000 rows paid
+# 2.5x the epochs of 10,001, and a seeded umap-learn runs its epochs on one thread: the 50-d fit took 34 s against
+# 15 s on the 2-core machine. Over the selection study's sets, MNIST's 5,000 and Fashion-MNIST's 10,000 rows with
+# three encoders, KMeans, ward and HDBSCAN on the 200-epoch space scored the same AMI within the seed-to-seed spread
+# (benchmarks/bench_umap_epochs.py; benchmarks/results/README.md). `--reduce-param n_epochs=null` gives the
+# library's own choice back.
+UMAP_DEFAULTS = {"n_neighbors": 30, "min_dist": 0.0, "metric": "euclidean", "n_epochs": 200}
+# Part of every stored UMAP space's key and of a run's config.json (`resolved.umap_defaults`): spaces fitted under
+# other defaults (the library's epochs, before this rule existed) are not reused, and a run's own space is found.
+UMAP_DEFAULTS_RULE = ", ".join(f"{k}={v}" for k, v in UMAP_DEFAULTS.items())
 
 REDUCERS = {
     "none": "keep the embeddings as they are",
     "zscore": "per-dimension z-score only",
     "pca": "PCA to --dims components, or to the variance kept when 0 < --dims < 1; z-scored first (sklearn / cuML)",
-    "umap": "UMAP to --dims components, n_neighbors 30, min_dist 0 (umap-learn / cuML)",
+    "umap": "UMAP to --dims components, n_neighbors 30, min_dist 0, 200 epochs (umap-learn / cuML)",
 }
 # Where UMAP's k-nearest-neighbour graph comes from (`--reduce-param knn=...`).
 KNN = {

@@ -115,7 +115,8 @@ def cache_dir() -> Path:
 
 
 def umap_space(name: str, encoder: str, ds=None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(Z, y, seconds) for one set x encoder: UMAP-50 (30 neighbours, min_dist 0, seed 0) of its embeddings, cached
+    """(Z, y, seconds) for one set x encoder: UMAP-50 (30 neighbours, min_dist 0, seed 0, umap-learn's own epochs:
+    the study's, 500 for these sizes, not gpuclust's default 200) of its embeddings, cached
     as <cache>/selection-umap/<set>-<encoder>.npz."""
     import gpuclust as gc
 
@@ -133,7 +134,7 @@ def umap_space(name: str, encoder: str, ds=None) -> tuple[np.ndarray, np.ndarray
                        return_rows=True)
     t1 = time.perf_counter()
     model = gc.Clusterer(reducer="umap", n_components=50, clusterer=None, device="cpu", random_state=0,
-                         reducer_params={"n_neighbors": 30, "min_dist": 0.0})
+                         reducer_params={"n_neighbors": 30, "min_dist": 0.0, "n_epochs": None})
     Z = np.asarray(model.fit_transform(np.asarray(X)), dtype=np.float64)
     t2 = time.perf_counter()
     y = np.asarray(ds.labels)[np.asarray(rows)]

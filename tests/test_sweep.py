@@ -287,6 +287,25 @@ def test_a_sweep_recorded_with_other_loader_workers_resumes(grid2x2, capsys):
     assert {r["config"]["encode"]["num_workers"] for r in json.loads(meta.read_text())["runs"]} == {"auto"}
 
 
+def test_a_run_fitted_under_other_umap_defaults_is_run_again_on_resume(grid2x2, capsys):
+    """A sweep begun before UMAP's 200-epoch default: its UMAP runs (config.json without resolved.umap_defaults) are
+    run again, its PCA runs are not."""
+    out, _, _ = grid2x2
+    configs = {p.parent.name: json.loads(p.read_text()) for p in out.glob("runs/*/config.json")}
+    umap_runs = sorted(d for d, c in configs.items() if c["reduce"]["method"] == "umap")
+    assert len(umap_runs) == 2 and all("umap_defaults" in c["resolved"] for c in configs.values())
+    old = out / "runs" / umap_runs[0] / "config.json"
+    doc = configs[umap_runs[0]]
+    del doc["resolved"]["umap_defaults"]
+    old.write_text(json.dumps(doc))
+    before = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("runs/*/metrics.json")}
+    assert main([*FAST, "--limit", str(N), "--reduce", "pca,umap", "--dims", "10", "--cluster",
+                 "kmeans,agglomerative", "--cache-dir", str(out.parent / "cache"), "--output", str(out)]) == 0
+    after = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("runs/*/metrics.json")}
+    assert [d for d in before if after[d] != before[d]] == [umap_runs[0]]
+    assert "umap_defaults" in json.loads(old.read_text())["resolved"]
+
+
 def test_another_grid_in_the_same_directory_is_refused(grid2x2, capsys):
     out, _, _ = grid2x2
     assert main([*FAST, "--limit", str(N), "--reduce", "pca", "--dims", "10", "--cluster", "kmeans",

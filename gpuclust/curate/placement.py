@@ -187,7 +187,11 @@ def umap_place(X_fit: np.ndarray, layout: np.ndarray, params: dict, Q: np.ndarra
     emb = init_graph_transform(graph.tocsr(), layout)  # (graph holds no explicit zeros: the csr needs no pruning)
     if not optimise:
         return np.asarray(emb, dtype=np.float32)
-    epochs = (100 if Q.shape[0] <= 10000 else 30) if p.get("n_epochs") is None else int(p["n_epochs"] // 3.0)
+    # umap-learn's transform: a third of the fit's epochs, or 100 (30 above 10,000 new rows) when it chose them. The
+    # run's own --reduce-param only: the 200-epoch default is the fit's, and transforms keep the library's rule, as
+    # the streamed runs' transforms do (reduce.reduce_streamed), for runs made before and after that default.
+    given = params.get("n_epochs")
+    epochs = (100 if Q.shape[0] <= 10000 else 30) if given is None else int(given // 3.0)
     graph.data[graph.data < graph.data.max() / float(epochs)] = 0.0
     graph.eliminate_zeros()
     a, b = (p["a"], p["b"]) if p.get("a") is not None else find_ab_params(p.get("spread", 1.0), p["min_dist"])

@@ -1,10 +1,11 @@
 """The map stage: every row of a run on a 2-D map, for the explorer and the report's picture.
 
 The map is a UMAP of the encoder's embeddings to two dimensions, on the run's own twin (umap-learn, or cuML on a
-GPU), with the run's neighbour settings (n_neighbors and metric of its UMAP, else the study's 30 and euclidean). Two
-settings differ from the clustering space's, because the map is for eyes: min_dist 0.1 (0 packs each cluster into
-a dot) and 200 optimisation epochs (umap-learn gives sets of up to 10,000 rows 500, which more than doubled the
-time on the default job's 10,000 rows for no visible change: 7 s against 15 s on the 2-core machine).
+GPU), with the run's neighbour settings (n_neighbors and metric of its UMAP, else the study's 30 and euclidean).
+min_dist differs from the clustering space's, because the map is for eyes: 0.1 (0 packs each cluster into a dot).
+The epochs are 200 whatever the run's UMAP used (umap-learn gives sets of up to 10,000 rows 500, which more than
+doubled the time on the default job's 10,000 rows for no visible change: 7 s against 15 s on the 2-core machine;
+the clustering space's default is 200 too now).
 
 Large runs: the CPU twin fits the map on a seeded sample of FIT_ROWS["cpu"] rows and places every other row at
 the similarity-weighted mean position of its PLACE_K most similar sample rows (cosine in the encoder's space,

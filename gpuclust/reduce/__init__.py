@@ -363,6 +363,7 @@ def reduce_streamed(matrix, method: str, dims, params: dict, backend: Backend, s
         _fit_umap(est, "fit", backend, S)
         if est.twin == "cpu":
             _exact_transform(est.obj)
+            library_transform_epochs(est.obj, params)
     model = est.obj
     stats = None if shift is None else (backend.to_host(shift), backend.to_host(scale))
     Z = _transform_all(matrix, model, est.twin, backend, stats, client)
@@ -373,6 +374,15 @@ def reduce_streamed(matrix, method: str, dims, params: dict, backend: Backend, s
     log.info("%s: fitted on %d of %d rows, transformed the rest in %d chunk(s)", method, len(pos), n,
              len(matrix.chunk_ids()))
     return normalize(backend, Z, post), est.twin
+
+
+def library_transform_epochs(model, params: dict) -> None:
+    """A fitted umap-learn model's transforms keep umap-learn's own epochs unless the run set n_epochs: the 200 are
+    the fit's default, and umap-learn's transform takes a third of n_epochs (66 per chunk), where with None it uses
+    its own rule (100 epochs for up to 10,000 new rows, 30 above), as gpuclust's transforms did before that default.
+    curate.placement.umap_place follows the same rule. (The GPU twin's transform keeps cuML's handling: unverified.)"""
+    if "n_epochs" not in params:
+        model.n_epochs = None
 
 
 def _exact_transform(model) -> None:

@@ -80,6 +80,6 @@ UMAP = register(Algorithm(
     gpu_only=frozenset(CUML_UMAP_GRAPH_PARAMS),
     cpu_install="pip install umap-learn",
     stage="reduce",
-    help="UMAP to --dims (default 50), n_neighbors 30, min_dist 0 (the study's)",
+    help="UMAP to --dims (default 50), n_neighbors 30, min_dist 0 (the study's), 200 epochs",
     seeded=True,
 ))

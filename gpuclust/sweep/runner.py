@@ -4,6 +4,8 @@ messages go to `say`)."""
 from __future__ import annotations
 
 import csv
+import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +26,8 @@ from .table import (
     write_outputs,
     write_report,
 )
+
+log = logging.getLogger("gpuclust")
 
 
 def _silent(text: str) -> None:
@@ -91,6 +95,24 @@ def run_planned(options: SweepOptions, runs: list[Run], axes, gpus: list[str], o
         slots.stop()  # whatever happened: no child run or Dask client outlives the sweep
 
 
+def _same_umap_defaults(run_dir: Path) -> bool:
+    """Whether a finished run's UMAP, if it ran one, used today's UMAP defaults (config.json's
+    resolved.umap_defaults; runs from before the 200-epoch default lack it): a resumed sweep reruns the others rather
+    than rank runs fitted under two settings together."""
+    from ..reduce import UMAP_DEFAULTS_RULE
+
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return True  # (what the run wrote is checked elsewhere; this only compares settings)
+    if (config.get("reduce") or {}).get("method") != "umap":
+        return True
+    same = (config.get("resolved") or {}).get("umap_defaults") == UMAP_DEFAULTS_RULE
+    if not same:
+        log.info("sweep: %s was fitted under other UMAP defaults; running it again", run_dir.name)
+    return same
+
+
 def _earlier_rows(out: Path, runs: list[Run], varied: list[str]) -> tuple[dict[str, dict], set[str]]:
     """Rows of a previous attempt in `out`: ok runs whose metrics are there (done), failed runs (to be redone)."""
     previous = {}
@@ -101,7 +123,8 @@ def _earlier_rows(out: Path, runs: list[Run], varied: list[str]) -> tuple[dict[s
     done = set()
     for run in runs:
         old = previous.get(run.id)
-        if old and old.get("status") == "ok" and (out / run.dir / "metrics.json").is_file():
+        if old and old.get("status") == "ok" and (out / run.dir / "metrics.json").is_file() \
+                and _same_umap_defaults(out / run.dir):
             rows[run.id] = make_row(run, varied, "ok", run_dir=out / run.dir)
             done.add(run.id)
         elif old and old.get("status") in ("error", "internal_error"):  # kept until redone below

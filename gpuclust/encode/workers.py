@@ -29,6 +29,17 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def thread_budget() -> int | None:
+    """The threads this process was given, when OMP_NUM_THREADS says (a sweep's --jobs N sets it for each run to its
+    share of the cores, as a user may): auto's workers stay within it, so that N runs do not each start one worker
+    per core of the machine beside their encoders. None when unset or not a whole number."""
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return None
+    return n if n >= 1 else None
+
+
 def holds_files(dataset) -> bool:
     """Whether the dataset's rows are image files to decode (folders, lists, shards, torchvision's file-backed sets),
     rather than decoded pixels held in memory (the packaged arrays, CIFAR, MNIST), which cost little to load."""
@@ -50,8 +61,11 @@ def resolve_workers(value: int | str, dataset, n_rows: int, decode: str = "cpu",
         return 0, "images held in memory"
     if n_rows < AUTO_MIN_ROWS:
         return 0, f"{n_rows} images to encode, under {AUTO_MIN_ROWS:,}: workers would not repay their start-up"
-    n = cores()
+    n, budget = cores(), thread_budget()
+    what = f"{n} cores"
+    if budget is not None and budget < n:
+        n, what = budget, f"OMP_NUM_THREADS={budget} for this process"
     if n < 2:
-        return 0, "one core: a worker would take it from the encoder"
+        return 0, f"{what}: a worker would take the encoder's one core"
     cap = GPU_MAX_WORKERS if is_gpu else CPU_MAX_WORKERS
-    return min(cap, n), f"{n} cores, at most {cap} on the {'GPU' if is_gpu else 'CPU'} twin"
+    return min(cap, n), f"{what}, at most {cap} on the {'GPU' if is_gpu else 'CPU'} twin"

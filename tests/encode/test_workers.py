@@ -67,6 +67,7 @@ class _Files:
 
 
 def test_the_rule(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     digits = load_dataset("digits")
     assert not digits.decodes_files()
     assert resolve_workers("auto", digits, 1797)[0] == 0  # held in memory
@@ -82,6 +83,19 @@ def test_the_rule(monkeypatch):
     assert resolve_workers("auto", files, 5000, is_gpu=True)[0] == 16
     monkeypatch.setattr(workers, "cores", lambda: 1)
     assert resolve_workers("auto", files, 5000)[0] == 0  # a worker would take the encoder's one core
+
+
+def test_a_sweep_runs_share_of_the_cores_bounds_the_workers(monkeypatch):
+    """`--jobs N` gives each run OMP_NUM_THREADS = its share of the cores (sweep/fanout.py); auto keeps within it."""
+    files = _Files()
+    monkeypatch.setattr(workers, "cores", lambda: 8)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert resolve_workers("auto", files, 5000) == (2, "OMP_NUM_THREADS=2 for this process, at most 4 on the CPU twin")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert resolve_workers("auto", files, 5000)[0] == 0
+    for unset in ("16", "", "four"):  # above the cores, empty or not a number: the cores decide
+        monkeypatch.setenv("OMP_NUM_THREADS", unset)
+        assert resolve_workers("auto", files, 5000) == (4, "8 cores, at most 4 on the CPU twin")
 
 
 def test_file_datasets_decode_files(folder, tmp_path):

@@ -205,7 +205,7 @@ class Runner:
     parallel="rows" (the pipeline's): the batch is split into chunks of about SPLIT_ROWS rows that `threads` Python
     threads run at once on one single-threaded session (ONNX Runtime's `run` is thread-safe and releases the GIL).
     parallel="intra": one `run` over the whole batch with `threads` intra-op threads, ONNX Runtime's own way.
-    On the 2-core machine rows gave EfficientNet-Lite0 113-123 images/s from tensors against 101-108 for intra (one
+    On the 2-core machine rows gave EfficientNet-Lite0 113-127 images/s from tensors against 101-117 for intra (one
     thread alone: 62-67), and the whole extraction of 2,000 Fashion-MNIST images 100-102 against 92: each thread runs
     whole operators with no barrier between the two after each one (benchmarks/bench_extract.py --ort-parallel).
     Decoding the next batch in a thread meanwhile gained nothing there (the two cores are already busy), so it is not

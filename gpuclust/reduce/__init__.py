@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 # 2.5x the epochs of 10,001, and a seeded umap-learn runs its epochs on one thread: the 50-d fit took 34 s against
 # 15 s on the 2-core machine. Over the selection study's sets, MNIST's 5,000 and Fashion-MNIST's 10,000 rows with
 # three encoders, KMeans, ward and HDBSCAN on the 200-epoch spaces scored 0.002 AMI lower on average, inside the
-# standard error (benchmarks/bench_umap_epochs.py; benchmarks/results/README.md, "UMAP's epochs"). `--reduce-param n_epochs=null` gives the
-# library's own choice back.
+# standard error (benchmarks/bench_umap_epochs.py; benchmarks/results/README.md, "UMAP's epochs").
+# `--reduce-param n_epochs=null` gives the library's own choice back.
 UMAP_DEFAULTS = {"n_neighbors": 30, "min_dist": 0.0, "metric": "euclidean", "n_epochs": 200}
 # Part of every stored UMAP space's key and of a run's config.json (`resolved.umap_defaults`): spaces fitted under
 # other defaults (the library's epochs, before this rule existed) are not reused, and a run's own space is found.

@@ -203,6 +203,11 @@ def cached(store_dir: str | None, key: dict, backend: Backend, compute):
 def reduce_key(cfg: RunConfig, backend: Backend, streamed: bool = False) -> dict:
     """What the reduced space cfg.reduce asks for depends on: its reduction-cache key (the backend is added by
     `cached`); a streamed run's also names its fit sample."""
+    return space_key(cfg, backend.is_gpu, streamed)
+
+
+def space_key(cfg: RunConfig, gpu: bool, streamed: bool = False) -> dict:
+    """reduce_key for a run on the GPU twin or not (runinfo looks a finished run's space up with it)."""
     from .reduce import KNN_AUTO_RULE, SEED_RULE, UMAP_DEFAULTS_RULE
 
     r = cfg.reduce
@@ -211,7 +216,7 @@ def reduce_key(cfg: RunConfig, backend: Backend, streamed: bool = False) -> dict
     if r.method == "umap":
         key["knn_auto"] = KNN_AUTO_RULE
         key["umap_defaults"] = UMAP_DEFAULTS_RULE
-        if backend.is_gpu:  # (the CPU twin's spaces do not depend on it)
+        if gpu:  # (the CPU twin's spaces do not depend on it)
             key["seed_rule"] = SEED_RULE
     if streamed:
         key["fit_sample"] = r.fit_sample

@@ -91,21 +91,19 @@ def _cpu():
 def stored_space(info: RunInfo) -> np.ndarray | None:
     """The run's reduced rows from the reduction cache beside its embeddings, or None. The key is the one
     pipeline.reduce_stage stores them under."""
-    from .reduce import KNN_AUTO_RULE, SEED_RULE
+    from .pipeline import space_key
     from .store import ReductionCache
 
     store = (info.config.get("resolved") or {}).get("store")
     if store is None or info.cfg.reduce.method not in ("pca", "umap"):
         return None
-    r, backend = info.config["reduce"], (info.config.get("device") or {}).get("backend", "cpu")
-    key = {"method": r["method"], "dims": r["dims"], "params": r["params"], "zscore": r["zscore"],
-           "normalize": r["normalize"], "seed": info.config["seed"]}
-    if r["method"] == "umap":
-        key["knn_auto"] = KNN_AUTO_RULE
-        rule = (info.config.get("resolved") or {}).get("umap_defaults")
-        if rule is not None:  # (runs made before the rule existed stored their spaces without it)
+    backend = (info.config.get("device") or {}).get("backend", "cpu")
+    key = space_key(info.cfg, backend == "gpu")
+    rule = (info.config.get("resolved") or {}).get("umap_defaults")
+    if "umap_defaults" in key:  # the run's own UMAP defaults, not today's
+        if rule is None:  # (runs made before the rule existed stored their spaces without it)
+            del key["umap_defaults"]
+        else:
             key["umap_defaults"] = rule
-        if backend == "gpu":
-            key["seed_rule"] = SEED_RULE
     hit = ReductionCache(store).get({**key, "backend": backend})
     return None if hit is None else hit[0]

@@ -116,6 +116,17 @@ def test_a_space_stored_under_other_umap_defaults_is_fitted_again(effnet_run, tm
     out = again.save(tmp_path / "run")
     assert read_run(out).config["resolved"]["umap_defaults"] == "n_epochs=None (other defaults)"
     np.testing.assert_array_equal(stored_space(read_run(out)), np.asarray(again.embedding))
+    # A run made before the rule existed (no umap_defaults in config.json) finds the space stored without it.
+    from gpuclust.pipeline import space_key
+    from gpuclust.store import ReductionCache
+
+    doc = json.loads((out / "config.json").read_text())
+    del doc["resolved"]["umap_defaults"]
+    (out / "config.json").write_text(json.dumps(doc))
+    old_key = {k: v for k, v in space_key(read_run(out).cfg, False).items() if k != "umap_defaults"}
+    old_space = np.asarray(again.embedding)[:, ::-1].copy()
+    ReductionCache(doc["resolved"]["store"]).put({**old_key, "backend": "cpu"}, old_space, {"twin": "cpu"})
+    np.testing.assert_array_equal(stored_space(read_run(out)), old_space)
 
 
 def test_hdbscan_on_effnet_embeddings(tmp_path, cache_dir, effnet_run):
